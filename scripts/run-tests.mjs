@@ -1,0 +1,25 @@
+// Runs every compiled test file under dist/test with Node's test runner.
+// Usage: node scripts/run-tests.mjs [filter-substring...]
+import { readdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { spawnSync } from 'node:child_process';
+
+const root = new URL('../dist/test/', import.meta.url).pathname;
+const files = [];
+(function walk(dir) {
+  for (const name of readdirSync(dir).sort()) {
+    const p = join(dir, name);
+    if (statSync(p).isDirectory()) walk(p);
+    else if (name.endsWith('.test.js')) files.push(p);
+  }
+})(root);
+const filters = process.argv.slice(2);
+const chosen = filters.length ? files.filter((f) => filters.some((s) => f.includes(s))) : files;
+if (chosen.length === 0) {
+  console.error('run-tests: no test files found');
+  process.exit(1);
+}
+const r = spawnSync(process.execPath, ['--test', '--test-concurrency=2', '--test-reporter=spec', ...chosen], {
+  stdio: 'inherit',
+});
+process.exit(r.status ?? 1);

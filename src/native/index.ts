@@ -1,0 +1,108 @@
+/**
+ * Typed binding to the native addon (native/vfio_user_native.c).
+ *
+ * Everything here is a thin, synchronous wrapper over one system call. All fds are
+ * created close-on-exec and (for sockets) non-blocking. Failures throw a NativeError
+ * carrying `errno`, the stable `code` (the errno name, e.g. 'EAGAIN') and the `syscall`.
+ * Works in worker threads: the addon keeps no process-global state.
+ */
+import { createRequire } from 'node:module';
+
+export interface NativeError extends Error {
+  errno: number;
+  code: string;
+  syscall: string;
+}
+
+export type PollCallback = (status: number, events: number) => void;
+
+export interface NativePoller {
+  /** Start (or change) watching for POLL_READABLE/POLL_WRITABLE/POLL_DISCONNECT. */
+  start(events: number): void;
+  stop(): void;
+  /** Stops and releases the libuv handle (does not close the fd). Idempotent. */
+  close(): void;
+  /** Whether the poll handle keeps the event loop alive (default true). */
+  ref(): void;
+  unref(): void;
+}
+
+export interface NativeAddon {
+  /** socketpair(AF_UNIX, SOCK_STREAM|CLOEXEC|NONBLOCK) */
+  socketpair(): [number, number];
+  /** socket+bind+listen on a path (non-blocking, CLOEXEC). Fails with EADDRINUSE if it exists. */
+  listen(path: string, backlog: number): number;
+  /** accept4(CLOEXEC|NONBLOCK); returns -1 when no connection is pending (EAGAIN). */
+  accept(fd: number): number;
+  /** connect to a UNIX stream socket path; returns a non-blocking CLOEXEC fd. */
+  connect(path: string): number;
+  /** set or clear O_NONBLOCK */
+  setNonBlocking(fd: number, on: boolean): void;
+  /** set FD_CLOEXEC */
+  setCloexec(fd: number, on: boolean): void;
+  /**
+   * sendmsg(MSG_NOSIGNAL|MSG_DONTWAIT) of the given buffers (gathered), with fds as one
+   * SCM_RIGHTS control message when non-empty. Returns bytes sent, or -1 on EAGAIN.
+   */
+  sendmsg(fd: number, bufs: ArrayBufferView[], fds: number[] | null): number;
+  /**
+   * recvmsg(MSG_CMSG_CLOEXEC|MSG_DONTWAIT) into buf[offset, offset+length).
+   * Received fds are stored at fdsOut[1..n] with n in fdsOut[0] (fdsOut must hold
+   * at least 1+253 entries). Returns bytes read, 0 at EOF, -1 on EAGAIN.
+   * A truncated control message (MSG_CTRUNC) closes any fds received and throws code 'ECTRUNC'.
+   */
+  recvmsg(fd: number, buf: Uint8Array, offset: number, length: number, fdsOut: Int32Array): number;
+  close(fd: number): void;
+  /** dup(fd) with CLOEXEC */
+  dup(fd: number): number;
+  memfdCreate(name: string): number;
+  ftruncate(fd: number, size: number): void;
+  /** fstat: size, device and inode (for identifying the same file across fds), mode. */
+  fstat(fd: number): { size: number; dev: bigint; ino: bigint; mode: number };
+  /**
+   * mmap(MAP_SHARED) length bytes of fd at offset (page-aligned) with prot (PROT_READ=1|PROT_WRITE=2).
+   * Returns an ArrayBuffer over the mapping; length must be <= 4 GiB - 1.
+   */
+  mmap(fd: number, offset: number, length: number, prot: number): ArrayBuffer;
+  /** Detaches the ArrayBuffer (all views then read as length 0) and munmaps. Idempotent. */
+  munmap(buf: ArrayBuffer): void;
+  /** eventfd(initval, EFD_CLOEXEC|EFD_NONBLOCK [|EFD_SEMAPHORE]) */
+  eventfd(initval: number, semaphore: boolean): number;
+  /** Reads the counter (resetting it); returns -1 when it is zero (EAGAIN). */
+  eventfdRead(fd: number): number;
+  /** Adds value to the counter. Returns false on EAGAIN (counter would overflow). */
+  eventfdWrite(fd: number, value: number): boolean;
+  /** Creates a libuv poll watcher on fd; callback(status, events) runs on the JS thread. */
+  createPoller(fd: number, callback: PollCallback): NativePoller;
+  readonly POLL_READABLE: number;
+  readonly POLL_WRITABLE: number;
+  readonly POLL_DISCONNECT: number;
+  readonly PAGE_SIZE: number;
+  readonly SCM_MAX_FD: number;
+}
+
+const require = createRequire(import.meta.url);
+
+function load(): NativeAddon {
+  const candidates = ['../../../build/Release/vfio_user_native.node', '../../build/Release/vfio_user_native.node'];
+  let lastErr: unknown;
+  for (const c of candidates) {
+    try {
+      return require(c) as NativeAddon;
+    } catch (e) {
+      lastErr = e;
+      if ((e as NodeJS.ErrnoException).code !== 'MODULE_NOT_FOUND') throw e;
+    }
+  }
+  throw new Error(`vfio-user: native addon not built (run npm ci or npm run build): ${String(lastErr)}`);
+}
+
+export const native: NativeAddon = load();
+export default native;
+
+export const PROT_READ = 1;
+export const PROT_WRITE = 2;
+
+export function isNativeError(e: unknown): e is NativeError {
+  return e instanceof Error && typeof (e as NativeError).errno === 'number' && typeof (e as NativeError).code === 'string';
+}
