@@ -84,7 +84,8 @@ export interface NativeAddon {
 const require = createRequire(import.meta.url);
 
 function load(): NativeAddon {
-  const candidates = ['../../../build/Release/vfio_user_native.node', '../../build/Release/vfio_user_native.node'];
+  // dist/src/native/index.js -> ../../../native; src/native/index.ts (run from source) -> ../../native
+  const candidates = ['../../../native/index.cjs', '../../native/index.cjs'];
   let lastErr: unknown;
   for (const c of candidates) {
     try {

@@ -12,6 +12,7 @@ export type ProtocolErrorCode =
   | 'VFU_BAD_VERSION' // malformed VERSION payload or capability JSON
   | 'VFU_BAD_HEADER' // malformed 16-byte header
   | 'VFU_MESSAGE_TOO_LARGE' // exceeds the negotiated or configured maximum
+  | 'VFU_BAD_VALUE' // a field value that cannot be encoded (out of range, wrong type) or is invalid for its field
   | 'VFU_UNKNOWN_COMMAND';
 
 export class ProtocolError extends Error {

@@ -1,0 +1,1182 @@
+/*
+ * vfio_user_native.c - thin Node-API (NAPI_VERSION 8) bindings for the system calls the
+ * vfio-user transport needs: UNIX stream sockets with SCM_RIGHTS fd passing, memfd/mmap,
+ * eventfd and a libuv poll watcher.
+ *
+ * Design notes
+ *  - No process-global mutable state: everything lives in a per-env addon_state set as
+ *    instance data, so the addon can be loaded in several worker threads at once.
+ *  - Every failing system call throws an Error carrying `errno` (positive), `code` (the errno
+ *    name, e.g. 'EAGAIN') and `syscall`; argument errors throw TypeError/RangeError with
+ *    Node-style codes (ERR_INVALID_ARG_TYPE / ERR_OUT_OF_RANGE).
+ *  - mmap() returns an external ArrayBuffer; the mapping is tracked in a per-env registry
+ *    (address -> mapping) so munmap() can detach the buffer and unmap it explicitly; otherwise
+ *    the ArrayBuffer finalizer unmaps it when the buffer is garbage collected.
+ *  - Pollers wrap a uv_poll_t. They hold a strong reference to themselves while started, and
+ *    are closed by an async env cleanup hook so worker termination neither leaks nor leaves
+ *    open handles behind (which would abort uv_loop_close()).
+ */
+#include <node_api.h>
+#include <uv.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define VFU_SCM_MAX_FD 253
+#define VFU_MAX_IOV 64
+#define MAP_BUCKETS 64
+#define MAX_SAFE_INTEGER 9007199254740992.0 /* 2^53 */
+
+/* --------------------------------------------------------------------------------- state */
+
+typedef struct addon_state addon_state;
+
+typedef struct mapping {
+  void* addr;
+  size_t len;
+  int unmapped;
+  addon_state* st; /* NULL once the env state is gone */
+  struct mapping* next;
+  struct mapping** pprev; /* NULL when not in the registry */
+} mapping;
+
+typedef struct poller {
+  uv_poll_t handle;
+  addon_state* st;
+  napi_env env;
+  napi_ref self_ref; /* strong (1) while started, weak (0) otherwise */
+  napi_ref cb_ref;   /* weak; the callback is kept alive by a property of the poller object */
+  napi_async_context actx;
+  unsigned char active;        /* uv_poll_start'ed and holding the strong self reference */
+  unsigned char closing;       /* uv_close called */
+  unsigned char js_gone;       /* JS object finalized (or never created) */
+  unsigned char refs_released; /* napi refs / async context released */
+  struct poller* next;
+  struct poller** pprev; /* in st->pollers while the uv handle is not closed */
+} poller;
+
+struct addon_state {
+  napi_env env;
+  uv_loop_t* loop;
+  napi_ref poller_ctor;
+  int constructing;
+  long page_size;
+  mapping* maps[MAP_BUCKETS];
+  poller* pollers;
+  napi_async_cleanup_hook_handle cleanup;
+  int tearing_down;
+  int pending_closes;
+};
+
+static const napi_type_tag POLLER_TAG = {0x5f1c3a5e9b2d4c61ULL, 0x8e4f1a2b3c5d6e7fULL};
+
+/* ------------------------------------------------------------------------------ errors */
+
+static const char* errno_code(int err, char* buf, size_t n) {
+  const char* name = strerrorname_np(err);
+  if (name != NULL) return name;
+  snprintf(buf, n, "E%d", err);
+  return buf;
+}
+
+static void throw_full(napi_env env, int err, const char* code, const char* syscall, const char* msg) {
+  napi_value c, m, e, v;
+  if (napi_create_string_utf8(env, code, NAPI_AUTO_LENGTH, &c) != napi_ok) return;
+  if (napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &m) != napi_ok) return;
+  if (napi_create_error(env, c, m, &e) != napi_ok) return;
+  if (napi_create_int32(env, err, &v) == napi_ok) napi_set_named_property(env, e, "errno", v);
+  if (napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &v) == napi_ok) {
+    napi_set_named_property(env, e, "syscall", v);
+  }
+  napi_throw(env, e);
+}
+
+/* Throws Error{errno, code, syscall} with message "syscall: strerror". */
+static void throw_errno(napi_env env, int err, const char* syscall) {
+  char codebuf[16], errbuf[128], msg[256];
+  const char* code = errno_code(err, codebuf, sizeof codebuf);
+  const char* text = strerror_r(err, errbuf, sizeof errbuf); /* GNU variant */
+  snprintf(msg, sizeof msg, "%s: %s", syscall, text);
+  throw_full(env, err, code, syscall, msg);
+}
+
+/* libuv errors are negative errno values on Linux. */
+static void throw_uv(napi_env env, int uverr, const char* syscall) {
+  char name[32], text[128], msg[256];
+  uv_err_name_r(uverr, name, sizeof name);
+  uv_strerror_r(uverr, text, sizeof text);
+  snprintf(msg, sizeof msg, "%s: %s", syscall, text);
+  throw_full(env, -uverr, name, syscall, msg);
+}
+
+/* A Node-API call failed: rethrow whatever is pending, or describe the failure. */
+static void throw_napi(napi_env env) {
+  const napi_extended_error_info* info = NULL;
+  const char* text = "Node-API call failed";
+  if (napi_get_last_error_info(env, &info) == napi_ok && info != NULL && info->error_message != NULL) {
+    text = info->error_message;
+  }
+  bool pending = false;
+  napi_is_exception_pending(env, &pending);
+  if (!pending) napi_throw_error(env, "ERR_NAPI", text);
+}
+
+#define NAPI_OK(call)              \
+  do {                             \
+    if ((call) != napi_ok) {       \
+      throw_napi(env);             \
+      return NULL;                 \
+    }                              \
+  } while (0)
+
+static void throw_type(napi_env env, const char* name, const char* what) {
+  char msg[160];
+  snprintf(msg, sizeof msg, "The \"%s\" argument must be %s", name, what);
+  napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", msg);
+}
+
+static void throw_range(napi_env env, const char* name, const char* what) {
+  char msg[160];
+  snprintf(msg, sizeof msg, "The value of \"%s\" is out of range. It must be %s", name, what);
+  napi_throw_range_error(env, "ERR_OUT_OF_RANGE", msg);
+}
+
+/* --------------------------------------------------------------------- argument helpers */
+
+/* Integer in [min, max] (max <= 2^53). */
+static bool get_integer(napi_env env, napi_value v, const char* name, double min, double max, int64_t* out) {
+  double d;
+  if (napi_get_value_double(env, v, &d) != napi_ok) {
+    throw_type(env, name, "of type number");
+    return false;
+  }
+  if (!(d >= min && d <= max) || d != (double)(int64_t)d) {
+    char what[96];
+    snprintf(what, sizeof what, "an integer >= %.0f and <= %.0f. Received %g", min, max, d);
+    throw_range(env, name, what);
+    return false;
+  }
+  *out = (int64_t)d;
+  return true;
+}
+
+static bool get_fd(napi_env env, napi_value v, const char* name, int* out) {
+  int64_t x;
+  if (!get_integer(env, v, name, (double)INT32_MIN, (double)INT32_MAX, &x)) return false;
+  *out = (int)x;
+  return true;
+}
+
+static bool get_bool(napi_env env, napi_value v, const char* name, bool* out) {
+  if (napi_get_value_bool(env, v, out) != napi_ok) {
+    throw_type(env, name, "of type boolean");
+    return false;
+  }
+  return true;
+}
+
+/* Copies a string argument into buf (NUL-terminated); *len receives its byte length,
+ * which is >= n - 1 when it did not fit. */
+static bool get_string(napi_env env, napi_value v, const char* name, char* buf, size_t n, size_t* len) {
+  if (napi_get_value_string_utf8(env, v, buf, n, len) != napi_ok) {
+    throw_type(env, name, "of type string");
+    return false;
+  }
+  return true;
+}
+
+static size_t typedarray_elem_size(napi_typedarray_type t) {
+  switch (t) {
+    case napi_int8_array:
+    case napi_uint8_array:
+    case napi_uint8_clamped_array:
+      return 1;
+    case napi_int16_array:
+    case napi_uint16_array:
+      return 2;
+    case napi_int32_array:
+    case napi_uint32_array:
+    case napi_float32_array:
+      return 4;
+    default:
+      return 8; /* float64, bigint64, biguint64 */
+  }
+}
+
+/* Any ArrayBufferView (TypedArray incl. Buffer, or DataView) -> pointer and byte length. */
+static bool get_view(napi_env env, napi_value v, void** data, size_t* bytes) {
+  napi_typedarray_type type;
+  size_t length;
+  if (napi_get_typedarray_info(env, v, &type, &length, data, NULL, NULL) == napi_ok) {
+    *bytes = length * typedarray_elem_size(type);
+    return true;
+  }
+  if (napi_get_dataview_info(env, v, &length, data, NULL, NULL) == napi_ok) {
+    *bytes = length;
+    return true;
+  }
+  return false;
+}
+
+static napi_value make_int(napi_env env, int64_t v) {
+  napi_value r;
+  if (v >= INT32_MIN && v <= INT32_MAX) {
+    if (napi_create_int32(env, (int32_t)v, &r) != napi_ok) return NULL;
+  } else if (napi_create_int64(env, v, &r) != napi_ok) {
+    return NULL;
+  }
+  return r;
+}
+
+static napi_value make_bool(napi_env env, bool b) {
+  napi_value r;
+  if (napi_get_boolean(env, b, &r) != napi_ok) return NULL;
+  return r;
+}
+
+#define GET_ARGS(n)                                                        \
+  size_t argc = (n);                                                       \
+  napi_value argv[(n) > 0 ? (n) : 1];                                      \
+  addon_state* st = NULL;                                                  \
+  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, (void**)&st));    \
+  (void)st /* napi_get_cb_info pads missing arguments with undefined */
+
+/* -------------------------------------------------------------------------------- fds */
+
+static int set_fl(int fd, int get, int set, int flag, bool on) {
+  int fl = fcntl(fd, get);
+  if (fl < 0) return -1;
+  int nfl = on ? (fl | flag) : (fl & ~flag);
+  if (nfl != fl && fcntl(fd, set, nfl) < 0) return -1;
+  return 0;
+}
+
+static napi_value js_close(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  int fd;
+  if (!get_fd(env, argv[0], "fd", &fd)) return NULL;
+  /* On Linux the fd is released even when close() reports EINTR: never retry. */
+  if (close(fd) < 0 && errno != EINTR) throw_errno(env, errno, "close");
+  return NULL;
+}
+
+static napi_value js_dup(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  int fd;
+  if (!get_fd(env, argv[0], "fd", &fd)) return NULL;
+  int r = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (r < 0) {
+    throw_errno(env, errno, "dup");
+    return NULL;
+  }
+  return make_int(env, r);
+}
+
+static napi_value js_set_nonblocking(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  int fd;
+  bool on;
+  if (!get_fd(env, argv[0], "fd", &fd) || !get_bool(env, argv[1], "on", &on)) return NULL;
+  if (set_fl(fd, F_GETFL, F_SETFL, O_NONBLOCK, on) < 0) throw_errno(env, errno, "fcntl");
+  return NULL;
+}
+
+static napi_value js_set_cloexec(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  int fd;
+  bool on;
+  if (!get_fd(env, argv[0], "fd", &fd) || !get_bool(env, argv[1], "on", &on)) return NULL;
+  if (set_fl(fd, F_GETFD, F_SETFD, FD_CLOEXEC, on) < 0) throw_errno(env, errno, "fcntl");
+  return NULL;
+}
+
+/* ---------------------------------------------------------------------------- sockets */
+
+#define SOCK_FLAGS (SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK)
+
+static napi_value js_socketpair(napi_env env, napi_callback_info info) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_FLAGS, 0, sv) < 0) {
+    throw_errno(env, errno, "socketpair");
+    return NULL;
+  }
+  napi_value arr, a, b;
+  if (napi_create_array_with_length(env, 2, &arr) != napi_ok || napi_create_int32(env, sv[0], &a) != napi_ok ||
+      napi_create_int32(env, sv[1], &b) != napi_ok || napi_set_element(env, arr, 0, a) != napi_ok ||
+      napi_set_element(env, arr, 1, b) != napi_ok) {
+    close(sv[0]);
+    close(sv[1]);
+    throw_napi(env);
+    return NULL;
+  }
+  return arr;
+}
+
+/* Fills a sockaddr_un from a path argument; a leading NUL selects the abstract namespace. */
+static bool get_sockaddr(napi_env env, napi_value v, const char* syscall, struct sockaddr_un* sa, socklen_t* salen) {
+  char path[sizeof(sa->sun_path) + 2];
+  size_t len = 0;
+  if (!get_string(env, v, "path", path, sizeof path, &len)) return false;
+  if (len == 0) {
+    throw_errno(env, ENOENT, syscall);
+    return false;
+  }
+  bool abstract = path[0] == '\0';
+  /* a filesystem path needs room for its terminating NUL */
+  if (len > sizeof(sa->sun_path) - (abstract ? 0 : 1)) {
+    throw_errno(env, ENAMETOOLONG, syscall);
+    return false;
+  }
+  if (!abstract && memchr(path, '\0', len) != NULL) {
+    throw_type(env, "path", "a string without null bytes");
+    return false;
+  }
+  memset(sa, 0, sizeof *sa);
+  sa->sun_family = AF_UNIX;
+  memcpy(sa->sun_path, path, len);
+  *salen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len + (abstract ? 0 : 1));
+  return true;
+}
+
+static napi_value js_listen(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  struct sockaddr_un sa;
+  socklen_t salen;
+  int64_t backlog;
+  if (!get_sockaddr(env, argv[0], "bind", &sa, &salen)) return NULL;
+  if (!get_integer(env, argv[1], "backlog", 0, INT32_MAX, &backlog)) return NULL;
+  int fd = socket(AF_UNIX, SOCK_FLAGS, 0);
+  if (fd < 0) {
+    throw_errno(env, errno, "socket");
+    return NULL;
+  }
+  if (bind(fd, (struct sockaddr*)&sa, salen) < 0) {
+    int e = errno;
+    close(fd);
+    throw_errno(env, e, "bind");
+    return NULL;
+  }
+  if (listen(fd, (int)backlog) < 0) {
+    int e = errno;
+    close(fd);
+    throw_errno(env, e, "listen");
+    return NULL;
+  }
+  return make_int(env, fd);
+}
+
+static napi_value js_accept(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  int fd;
+  if (!get_fd(env, argv[0], "fd", &fd)) return NULL;
+  int r;
+  do {
+    r = accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+  } while (r < 0 && (errno == EINTR || errno == ECONNABORTED));
+  if (r < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return make_int(env, -1);
+    throw_errno(env, errno, "accept");
+    return NULL;
+  }
+  return make_int(env, r);
+}
+
+static napi_value js_connect(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  struct sockaddr_un sa;
+  socklen_t salen;
+  if (!get_sockaddr(env, argv[0], "connect", &sa, &salen)) return NULL;
+  /* Blocking connect (a UNIX stream connect only blocks while the backlog is full),
+   * then switch the connected socket to non-blocking mode. */
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    throw_errno(env, errno, "socket");
+    return NULL;
+  }
+  int r;
+  bool interrupted = false;
+  for (;;) {
+    r = connect(fd, (struct sockaddr*)&sa, salen);
+    if (r == 0 || errno != EINTR) break;
+    interrupted = true;
+  }
+  if (r < 0 && interrupted && errno == EISCONN) r = 0;
+  if (r < 0) {
+    int e = errno;
+    close(fd);
+    throw_errno(env, e, "connect");
+    return NULL;
+  }
+  if (set_fl(fd, F_GETFL, F_SETFL, O_NONBLOCK, true) < 0) {
+    int e = errno;
+    close(fd);
+    throw_errno(env, e, "fcntl");
+    return NULL;
+  }
+  return make_int(env, fd);
+}
+
+typedef union {
+  struct cmsghdr align;
+  char buf[CMSG_SPACE(sizeof(int) * VFU_SCM_MAX_FD)];
+} fd_control;
+
+static napi_value js_sendmsg(napi_env env, napi_callback_info info) {
+  GET_ARGS(3);
+  int fd;
+  if (!get_fd(env, argv[0], "fd", &fd)) return NULL;
+
+  bool is_array = false;
+  uint32_t nbufs = 0;
+  if (napi_is_array(env, argv[1], &is_array) != napi_ok || !is_array) {
+    throw_type(env, "bufs", "an array of ArrayBufferViews");
+    return NULL;
+  }
+  NAPI_OK(napi_get_array_length(env, argv[1], &nbufs));
+  if (nbufs > VFU_MAX_IOV) {
+    throw_range(env, "bufs.length", "<= 64");
+    return NULL;
+  }
+  struct iovec iov[VFU_MAX_IOV];
+  size_t total = 0;
+  for (uint32_t i = 0; i < nbufs; i++) {
+    napi_value el;
+    NAPI_OK(napi_get_element(env, argv[1], i, &el));
+    if (!get_view(env, el, &iov[i].iov_base, &iov[i].iov_len)) {
+      throw_type(env, "bufs", "an array of ArrayBufferViews");
+      return NULL;
+    }
+    total += iov[i].iov_len;
+  }
+
+  struct msghdr msg;
+  memset(&msg, 0, sizeof msg);
+  msg.msg_iov = iov;
+  msg.msg_iovlen = nbufs;
+
+  fd_control ctl;
+  napi_valuetype t;
+  NAPI_OK(napi_typeof(env, argv[2], &t));
+  if (t != napi_null && t != napi_undefined) {
+    uint32_t nfds = 0;
+    if (napi_is_array(env, argv[2], &is_array) != napi_ok || !is_array) {
+      throw_type(env, "fds", "an array of numbers or null");
+      return NULL;
+    }
+    NAPI_OK(napi_get_array_length(env, argv[2], &nfds));
+    if (nfds > VFU_SCM_MAX_FD) {
+      throw_errno(env, EINVAL, "sendmsg");
+      return NULL;
+    }
+    if (nfds > 0) {
+      if (total == 0) { /* a stream socket would silently drop the fds */
+        throw_errno(env, EINVAL, "sendmsg");
+        return NULL;
+      }
+      msg.msg_control = ctl.buf;
+      msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+      struct cmsghdr* c = CMSG_FIRSTHDR(&msg);
+      c->cmsg_level = SOL_SOCKET;
+      c->cmsg_type = SCM_RIGHTS;
+      c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+      unsigned char* p = CMSG_DATA(c);
+      for (uint32_t i = 0; i < nfds; i++) {
+        napi_value el;
+        int x;
+        NAPI_OK(napi_get_element(env, argv[2], i, &el));
+        if (!get_fd(env, el, "fds[i]", &x)) return NULL;
+        memcpy(p + i * sizeof(int), &x, sizeof(int));
+      }
+    }
+  }
+
+  ssize_t n;
+  do {
+    n = sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return make_int(env, -1);
+    throw_errno(env, errno, "sendmsg");
+    return NULL;
+  }
+  return make_int(env, n);
+}
+
+static void close_fds(const int32_t* fds, size_t n) {
+  for (size_t i = 0; i < n; i++) close(fds[i]);
+}
+
+static napi_value js_recvmsg(napi_env env, napi_callback_info info) {
+  GET_ARGS(5);
+  int fd;
+  if (!get_fd(env, argv[0], "fd", &fd)) return NULL;
+  void* base;
+  size_t blen;
+  if (!get_view(env, argv[1], &base, &blen)) {
+    throw_type(env, "buf", "an ArrayBufferView");
+    return NULL;
+  }
+  int64_t offset, length;
+  if (!get_integer(env, argv[2], "offset", 0, (double)blen, &offset)) return NULL;
+  if (!get_integer(env, argv[3], "length", 1, (double)(blen - (size_t)offset), &length)) return NULL;
+
+  napi_typedarray_type type;
+  size_t outlen = 0;
+  void* outp = NULL;
+  if (napi_get_typedarray_info(env, argv[4], &type, &outlen, &outp, NULL, NULL) != napi_ok ||
+      type != napi_int32_array || outlen < 1 + VFU_SCM_MAX_FD) {
+    throw_type(env, "fdsOut", "an Int32Array with at least 254 elements");
+    return NULL;
+  }
+  int32_t* out = (int32_t*)outp;
+  out[0] = 0;
+
+  struct iovec iov = {(char*)base + offset, (size_t)length};
+  fd_control ctl;
+  struct msghdr msg;
+  memset(&msg, 0, sizeof msg);
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = ctl.buf;
+  msg.msg_controllen = sizeof ctl.buf;
+
+  ssize_t n;
+  do {
+    n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return make_int(env, -1);
+    throw_errno(env, errno, "recvmsg");
+    return NULL;
+  }
+
+  if (msg.msg_controllen > 0 || (msg.msg_flags & MSG_CTRUNC)) {
+    size_t cap = outlen - 1, got = 0;
+    bool overflow = false;
+    for (struct cmsghdr* c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
+      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS || c->cmsg_len < CMSG_LEN(0)) continue;
+      size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      const unsigned char* p = CMSG_DATA(c);
+      for (size_t i = 0; i < k; i++) {
+        int x;
+        memcpy(&x, p + i * sizeof(int), sizeof(int));
+        if (got < cap) {
+          out[1 + got++] = x;
+        } else {
+          overflow = true;
+          close(x);
+        }
+      }
+    }
+    if (msg.msg_flags & MSG_CTRUNC) {
+      close_fds(out + 1, got);
+      throw_full(env, EMSGSIZE, "ECTRUNC", "recvmsg",
+                 "recvmsg: ancillary data truncated, received file descriptors were lost");
+      return NULL;
+    }
+    if (overflow) {
+      close_fds(out + 1, got);
+      throw_full(env, EMSGSIZE, "ECTRUNC", "recvmsg", "recvmsg: too many file descriptors for fdsOut");
+      return NULL;
+    }
+    out[0] = (int32_t)got;
+  }
+  return make_int(env, n);
+}
+
+/* ------------------------------------------------------------------------ memfd, fstat */
+
+static napi_value js_memfd_create(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  char name[256];
+  size_t len;
+  if (!get_string(env, argv[0], "name", name, sizeof name, &len)) return NULL;
+  if (len >= sizeof name - 1 || memchr(name, '\0', len) != NULL) {
+    throw_errno(env, EINVAL, "memfd_create");
+    return NULL;
+  }
+  int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (fd < 0) {
+    throw_errno(env, errno, "memfd_create");
+    return NULL;
+  }
+  return make_int(env, fd);
+}
+
+static napi_value js_ftruncate(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  int fd;
+  int64_t size;
+  if (!get_fd(env, argv[0], "fd", &fd) || !get_integer(env, argv[1], "size", 0, MAX_SAFE_INTEGER, &size)) return NULL;
+  int r;
+  do {
+    r = ftruncate(fd, (off_t)size);
+  } while (r < 0 && errno == EINTR);
+  if (r < 0) throw_errno(env, errno, "ftruncate");
+  return NULL;
+}
+
+static napi_value js_fstat(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  int fd;
+  if (!get_fd(env, argv[0], "fd", &fd)) return NULL;
+  struct stat sb;
+  if (fstat(fd, &sb) < 0) {
+    throw_errno(env, errno, "fstat");
+    return NULL;
+  }
+  napi_value o, v;
+  NAPI_OK(napi_create_object(env, &o));
+  NAPI_OK(napi_create_double(env, (double)sb.st_size, &v));
+  NAPI_OK(napi_set_named_property(env, o, "size", v));
+  NAPI_OK(napi_create_bigint_uint64(env, (uint64_t)sb.st_dev, &v));
+  NAPI_OK(napi_set_named_property(env, o, "dev", v));
+  NAPI_OK(napi_create_bigint_uint64(env, (uint64_t)sb.st_ino, &v));
+  NAPI_OK(napi_set_named_property(env, o, "ino", v));
+  NAPI_OK(napi_create_uint32(env, (uint32_t)sb.st_mode, &v));
+  NAPI_OK(napi_set_named_property(env, o, "mode", v));
+  return o;
+}
+
+/* ------------------------------------------------------------------------- mmap, munmap */
+
+static size_t map_bucket(const void* addr) { return ((uintptr_t)addr >> 12) % MAP_BUCKETS; }
+
+static void map_link(addon_state* st, mapping* m) {
+  mapping** head = &st->maps[map_bucket(m->addr)];
+  m->next = *head;
+  if (m->next) m->next->pprev = &m->next;
+  m->pprev = head;
+  *head = m;
+}
+
+static void map_unlink(mapping* m) {
+  if (m->pprev == NULL) return;
+  *m->pprev = m->next;
+  if (m->next) m->next->pprev = m->pprev;
+  m->next = NULL;
+  m->pprev = NULL;
+}
+
+/* ArrayBuffer finalizer: GC'd (or env teardown) without an explicit munmap(). */
+static void mapping_finalize(napi_env env, void* data, void* hint) {
+  mapping* m = (mapping*)hint;
+  if (!m->unmapped) {
+    munmap(m->addr, m->len);
+    m->unmapped = 1;
+  }
+  if (m->st != NULL) map_unlink(m);
+  free(m);
+}
+
+static napi_value js_mmap(napi_env env, napi_callback_info info) {
+  GET_ARGS(4);
+  int fd;
+  int64_t offset, length, prot;
+  if (!get_fd(env, argv[0], "fd", &fd) || !get_integer(env, argv[1], "offset", 0, MAX_SAFE_INTEGER, &offset) ||
+      !get_integer(env, argv[2], "length", 0, MAX_SAFE_INTEGER, &length) ||
+      !get_integer(env, argv[3], "prot", 0, 0xffff, &prot)) {
+    return NULL;
+  }
+  /* offset page aligned, 0 < length < 4 GiB, prot PROT_READ or PROT_READ|PROT_WRITE (a
+   * PROT_NONE or write-only mapping would crash the process on access from JS). */
+  if (offset % st->page_size != 0 || length < 1 || length > 0xffffffffLL ||
+      (prot != PROT_READ && prot != (PROT_READ | PROT_WRITE))) {
+    throw_errno(env, EINVAL, "mmap");
+    return NULL;
+  }
+  mapping* m = (mapping*)calloc(1, sizeof *m);
+  if (m == NULL) {
+    throw_errno(env, ENOMEM, "mmap");
+    return NULL;
+  }
+  void* a = mmap(NULL, (size_t)length, (int)prot, MAP_SHARED, fd, (off_t)offset);
+  if (a == MAP_FAILED) {
+    int e = errno;
+    free(m);
+    throw_errno(env, e, "mmap");
+    return NULL;
+  }
+  m->addr = a;
+  m->len = (size_t)length;
+  m->st = st;
+  napi_value ab;
+  if (napi_create_external_arraybuffer(env, a, (size_t)length, mapping_finalize, m, &ab) != napi_ok) {
+    munmap(a, (size_t)length);
+    free(m);
+    throw_napi(env);
+    return NULL;
+  }
+  map_link(st, m);
+  return ab;
+}
+
+static napi_value js_munmap(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  bool is_ab = false, detached = false;
+  if (napi_is_arraybuffer(env, argv[0], &is_ab) != napi_ok || !is_ab) {
+    throw_type(env, "buf", "an ArrayBuffer returned by mmap()");
+    return NULL;
+  }
+  NAPI_OK(napi_is_detached_arraybuffer(env, argv[0], &detached));
+  if (detached) return NULL; /* already unmapped (or detached otherwise): nothing to do */
+  void* data = NULL;
+  size_t len = 0;
+  NAPI_OK(napi_get_arraybuffer_info(env, argv[0], &data, &len));
+  mapping* m = data != NULL ? st->maps[map_bucket(data)] : NULL;
+  while (m != NULL && !(m->addr == data && m->len == len)) m = m->next;
+  if (m == NULL) {
+    throw_type(env, "buf", "an ArrayBuffer returned by mmap()");
+    return NULL;
+  }
+  void* addr = m->addr;
+  size_t mlen = m->len;
+  /* Mark first: once detached, the finalizer may run and must not unmap a second time. */
+  map_unlink(m);
+  m->unmapped = 1;
+  if (napi_detach_arraybuffer(env, argv[0]) != napi_ok) {
+    m->unmapped = 0;
+    map_link(st, m);
+    throw_napi(env);
+    return NULL;
+  }
+  /* No JS view can reach the memory any more: unmap it. (m may be freed by now.) */
+  if (munmap(addr, mlen) < 0) throw_errno(env, errno, "munmap");
+  return NULL;
+}
+
+/* ------------------------------------------------------------------------------ eventfd */
+
+static napi_value js_eventfd(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  int64_t initval;
+  bool sem;
+  if (!get_integer(env, argv[0], "initval", 0, 4294967295.0, &initval) || !get_bool(env, argv[1], "semaphore", &sem)) {
+    return NULL;
+  }
+  int fd = eventfd((unsigned int)initval, EFD_CLOEXEC | EFD_NONBLOCK | (sem ? EFD_SEMAPHORE : 0));
+  if (fd < 0) {
+    throw_errno(env, errno, "eventfd");
+    return NULL;
+  }
+  return make_int(env, fd);
+}
+
+static napi_value js_eventfd_read(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  int fd;
+  if (!get_fd(env, argv[0], "fd", &fd)) return NULL;
+  uint64_t v;
+  ssize_t n;
+  do {
+    n = read(fd, &v, sizeof v);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return make_int(env, -1);
+    throw_errno(env, errno, "read");
+    return NULL;
+  }
+  if (n != (ssize_t)sizeof v) {
+    throw_errno(env, EIO, "read");
+    return NULL;
+  }
+  napi_value r;
+  NAPI_OK(napi_create_double(env, (double)v, &r));
+  return r;
+}
+
+static napi_value js_eventfd_write(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  int fd;
+  int64_t value;
+  if (!get_fd(env, argv[0], "fd", &fd) || !get_integer(env, argv[1], "value", 0, MAX_SAFE_INTEGER, &value)) {
+    return NULL;
+  }
+  uint64_t v = (uint64_t)value;
+  ssize_t n;
+  do {
+    n = write(fd, &v, sizeof v);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return make_bool(env, false);
+    throw_errno(env, errno, "write");
+    return NULL;
+  }
+  return make_bool(env, true);
+}
+
+/* ------------------------------------------------------------------------------ pollers */
+
+static void poller_unlink(poller* p) {
+  if (p->pprev == NULL) return;
+  *p->pprev = p->next;
+  if (p->next) p->next->pprev = p->pprev;
+  p->next = NULL;
+  p->pprev = NULL;
+}
+
+/* Drops the Node-API references; needs a live env. */
+static void poller_release_js(poller* p) {
+  if (p->refs_released) return;
+  p->refs_released = 1;
+  p->active = 0;
+  if (p->self_ref) napi_delete_reference(p->env, p->self_ref);
+  if (p->cb_ref) napi_delete_reference(p->env, p->cb_ref);
+  if (p->actx) napi_async_destroy(p->env, p->actx);
+  p->self_ref = NULL;
+  p->cb_ref = NULL;
+  p->actx = NULL;
+}
+
+/* uv close callback: may run after the env is gone, so it touches no Node-API state except
+ * removing the async cleanup hook (whose handle keeps the env alive until then). */
+static void poller_on_close(uv_handle_t* h) {
+  poller* p = (poller*)h->data;
+  addon_state* st = p->st;
+  poller_unlink(p);
+  if (st != NULL && st->tearing_down && st->cleanup != NULL && --st->pending_closes == 0) {
+    napi_async_cleanup_hook_handle hh = st->cleanup;
+    st->cleanup = NULL;
+    napi_remove_async_cleanup_hook(hh);
+  }
+  if (p->js_gone) {
+    free(p);
+  } else {
+    p->pprev = NULL;
+    p->closing = 2; /* closed; the wrap finalizer frees */
+  }
+}
+
+static void poller_begin_close(poller* p) {
+  if (p->closing) return;
+  p->closing = 1;
+  p->active = 0;
+  uv_close((uv_handle_t*)&p->handle, poller_on_close);
+}
+
+/* napi_wrap finalizer: the JS object is gone (GC or env teardown). */
+static void poller_finalize(napi_env env, void* data, void* hint) {
+  poller* p = (poller*)data;
+  poller_release_js(p);
+  p->js_gone = 1;
+  if (p->closing == 2) {
+    free(p);
+  } else {
+    poller_begin_close(p);
+  }
+}
+
+static void poller_on_poll(uv_poll_t* h, int status, int events) {
+  poller* p = (poller*)h->data;
+  if (p->closing || p->refs_released) return;
+  napi_env env = p->env;
+  napi_handle_scope scope;
+  if (napi_open_handle_scope(env, &scope) != napi_ok) return;
+  napi_value self = NULL, cb = NULL, argv[2], result;
+  napi_get_reference_value(env, p->self_ref, &self);
+  napi_get_reference_value(env, p->cb_ref, &cb);
+  if (status < 0 && p->active) {
+    /* libuv stopped the handle after an error: drop the keep-alive (self is on the stack). */
+    p->active = 0;
+    napi_reference_unref(env, p->self_ref, NULL);
+  }
+  if (self != NULL && cb != NULL && napi_create_int32(env, status, &argv[0]) == napi_ok &&
+      napi_create_int32(env, events, &argv[1]) == napi_ok) {
+    /* make_callback runs the microtask queue / nextTicks afterwards. p may not be used after it
+     * returns only in theory (it is freed from uv close callbacks, never synchronously). */
+    if (napi_make_callback(env, p->actx, self, cb, 2, argv, &result) != napi_ok) {
+      bool pending = false;
+      napi_value exc;
+      if (napi_is_exception_pending(env, &pending) == napi_ok && pending &&
+          napi_get_and_clear_last_exception(env, &exc) == napi_ok) {
+        /* surfaces as process 'uncaughtException' (or crashes the process as usual) */
+        napi_fatal_exception(env, exc);
+      }
+    }
+  }
+  napi_close_handle_scope(env, scope);
+}
+
+static poller* this_poller(napi_env env, napi_callback_info info, size_t* argc, napi_value* argv) {
+  napi_value thisv;
+  void* data = NULL;
+  bool ok = false;
+  if (napi_get_cb_info(env, info, argc, argv, &thisv, NULL) != napi_ok) {
+    throw_napi(env);
+    return NULL;
+  }
+  if (napi_check_object_type_tag(env, thisv, &POLLER_TAG, &ok) != napi_ok || !ok ||
+      napi_unwrap(env, thisv, &data) != napi_ok || data == NULL) {
+    napi_throw_type_error(env, "ERR_INVALID_THIS", "Value of \"this\" must be of type NativePoller");
+    return NULL;
+  }
+  return (poller*)data;
+}
+
+static void poller_do_stop(poller* p) {
+  if (p->closing) return;
+  uv_poll_stop(&p->handle);
+  if (p->active) {
+    p->active = 0;
+    napi_reference_unref(p->env, p->self_ref, NULL);
+  }
+}
+
+static napi_value poller_start(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  poller* p = this_poller(env, info, &argc, argv);
+  if (p == NULL) return NULL;
+  if (argc < 1) napi_get_undefined(env, &argv[0]);
+  int64_t events;
+  if (!get_integer(env, argv[0], "events", 0, UV_READABLE | UV_WRITABLE | UV_DISCONNECT, &events)) return NULL;
+  if (p->closing || p->refs_released) {
+    napi_throw_error(env, "ERR_INVALID_STATE", "NativePoller is closed");
+    return NULL;
+  }
+  if (events == 0) {
+    poller_do_stop(p);
+    return NULL;
+  }
+  int r = uv_poll_start(&p->handle, (int)events, poller_on_poll);
+  if (r != 0) {
+    throw_uv(env, r, "uv_poll_start");
+    return NULL;
+  }
+  if (!p->active) {
+    p->active = 1;
+    NAPI_OK(napi_reference_ref(env, p->self_ref, NULL));
+  }
+  return NULL;
+}
+
+static napi_value poller_stop(napi_env env, napi_callback_info info) {
+  size_t argc = 0;
+  poller* p = this_poller(env, info, &argc, NULL);
+  if (p != NULL) poller_do_stop(p);
+  return NULL;
+}
+
+static napi_value poller_close(napi_env env, napi_callback_info info) {
+  size_t argc = 0;
+  poller* p = this_poller(env, info, &argc, NULL);
+  if (p == NULL || p->closing) return NULL;
+  poller_do_stop(p);
+  poller_begin_close(p);
+  return NULL;
+}
+
+static napi_value poller_ref(napi_env env, napi_callback_info info) {
+  size_t argc = 0;
+  poller* p = this_poller(env, info, &argc, NULL);
+  if (p != NULL && !p->closing) uv_ref((uv_handle_t*)&p->handle);
+  return NULL;
+}
+
+static napi_value poller_unref(napi_env env, napi_callback_info info) {
+  size_t argc = 0;
+  poller* p = this_poller(env, info, &argc, NULL);
+  if (p != NULL && !p->closing) uv_unref((uv_handle_t*)&p->handle);
+  return NULL;
+}
+
+static napi_value poller_constructor(napi_env env, napi_callback_info info) {
+  napi_value thisv;
+  addon_state* st = NULL;
+  NAPI_OK(napi_get_cb_info(env, info, NULL, NULL, &thisv, (void**)&st));
+  if (st == NULL || !st->constructing) {
+    napi_throw_type_error(env, "ERR_ILLEGAL_CONSTRUCTOR", "Illegal constructor: use createPoller()");
+    return NULL;
+  }
+  return thisv;
+}
+
+static napi_value js_create_poller(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  int fd;
+  if (!get_fd(env, argv[0], "fd", &fd)) return NULL;
+  napi_valuetype t;
+  NAPI_OK(napi_typeof(env, argv[1], &t));
+  if (t != napi_function) {
+    throw_type(env, "callback", "of type function");
+    return NULL;
+  }
+  if (st->tearing_down) {
+    napi_throw_error(env, "ERR_INVALID_STATE", "environment is shutting down");
+    return NULL;
+  }
+  poller* p = (poller*)calloc(1, sizeof *p);
+  if (p == NULL) {
+    throw_errno(env, ENOMEM, "uv_poll_init");
+    return NULL;
+  }
+  int r = uv_poll_init(st->loop, &p->handle, fd);
+  if (r != 0) {
+    free(p);
+    throw_uv(env, r, "uv_poll_init");
+    return NULL;
+  }
+  p->handle.data = p;
+  p->st = st;
+  p->env = env;
+  p->js_gone = 1; /* until the wrap succeeds, closing the handle frees p */
+  p->next = st->pollers;
+  if (p->next) p->next->pprev = &p->next;
+  p->pprev = &st->pollers;
+  st->pollers = p;
+
+  napi_value ctor, obj, name;
+  napi_status s = napi_get_reference_value(env, st->poller_ctor, &ctor);
+  if (s == napi_ok) {
+    st->constructing = 1;
+    s = napi_new_instance(env, ctor, 0, NULL, &obj);
+    st->constructing = 0;
+  }
+  if (s == napi_ok) {
+    napi_property_descriptor d = {"callback", NULL, NULL, NULL, NULL, argv[1], napi_default, NULL};
+    s = napi_define_properties(env, obj, 1, &d);
+  }
+  if (s == napi_ok) s = napi_type_tag_object(env, obj, &POLLER_TAG);
+  if (s == napi_ok) s = napi_create_reference(env, obj, 0, &p->self_ref);
+  if (s == napi_ok) s = napi_create_reference(env, argv[1], 0, &p->cb_ref);
+  if (s == napi_ok) s = napi_create_string_utf8(env, "VfioUserPoller", NAPI_AUTO_LENGTH, &name);
+  if (s == napi_ok) s = napi_async_init(env, obj, name, &p->actx);
+  if (s == napi_ok) s = napi_wrap(env, obj, p, poller_finalize, NULL, NULL);
+  if (s != napi_ok) {
+    throw_napi(env);
+    poller_release_js(p);
+    poller_begin_close(p);
+    return NULL;
+  }
+  p->js_gone = 0;
+  return obj;
+}
+
+/* ------------------------------------------------------------------ env lifecycle, init */
+
+/* Runs at env teardown (worker exit/terminate, process exit): close every uv handle and keep
+ * the env alive until their close callbacks have run. */
+static void on_env_cleanup(napi_async_cleanup_hook_handle handle, void* arg) {
+  addon_state* st = (addon_state*)arg;
+  st->tearing_down = 1;
+  st->cleanup = handle;
+  int pending = 0;
+  for (poller* p = st->pollers; p != NULL; p = p->next) {
+    poller_release_js(p);
+    poller_begin_close(p);
+    pending++;
+  }
+  st->pending_closes = pending;
+  if (pending == 0) {
+    st->cleanup = NULL;
+    napi_remove_async_cleanup_hook(handle);
+  }
+}
+
+static void state_finalize(napi_env env, void* data, void* hint) {
+  addon_state* st = (addon_state*)data;
+  for (size_t b = 0; b < MAP_BUCKETS; b++) {
+    mapping* m = st->maps[b];
+    while (m != NULL) {
+      mapping* next = m->next;
+      /* The ArrayBuffers cannot be used any more; their finalizers (if they still run) see
+       * unmapped = 1 and st = NULL and only free the record. */
+      if (!m->unmapped) {
+        munmap(m->addr, m->len);
+        m->unmapped = 1;
+      }
+      m->st = NULL;
+      m->next = NULL;
+      m->pprev = NULL;
+      m = next;
+    }
+  }
+  for (poller* p = st->pollers; p != NULL;) { /* not expected: the cleanup hook closed them */
+    poller* next = p->next;
+    p->st = NULL;
+    p->next = NULL;
+    p->pprev = NULL;
+    p = next;
+  }
+  if (st->poller_ctor) napi_delete_reference(env, st->poller_ctor);
+  free(st);
+}
+
+#define METHOD(name, fn) {name, NULL, fn, NULL, NULL, NULL, napi_enumerable, st}
+
+static napi_value define_const(napi_env env, int32_t v) {
+  napi_value r;
+  napi_create_int32(env, v, &r);
+  return r;
+}
+
+NAPI_MODULE_INIT() {
+  addon_state* st = (addon_state*)calloc(1, sizeof *st);
+  if (st == NULL) {
+    napi_throw_error(env, "ENOMEM", "vfio_user_native: out of memory");
+    return NULL;
+  }
+  st->env = env;
+  st->page_size = sysconf(_SC_PAGESIZE);
+  if (napi_set_instance_data(env, st, state_finalize, NULL) != napi_ok) {
+    free(st);
+    throw_napi(env);
+    return NULL;
+  }
+  NAPI_OK(napi_get_uv_event_loop(env, &st->loop));
+
+  napi_property_descriptor proto[] = {
+      {"start", NULL, poller_start, NULL, NULL, NULL, napi_default_method, NULL},
+      {"stop", NULL, poller_stop, NULL, NULL, NULL, napi_default_method, NULL},
+      {"close", NULL, poller_close, NULL, NULL, NULL, napi_default_method, NULL},
+      {"ref", NULL, poller_ref, NULL, NULL, NULL, napi_default_method, NULL},
+      {"unref", NULL, poller_unref, NULL, NULL, NULL, napi_default_method, NULL},
+  };
+  napi_value ctor;
+  NAPI_OK(napi_define_class(env, "NativePoller", NAPI_AUTO_LENGTH, poller_constructor, st,
+                            sizeof proto / sizeof proto[0], proto, &ctor));
+  NAPI_OK(napi_create_reference(env, ctor, 1, &st->poller_ctor));
+  NAPI_OK(napi_add_async_cleanup_hook(env, on_env_cleanup, st, &st->cleanup));
+
+  napi_property_descriptor props[] = {
+      METHOD("socketpair", js_socketpair),
+      METHOD("listen", js_listen),
+      METHOD("accept", js_accept),
+      METHOD("connect", js_connect),
+      METHOD("setNonBlocking", js_set_nonblocking),
+      METHOD("setCloexec", js_set_cloexec),
+      METHOD("sendmsg", js_sendmsg),
+      METHOD("recvmsg", js_recvmsg),
+      METHOD("close", js_close),
+      METHOD("dup", js_dup),
+      METHOD("memfdCreate", js_memfd_create),
+      METHOD("ftruncate", js_ftruncate),
+      METHOD("fstat", js_fstat),
+      METHOD("mmap", js_mmap),
+      METHOD("munmap", js_munmap),
+      METHOD("eventfd", js_eventfd),
+      METHOD("eventfdRead", js_eventfd_read),
+      METHOD("eventfdWrite", js_eventfd_write),
+      METHOD("createPoller", js_create_poller),
+      {"POLL_READABLE", NULL, NULL, NULL, NULL, define_const(env, UV_READABLE), napi_enumerable, NULL},
+      {"POLL_WRITABLE", NULL, NULL, NULL, NULL, define_const(env, UV_WRITABLE), napi_enumerable, NULL},
+      {"POLL_DISCONNECT", NULL, NULL, NULL, NULL, define_const(env, UV_DISCONNECT), napi_enumerable, NULL},
+      {"PAGE_SIZE", NULL, NULL, NULL, NULL, define_const(env, (int32_t)st->page_size), napi_enumerable, NULL},
+      {"SCM_MAX_FD", NULL, NULL, NULL, NULL, define_const(env, VFU_SCM_MAX_FD), napi_enumerable, NULL},
+  };
+  NAPI_OK(napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
+  return exports;
+}

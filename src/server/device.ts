@@ -1,0 +1,282 @@
+/**
+ * The device description API: what a device author writes.
+ *
+ *   const dev = new PciDevice({ vendorId: 0x494f, deviceId: 0x0dc8, classCode: 0xff0000,
+ *                               irqs: { intx: 1 } });
+ *   dev.addRegion(2, { size: 256, bar: { kind: 'mem32' }, access: { read, write } });
+ *   dev.trigger(IrqIndex.INTX);
+ *
+ * Regions are either trapped (access callbacks, sync or async; the server runs commands one
+ * at a time, so ordering holds) or backed by shared memory the client may mmap, in whole or
+ * in sparse areas; trapped accesses outside the sparse areas go to the callbacks, or to the
+ * memory when there are none. Config space (region 7) is emulated by `dev.config`.
+ */
+import { native, PROT_READ, PROT_WRITE } from '../native/index.js';
+import { VfioUserError, Errno } from '../errors.js';
+import { ConfigSpace, type ConfigSpaceOptions, MsixTable } from './pci/index.js';
+import { DmaController } from './dma.js';
+import { IrqController, IrqIndex } from './irq.js';
+import type { MigrationHooks } from './migration.js';
+
+export const RegionIndex = {
+  BAR0: 0,
+  BAR1: 1,
+  BAR2: 2,
+  BAR3: 3,
+  BAR4: 4,
+  BAR5: 5,
+  ROM: 6,
+  CONFIG: 7,
+  VGA: 8,
+  /** first index for device-specific regions (they carry a type capability) */
+  DEVICE_SPECIFIC: 9,
+} as const;
+
+export interface RegionAccess {
+  /** Returns `length` bytes at `offset`. */
+  read?(offset: number, length: number): Uint8Array | Promise<Uint8Array>;
+  write?(offset: number, data: Uint8Array): void | Promise<void>;
+}
+
+export interface RegionOptions {
+  size: number;
+  readable?: boolean;
+  writable?: boolean;
+  /** trapped access callbacks */
+  access?: RegionAccess;
+  /** back the region with shared memory the client can mmap */
+  shared?: boolean;
+  /** mmap-able areas when shared (default: the whole region); page-aligned */
+  mmapAreas?: { offset: number; size: number }[];
+  /** for BARs: the BAR's kind (default mem32) */
+  bar?: { kind?: 'mem32' | 'mem64' | 'io'; prefetchable?: boolean };
+  /** for device-specific regions: the region type capability */
+  type?: { type: number; subtype: number };
+}
+
+export interface IoEventFd {
+  readonly fd: number;
+  readonly region: number;
+  readonly offset: number;
+  readonly size: number;
+  readonly datamatch: bigint | undefined;
+}
+
+export class Region {
+  readonly index: number;
+  readonly size: number;
+  readonly readable: boolean;
+  readonly writable: boolean;
+  readonly access: RegionAccess | undefined;
+  readonly type: { type: number; subtype: number } | undefined;
+  /** shared memory: its fd (sent to the client on GET_REGION_INFO) and the server's view */
+  readonly memfd: number;
+  readonly memory: Uint8Array | undefined;
+  private readonly memoryBuffer: ArrayBuffer | undefined;
+  readonly mmapAreas: { offset: number; size: number }[];
+  readonly ioeventfds: IoEventFd[] = [];
+
+  constructor(index: number, o: RegionOptions) {
+    this.index = index;
+    this.size = o.size;
+    this.readable = o.readable ?? true;
+    this.writable = o.writable ?? true;
+    this.access = o.access;
+    this.type = o.type;
+    if (o.shared) {
+      const pg = native.PAGE_SIZE;
+      if (o.size % pg) throw new VfioUserError('VFU_INVALID_ARGUMENT', `shared region ${index} size must be page-aligned`, Errno.EINVAL);
+      this.memfd = native.memfdCreate(`vfio-user-region-${index}`);
+      native.ftruncate(this.memfd, o.size);
+      this.memoryBuffer = native.mmap(this.memfd, 0, o.size, PROT_READ | PROT_WRITE);
+      this.memory = new Uint8Array(this.memoryBuffer);
+      this.mmapAreas = o.mmapAreas ?? [{ offset: 0, size: o.size }];
+      for (const a of this.mmapAreas) {
+        if (a.offset % pg || a.size % pg || a.size <= 0 || a.offset + a.size > o.size) {
+          throw new VfioUserError('VFU_INVALID_ARGUMENT', `bad mmap area in region ${index}`, Errno.EINVAL);
+        }
+      }
+    } else {
+      this.memfd = -1;
+      this.memory = undefined;
+      this.mmapAreas = [];
+    }
+  }
+
+  get mappable(): boolean {
+    return this.memfd >= 0 && this.mmapAreas.length > 0;
+  }
+
+  /** Releases the shared memory (the device is being destroyed). */
+  destroy(): void {
+    if (this.memoryBuffer) native.munmap(this.memoryBuffer);
+    if (this.memfd >= 0) native.close(this.memfd);
+    for (const e of this.ioeventfds) native.close(e.fd);
+    this.ioeventfds.length = 0;
+  }
+}
+
+export interface PciDeviceOptions extends ConfigSpaceOptions {
+  /** vector counts per IRQ index */
+  irqs?: { intx?: number; msi?: number; msix?: number; err?: number; req?: number };
+  /** device name for logs and `info` */
+  name?: string;
+}
+
+export type ResetReason = 'client' | 'flr' | 'lost-client';
+
+/** A PCI device served over vfio-user. */
+export class PciDevice {
+  readonly name: string;
+  readonly config: ConfigSpace;
+  readonly regions = new Map<number, Region>();
+  readonly irqs: IrqController;
+  readonly dma: DmaController;
+  msixTable: MsixTable | undefined;
+  private msixLocation: { tableBar: number; tableOffset: number; pbaBar: number; pbaOffset: number } | undefined;
+  /** called on DEVICE_RESET and FLR: return the device to its power-on state */
+  onReset: ((reason: ResetReason) => void | Promise<void>) | undefined;
+  /** called when a client attaches (after VERSION) and detaches */
+  onAttach: (() => void) | undefined;
+  onDetach: (() => void) | undefined;
+  /** set to make the device migratable (before serving it) */
+  migration: MigrationHooks | undefined;
+  get migratable(): boolean {
+    return this.migration !== undefined;
+  }
+  /** pending FLR reset request, consumed by the server */
+  flrRequested = false;
+
+  constructor(o: PciDeviceOptions) {
+    this.name = o.name ?? `pci-${hex4(o.vendorId)}-${hex4(o.deviceId)}`;
+    this.config = new ConfigSpace(o);
+    const irq = o.irqs ?? {};
+    const counts = [irq.intx ?? 0, irq.msi ?? 0, irq.msix ?? 0, irq.err ?? 0, irq.req ?? 0];
+    this.irqs = new IrqController(counts);
+    this.dma = new DmaController();
+    this.config.events.onFlr = () => {
+      this.flrRequested = true;
+    };
+    this.irqs.deviceMasked = (index, v) => {
+      if (index === IrqIndex.MSIX && this.msixTable) return this.msixTable.isMasked(v);
+      if (index === IrqIndex.MSI) {
+        const msi = this.config.msi();
+        if (msi && (msi.maskBits >>> v) & 1) return true;
+      }
+      return false;
+    };
+  }
+
+  /** Adds a region. BARs also appear in config space with the right type and size. */
+  addRegion(index: number, o: RegionOptions): Region {
+    if (!Number.isInteger(index) || index < 0 || index > 0xffff) {
+      throw new VfioUserError('VFU_INVALID_ARGUMENT', `bad region index ${index}`, Errno.EINVAL);
+    }
+    if (index === RegionIndex.CONFIG) throw new VfioUserError('VFU_INVALID_ARGUMENT', 'config space is emulated by dev.config', Errno.EINVAL);
+    if (this.regions.has(index)) throw new VfioUserError('VFU_INVALID_ARGUMENT', `region ${index} already defined`, Errno.EEXIST);
+    if (index >= RegionIndex.DEVICE_SPECIFIC && !o.type) {
+      throw new VfioUserError('VFU_INVALID_ARGUMENT', `device-specific region ${index} needs a type`, Errno.EINVAL);
+    }
+    if (!(o.size > 0) || !Number.isSafeInteger(o.size)) throw new VfioUserError('VFU_INVALID_ARGUMENT', `bad size for region ${index}`, Errno.EINVAL);
+    if (index <= RegionIndex.BAR5) {
+      this.config.defineBar(index, { size: o.size, kind: o.bar?.kind ?? 'mem32', prefetchable: o.bar?.prefetchable ?? false });
+    } else if (index === RegionIndex.ROM) {
+      this.config.defineRom(o.size);
+    }
+    const r = new Region(index, { ...o, writable: index === RegionIndex.ROM ? false : o.writable });
+    this.regions.set(index, r);
+    return r;
+  }
+
+  /** Adds an MSI-X capability with its table and PBA emulated in the given BAR(s). */
+  addMsix(o: { vectors: number; tableBar: number; tableOffset: number; pbaBar: number; pbaOffset: number }): number {
+    const off = this.config.addMsix({ tableSize: o.vectors, ...o });
+    const table = new MsixTable(o.vectors);
+    this.msixTable = table;
+    this.msixLocation = o;
+    // the table calls onUnmask for pending vectors that its function state unmasks
+    this.config.events.onMsix = (s) => table.setFunctionState(s.enabled, s.functionMask);
+    table.onUnmask = (v) => this.irqs.deviceUnmasked(IrqIndex.MSIX, v);
+    this.irqs.onPendingChange = (index, v, on) => {
+      if (index === IrqIndex.MSIX) table.setPending(v, on);
+    };
+    return off;
+  }
+
+  /** If [offset, offset+length) of a BAR is the MSI-X table or PBA, handles it and returns true. */
+  msixAccess(region: number, offset: number, data: Uint8Array, write: boolean): boolean {
+    const loc = this.msixLocation;
+    const t = this.msixTable;
+    if (!loc || !t) return false;
+    if (region === loc.tableBar && offset >= loc.tableOffset && offset + data.length <= loc.tableOffset + t.tableSize) {
+      if (write) t.writeTable(offset - loc.tableOffset, data);
+      else data.set(t.readTable(offset - loc.tableOffset, data.length));
+      return true;
+    }
+    if (region === loc.pbaBar && offset >= loc.pbaOffset && offset + data.length <= loc.pbaOffset + t.pbaSize) {
+      if (!write) data.set(t.readPba(offset - loc.pbaOffset, data.length));
+      return true;
+    }
+    return false;
+  }
+
+  /** Raises an interrupt (edge): delivered now, or left pending while masked. */
+  trigger(index: number = IrqIndex.INTX, vector = 0): boolean {
+    return this.irqs.trigger(index, vector);
+  }
+
+  /** Sets the level of a level-triggered interrupt (INTx). */
+  setIrqLevel(high: boolean, vector = 0): void {
+    this.irqs.setLevel(IrqIndex.INTX, vector, high);
+  }
+
+  /**
+   * Registers an ioeventfd: the client may write the eventfd instead of sending a
+   * REGION_WRITE of `size` bytes at `offset` (with `datamatch`, only that value). The handler
+   * runs when it fires. Returns the registration.
+   */
+  addIoEventFd(
+    region: number,
+    offset: number,
+    size: 1 | 2 | 4 | 8,
+    datamatch: bigint | undefined,
+    handler: (count: number) => void,
+  ): IoEventFd {
+    const r = this.regions.get(region);
+    if (!r) throw new VfioUserError('VFU_INVALID_ARGUMENT', `no region ${region}`, Errno.EINVAL);
+    if (offset < 0 || offset + size > r.size) throw new VfioUserError('VFU_INVALID_ARGUMENT', 'ioeventfd outside its region', Errno.EINVAL);
+    const fd = native.eventfd(0, false);
+    const e: IoEventFd = { fd, region, offset, size, datamatch };
+    r.ioeventfds.push(e);
+    const poller = native.createPoller(fd, (status) => {
+      if (status < 0) return;
+      const n = native.eventfdRead(fd);
+      if (n > 0) handler(n);
+    });
+    poller.start(native.POLL_READABLE);
+    poller.unref();
+    this.ioeventPollers.push(poller);
+    return e;
+  }
+  private readonly ioeventPollers: { close(): void }[] = [];
+
+  /** Resets device state common to every device (config space, IRQ state), then the device's own. */
+  async reset(reason: ResetReason): Promise<void> {
+    this.config.reset();
+    this.msixTable?.reset();
+    this.irqs.reset();
+    this.flrRequested = false;
+    await this.onReset?.(reason);
+  }
+
+  /** Frees the device's resources (shared memory, ioeventfds). */
+  destroy(): void {
+    for (const p of this.ioeventPollers) p.close();
+    this.ioeventPollers.length = 0;
+    for (const r of this.regions.values()) r.destroy();
+  }
+}
+
+function hex4(n: number): string {
+  return n.toString(16).padStart(4, '0');
+}

@@ -1,0 +1,684 @@
+/**
+ * The vfio-user server: serves one PciDevice to one client at a time, over a listening
+ * socket path or an inherited fd.
+ *
+ * Commands run strictly in arrival order. A handler that completes synchronously replies at
+ * once (the fast path for REGION_READ/WRITE); one that returns a promise holds later commands
+ * back until it settles. Any failure becomes an error reply with an errno; a peer that breaks
+ * framing is disconnected. Either way the server keeps serving.
+ */
+import { EventEmitter } from 'node:events';
+import { native } from '../native/index.js';
+import * as P from '../protocol/index.js';
+import { HEADER_SIZE, FLAG_NO_REPLY, type Header } from '../protocol/header.js';
+import { ProtocolError } from '../protocol/errors.js';
+import { Connection, takeFds, closeFds, type Message } from '../transport/connection.js';
+import { Listener, adoptFd } from '../transport/socket.js';
+import { VfioUserError, Errno } from '../errors.js';
+import { PciDevice, RegionIndex, type Region } from './device.js';
+import { DmaError, type DmaMessenger } from './dma.js';
+import { IRQ_INDEX_COUNT } from './irq.js';
+import { Migration } from './migration.js';
+
+export interface ServerOptions {
+  /** most bytes of data in one REGION_READ/WRITE or DMA message (default 1 MiB) */
+  maxDataXferSize?: number;
+  /** most fds accepted with one message (default 64) */
+  maxMsgFds?: number;
+  /** most DMA maps (default 65535) */
+  maxDmaMaps?: number;
+  /** offer twin-socket mode to clients that support it (default true) */
+  twinSocket?: boolean;
+  /** advertise REGION_WRITE_MULTI (default true) */
+  writeMultiple?: boolean;
+  /** log function (default: none) */
+  log?: (level: 'info' | 'warn' | 'debug', msg: string) => void;
+}
+
+const SERVER_MAJOR = 0;
+const SERVER_MINOR = 0;
+const PAGE = 4096;
+
+/** Raised inside handlers to produce an error reply. */
+function fail(errno: number, message: string): never {
+  throw new VfioUserError('VFU_INVALID_ARGUMENT', message, errno);
+}
+
+function errnoOf(e: unknown): number {
+  if (e instanceof VfioUserError || e instanceof ProtocolError) return e.errno || Errno.EINVAL;
+  const n = (e as { errno?: number }).errno;
+  return typeof n === 'number' && n > 0 ? n : Errno.EINVAL;
+}
+
+export class Session {
+  readonly server: VfioUserServer;
+  readonly conn: Connection;
+  /** server-to-client command channel (the twin socket, or the main one) */
+  toClient: Connection;
+  private twin: Connection | undefined;
+  negotiated = false;
+  clientCaps: P.VersionCapabilities = {} as P.VersionCapabilities;
+  clientMaxDataXfer = 1048576;
+  private queue: Message[] = [];
+  private busy = false;
+  private closed = false;
+
+  constructor(server: VfioUserServer, fd: number) {
+    this.server = server;
+    this.conn = new Connection(fd, {
+      maxMessageSize: HEADER_SIZE + server.maxDataXferSize + 4096,
+      maxFdsPerMessage: server.maxMsgFds,
+      onCommand: (msg) => this.onCommand(msg),
+      onClose: (err) => this.onClose(err),
+    });
+    this.toClient = this.conn;
+  }
+
+  close(): void {
+    this.conn.close();
+  }
+
+  private onClose(err: VfioUserError | undefined): void {
+    if (this.closed) return;
+    this.closed = true;
+    if (err) this.server.log('warn', `client connection failed: ${err.code} ${err.message}`);
+    this.twin?.close();
+    for (const m of this.queue) closeFds(m.fds);
+    this.queue = [];
+    this.server.sessionEnded(this);
+  }
+
+  // ------------------------------------------------------------ dispatch
+
+  private onCommand(msg: Message): void {
+    if (this.busy || this.queue.length) {
+      // keep order: fds must be owned by us until the command runs
+      this.queue.push({ header: msg.header, payload: msg.payload, fds: takeFds(msg) });
+      return;
+    }
+    this.run(msg);
+  }
+
+  private run(msg: Message): void {
+    let result: void | Promise<void>;
+    try {
+      result = this.handle(msg);
+    } catch (e) {
+      this.replyFailure(msg.header, e);
+      closeFds(takeFds(msg));
+      return;
+    }
+    if (result && typeof (result as Promise<void>).then === 'function') {
+      this.busy = true;
+      (result as Promise<void>).then(
+        () => this.next(),
+        (e) => {
+          this.replyFailure(msg.header, e);
+          this.next();
+        },
+      );
+    }
+  }
+
+  private next(): void {
+    this.busy = false;
+    while (!this.busy && this.queue.length && !this.closed) {
+      const m = this.queue.shift()!;
+      this.run(m);
+      if (m.fds.length) closeFds(takeFds(m));
+    }
+  }
+
+  private replyFailure(h: Header, e: unknown): void {
+    const errno = errnoOf(e);
+    if (!(e instanceof VfioUserError) && !(e instanceof ProtocolError)) {
+      // a bug in device code must not take the server down; report it loudly
+      this.server.log('warn', `command ${P.commandName(h.command)} failed: ${(e as Error)?.stack ?? String(e)}`);
+    } else {
+      this.server.log('debug', `command ${P.commandName(h.command)} -> ${errno}: ${(e as Error).message}`);
+    }
+    if (!this.conn.isClosed) this.conn.replyError(h, errno);
+  }
+
+  private handle(msg: Message): void | Promise<void> {
+    const h = msg.header;
+    const cmd = h.command;
+    if (!this.negotiated && cmd !== P.Command.VERSION) fail(Errno.EINVAL, 'VERSION must come first');
+    const mig = this.server.migration;
+    if (mig && !mig.allows(cmd)) fail(Errno.EINVAL, `${P.commandName(cmd)} not allowed in migration state ${mig.stateName}`);
+    switch (cmd) {
+      case P.Command.VERSION:
+        return this.version(msg);
+      case P.Command.DMA_MAP:
+        return this.dmaMap(msg);
+      case P.Command.DMA_UNMAP:
+        return this.dmaUnmap(msg);
+      case P.Command.DEVICE_GET_INFO:
+        return this.deviceInfo(msg);
+      case P.Command.DEVICE_GET_REGION_INFO:
+        return this.regionInfo(msg);
+      case P.Command.DEVICE_GET_REGION_IO_FDS:
+        return this.regionIoFds(msg);
+      case P.Command.DEVICE_GET_IRQ_INFO:
+        return this.irqInfo(msg);
+      case P.Command.DEVICE_SET_IRQS:
+        return this.setIrqs(msg);
+      case P.Command.REGION_READ:
+        return this.regionRead(msg);
+      case P.Command.REGION_WRITE:
+        return this.regionWrite(msg);
+      case P.Command.REGION_WRITE_MULTI:
+        return this.regionWriteMulti(msg);
+      case P.Command.DEVICE_RESET:
+        return this.deviceReset(msg);
+      case P.Command.DEVICE_FEATURE:
+        return this.deviceFeature(msg);
+      case P.Command.MIG_DATA_READ:
+        return this.migDataRead(msg);
+      case P.Command.MIG_DATA_WRITE:
+        return this.migDataWrite(msg);
+      default:
+        fail(Errno.ENOSYS, `unsupported command ${cmd}`);
+    }
+  }
+
+  // ------------------------------------------------------------ VERSION
+
+  private version(msg: Message): void {
+    if (this.negotiated) fail(Errno.EINVAL, 'VERSION already negotiated');
+    const req = P.decodeVersionRequest(msg.payload);
+    if (req.major !== SERVER_MAJOR) fail(Errno.ENOTSUP, `unsupported major version ${req.major}`);
+    const s = this.server;
+    const caps = req.capabilities;
+    this.clientCaps = caps;
+    this.clientMaxDataXfer = caps.maxDataXferSize ?? P.DEFAULT_CAPABILITIES.maxDataXferSize;
+    const reply: P.VersionCapabilities = {
+      maxMsgFds: s.maxMsgFds,
+      maxDataXferSize: s.maxDataXferSize,
+      maxDmaMaps: s.maxDmaMaps,
+      pgsizes: BigInt(PAGE),
+      writeMultiple: s.writeMultiple,
+    } as P.VersionCapabilities;
+    if (s.migration) {
+      reply.migration = { pgsize: BigInt(PAGE), maxBitmapSize: BigInt(256 * 1024 * 1024) } as P.VersionCapabilities['migration'];
+    }
+    let fds: number[] = [];
+    if (caps.twinSocket?.supported && s.twinSocket) {
+      const [mine, theirs] = native.socketpair();
+      this.twin = new Connection(mine, {
+        maxMessageSize: HEADER_SIZE + Math.max(s.maxDataXferSize, this.clientMaxDataXfer) + 4096,
+        maxFdsPerMessage: 0,
+        onClose: () => {
+          // the twin going away means the client is gone
+          this.conn.close();
+        },
+      });
+      this.toClient = this.twin;
+      reply.twinSocket = { supported: true, fdIndex: 0 };
+      fds = [theirs];
+    }
+    const payload = P.encodeVersionReply({ major: SERVER_MAJOR, minor: Math.min(req.minor, SERVER_MINOR), capabilities: reply });
+    this.negotiated = true;
+    try {
+      this.conn.reply(msg.header, payload, fds);
+    } finally {
+      closeFds(fds);
+    }
+    this.server.attached(this);
+  }
+
+  // ------------------------------------------------------------ DMA
+
+  private dmaMap(msg: Message): void {
+    const req = P.decodeDmaMapRequest(msg.payload);
+    const dma = this.server.device.dma;
+    const fds = takeFds(msg);
+    if (fds.length > 1) {
+      closeFds(fds);
+      fail(Errno.EINVAL, 'DMA_MAP with more than one fd');
+    }
+    const prot = (req.flags & P.DmaMapFlags.READ ? 1 : 0) | (req.flags & P.DmaMapFlags.WRITE ? 2 : 0);
+    if (req.flags & ~(P.DmaMapFlags.READ | P.DmaMapFlags.WRITE)) {
+      closeFds(fds);
+      fail(Errno.EINVAL, `bad DMA_MAP flags 0x${req.flags.toString(16)}`);
+    }
+    const iova = toSafe(req.address, fds);
+    const size = toSafe(req.size, fds);
+    const off = toSafe(req.offset, fds);
+    dma.map(iova, size, prot, fds[0], off);
+    this.conn.reply(msg.header, null);
+  }
+
+  private async dmaUnmap(msg: Message): Promise<void> {
+    const req = P.decodeDmaUnmapRequest(msg.payload);
+    const dma = this.server.device.dma;
+    const F = P.DmaUnmapFlags;
+    if (req.flags & ~(F.GET_DIRTY_BITMAP | F.ALL)) fail(Errno.EINVAL, `bad DMA_UNMAP flags 0x${req.flags.toString(16)}`);
+    if (req.flags & F.GET_DIRTY_BITMAP) {
+      // dirty bitmaps come from DEVICE_FEATURE DMA_LOGGING_REPORT in this protocol version
+      fail(Errno.ENOTSUP, 'DMA_UNMAP dirty bitmap: use DMA_LOGGING_REPORT');
+    }
+    if (req.flags & F.ALL) {
+      if (req.address !== 0n || req.size !== 0n) fail(Errno.EINVAL, 'DMA_UNMAP ALL needs address and size 0');
+      await dma.unmapAll();
+    } else {
+      await dma.unmap(toSafe(req.address), toSafe(req.size));
+    }
+    this.conn.reply(msg.header, P.encodeDmaUnmapReply({ argsz: P.LAYOUTS.DMA_UNMAP.size, flags: req.flags, address: req.address, size: req.size }));
+  }
+
+  // ------------------------------------------------------------ info
+
+  private deviceInfo(msg: Message): void {
+    const req = P.decodeDeviceGetInfoRequest(msg.payload);
+    const dev = this.server.device;
+    let numRegions = RegionIndex.VGA + 1;
+    for (const i of dev.regions.keys()) numRegions = Math.max(numRegions, i + 1);
+    this.conn.reply(
+      msg.header,
+      P.encodeDeviceGetInfoReply({
+        argsz: Math.min(req.argsz, P.LAYOUTS.DEVICE_INFO.size) < P.LAYOUTS.DEVICE_INFO.size ? P.LAYOUTS.DEVICE_INFO.size : P.LAYOUTS.DEVICE_INFO.size,
+        flags: P.DeviceInfoFlags.PCI | P.DeviceInfoFlags.RESET,
+        numRegions,
+        numIrqs: IRQ_INDEX_COUNT,
+      }),
+    );
+  }
+
+  private regionInfo(msg: Message): void {
+    const req = P.decodeRegionInfoRequest(msg.payload);
+    const dev = this.server.device;
+    const idx = req.index;
+    const F = P.RegionInfoFlags;
+    let flags = 0;
+    let size = 0;
+    const caps: P.RegionCap[] = [];
+    let fds: number[] = [];
+    if (idx === RegionIndex.CONFIG) {
+      flags = F.READ | F.WRITE;
+      size = dev.config.size;
+    } else {
+      const r = dev.regions.get(idx);
+      if (!r) {
+        let numRegions = RegionIndex.VGA + 1;
+        for (const i of dev.regions.keys()) numRegions = Math.max(numRegions, i + 1);
+        if (idx >= numRegions) fail(Errno.EINVAL, `no region ${idx}`);
+      } else {
+        size = r.size;
+        if (r.readable) flags |= F.READ;
+        if (r.writable) flags |= F.WRITE;
+        if (r.mappable) {
+          flags |= F.MMAP;
+          const whole = r.mmapAreas.length === 1 && r.mmapAreas[0]!.offset === 0 && r.mmapAreas[0]!.size === r.size;
+          if (!whole) caps.push({ id: P.RegionCapId.SPARSE_MMAP, areas: r.mmapAreas.map((a) => ({ offset: BigInt(a.offset), size: BigInt(a.size) })) } as P.RegionCap);
+          fds = [r.memfd];
+        }
+        if (r.type) caps.push({ id: P.RegionCapId.TYPE, type: r.type.type, subtype: r.type.subtype } as P.RegionCap);
+      }
+    }
+    const { payload, complete } = P.encodeRegionInfoReply(
+      { argsz: 0, flags, index: idx, capOffset: 0, size: BigInt(size), offset: 0n, caps },
+      req.argsz,
+    );
+    // the fd goes along only with a complete reply (the client asks again with a larger argsz)
+    this.conn.reply(msg.header, payload, complete ? fds : []);
+  }
+
+  private regionIoFds(msg: Message): void {
+    const req = P.decodeRegionIoFdsRequest(msg.payload);
+    const r = this.server.device.regions.get(req.index);
+    if (!r && req.index !== RegionIndex.CONFIG) fail(Errno.EINVAL, `no region ${req.index}`);
+    const evs = r?.ioeventfds ?? [];
+    const subregions = evs.map((e, i) => ({
+      offset: BigInt(e.offset),
+      size: BigInt(e.size),
+      fdIndex: i,
+      type: P.IoFdType.IOEVENTFD,
+      flags: e.datamatch !== undefined ? P.IoFdFlags.DATAMATCH : 0,
+      datamatch: e.datamatch ?? 0n,
+    }));
+    const { payload, complete } = P.encodeRegionIoFdsReply({ argsz: 0, flags: 0, index: req.index, count: subregions.length, subregions }, req.argsz);
+    this.conn.reply(msg.header, payload, complete ? evs.map((e) => e.fd) : []);
+  }
+
+  private irqInfo(msg: Message): void {
+    const req = P.decodeIrqInfoRequest(msg.payload);
+    if (req.index >= IRQ_INDEX_COUNT) fail(Errno.EINVAL, `no IRQ index ${req.index}`);
+    const irqs = this.server.device.irqs;
+    this.conn.reply(
+      msg.header,
+      P.encodeIrqInfoReply({ argsz: P.LAYOUTS.IRQ_INFO.size, flags: irqs.infoFlags(req.index), index: req.index, count: irqs.count(req.index) }),
+    );
+  }
+
+  private setIrqs(msg: Message): void {
+    const req = P.decodeSetIrqsRequest(msg.payload);
+    const fds = takeFds(msg);
+    this.server.device.irqs.setIrqs({ flags: req.flags, index: req.index, start: req.start, count: req.count, data: req.data }, fds);
+    this.conn.reply(msg.header, null);
+  }
+
+  // ------------------------------------------------------------ region access
+
+  private checkAccess(region: number, offset: number, count: number, write: boolean): Region | undefined {
+    if (count > this.server.maxDataXferSize) fail(Errno.EINVAL, `access of ${count} bytes exceeds max_data_xfer_size`);
+    if (region === RegionIndex.CONFIG) {
+      if (offset + count > this.server.device.config.size) fail(Errno.EINVAL, 'config access out of range');
+      return undefined;
+    }
+    const r = this.server.device.regions.get(region);
+    if (!r) fail(Errno.EINVAL, `no region ${region}`);
+    if (offset + count > r.size || offset < 0) fail(Errno.EINVAL, `access [${offset}, +${count}) outside region ${region} of ${r.size} bytes`);
+    if (write ? !r.writable : !r.readable) fail(Errno.EINVAL, `region ${region} is not ${write ? 'writable' : 'readable'}`);
+    return r;
+  }
+
+  private regionRead(msg: Message): void | Promise<void> {
+    const req = P.decodeRegionReadRequest(msg.payload);
+    const { offset, region, count } = req;
+    const r = this.checkAccess(region, offset, count, false);
+    const dev = this.server.device;
+    const send = (data: Uint8Array): void => {
+      if (data.length !== count) fail(Errno.EIO, `device returned ${data.length} bytes for a ${count}-byte read`);
+      this.conn.reply(msg.header, P.encodeRegionReadReply({ offset, region, count, data }));
+    };
+    if (!r) return send(dev.config.read(offset, count));
+    if (dev.msixTable) {
+      const buf = new Uint8Array(count);
+      if (dev.msixAccess(region, offset, buf, false)) return send(buf);
+    }
+    if (r.access?.read) {
+      const out = r.access.read(offset, count);
+      if (out instanceof Uint8Array) return send(out);
+      return out.then(send);
+    }
+    if (r.memory) return send(r.memory.slice(offset, offset + count));
+    fail(Errno.EINVAL, `region ${region} has no read handler`);
+  }
+
+  private regionWrite(msg: Message): void | Promise<void> {
+    const req = P.decodeRegionWriteRequest(msg.payload);
+    const { offset, region, count, data } = req;
+    const r = this.checkAccess(region, offset, count, true);
+    const done = (): void => {
+      if (!(msg.header.flags & FLAG_NO_REPLY)) this.conn.reply(msg.header, P.encodeRegionWriteReply({ offset, region, count }));
+    };
+    const res = this.write(r, region, offset, data);
+    if (res) return res.then(done);
+    done();
+  }
+
+  /** One write to a region; returns a promise only when the device's handler is async. */
+  private write(r: Region | undefined, region: number, offset: number, data: Uint8Array): void | Promise<void> {
+    const dev = this.server.device;
+    if (!r) {
+      dev.config.write(offset, data);
+      if (dev.flrRequested) return dev.reset('flr');
+      return;
+    }
+    if (dev.msixTable && dev.msixAccess(region, offset, data, true)) return;
+    if (r.access?.write) {
+      const res = r.access.write(offset, data);
+      if (res && typeof (res as Promise<void>).then === 'function') return res as Promise<void>;
+      return;
+    }
+    if (r.memory) {
+      r.memory.set(data, offset);
+      return;
+    }
+    fail(Errno.EINVAL, `region ${region} has no write handler`);
+  }
+
+  private async regionWriteMultiAsync(entries: P.RegionWriteMultiEntry[], from: number, first: Promise<void>): Promise<void> {
+    await first;
+    for (let i = from; i < entries.length; i++) {
+      const e = entries[i]!;
+      const r = this.checkAccess(e.region, e.offset, e.count, true);
+      await this.write(r, e.region, e.offset, e.data);
+    }
+  }
+
+  private regionWriteMulti(msg: Message): void | Promise<void> {
+    if (!this.server.writeMultiple) fail(Errno.ENOTSUP, 'REGION_WRITE_MULTI not enabled');
+    const req = P.decodeRegionWriteMultiRequest(msg.payload);
+    const entries = req.entries;
+    const done = (): void => {
+      this.conn.reply(msg.header, P.encodeRegionWriteMultiReply({ wrCnt: entries.length }));
+    };
+    // validate everything first so a bad entry applies nothing
+    for (const e of entries) this.checkAccess(e.region, e.offset, e.count, true);
+    for (let i = 0; i < entries.length; i++) {
+      const e = entries[i]!;
+      const res = this.write(this.server.device.regions.get(e.region), e.region, e.offset, e.data);
+      if (res) return this.regionWriteMultiAsync(entries, i + 1, res).then(done);
+    }
+    done();
+  }
+
+  // ------------------------------------------------------------ reset, features, migration
+
+  private async deviceReset(msg: Message): Promise<void> {
+    if (msg.payload.length !== 0) fail(Errno.EINVAL, 'DEVICE_RESET takes no payload');
+    this.server.migration?.reset();
+    await this.server.device.reset('client');
+    this.conn.reply(msg.header, null);
+  }
+
+  private deviceFeature(msg: Message): void | Promise<void> {
+    const req = P.decodeDeviceFeatureRequest(msg.payload);
+    const F = P.DeviceFeatureFlags;
+    const feature = req.flags & F.MASK;
+    const op = req.flags & (F.GET | F.SET | F.PROBE);
+    const dev = this.server.device;
+    const mig = this.server.migration;
+    const replyData = (data: Uint8Array | null): void => {
+      this.conn.reply(msg.header, P.encodeDeviceFeatureReply({ argsz: P.LAYOUTS.DEVICE_FEATURE.size + (data?.length ?? 0), flags: req.flags, data: data ?? new Uint8Array(0) }));
+    };
+    const supported = (get: boolean, set: boolean): void => {
+      if (op & F.PROBE) {
+        if ((op & F.GET && !get) || (op & F.SET && !set)) fail(Errno.EINVAL, `feature ${feature} does not support that operation`);
+        replyData(null);
+        return;
+      }
+      if (op === F.GET && !get) fail(Errno.EINVAL, `feature ${feature} cannot be read`);
+      if (op === F.SET && !set) fail(Errno.EINVAL, `feature ${feature} cannot be set`);
+      if (op !== F.GET && op !== F.SET) fail(Errno.EINVAL, 'DEVICE_FEATURE needs exactly one of GET, SET or PROBE');
+    };
+    switch (feature) {
+      case P.DeviceFeature.MIGRATION: {
+        if (!mig) fail(Errno.ENOTSUP, 'device does not support migration');
+        supported(true, false);
+        if (op & F.PROBE) return;
+        return replyData(P.encodeFeatureMigration({ flags: mig.flags }));
+      }
+      case P.DeviceFeature.MIG_DEVICE_STATE: {
+        if (!mig) fail(Errno.ENOTSUP, 'device does not support migration');
+        supported(true, true);
+        if (op & F.PROBE) return;
+        if (op === F.GET) return replyData(P.encodeFeatureMigDeviceState({ deviceState: mig.state, dataFd: 0xffffffff }));
+        const s = P.decodeFeatureMigDeviceState(req.data);
+        return mig.setState(s.deviceState).then(() =>
+          replyData(P.encodeFeatureMigDeviceState({ deviceState: mig.state, dataFd: 0xffffffff })),
+        );
+      }
+      case P.DeviceFeature.DMA_LOGGING_START: {
+        supported(false, true);
+        if (op & F.PROBE) return;
+        const s = P.decodeFeatureDmaLoggingControl(req.data);
+        dev.dma.startLogging(
+          toSafe(s.pageSize),
+          s.ranges.map((r) => ({ iova: toSafe(r.iova), length: toSafe(r.length) })),
+        );
+        return replyData(null);
+      }
+      case P.DeviceFeature.DMA_LOGGING_STOP: {
+        supported(false, true);
+        if (op & F.PROBE) return;
+        dev.dma.stopLogging();
+        return replyData(null);
+      }
+      case P.DeviceFeature.DMA_LOGGING_REPORT: {
+        supported(true, false);
+        if (op & F.PROBE) return;
+        const r = P.decodeFeatureDmaLoggingReport(req.data);
+        const bitmap = dev.dma.report(toSafe(r.iova), toSafe(r.length), toSafe(r.pageSize));
+        if (HEADER_SIZE + P.LAYOUTS.DEVICE_FEATURE.size + P.LAYOUTS.DMA_LOGGING_REPORT.size + bitmap.length > HEADER_SIZE + this.clientMaxDataXfer + 4096) {
+          fail(Errno.EINVAL, 'dirty bitmap too large for one message');
+        }
+        return replyData(P.encodeFeatureDmaLoggingReportReply({ iova: r.iova, length: r.length, pageSize: r.pageSize, bitmap }));
+      }
+      default:
+        fail(Errno.ENOTSUP, `device feature ${feature} is not supported`);
+    }
+  }
+
+  private migDataRead(msg: Message): void | Promise<void> {
+    const mig = this.server.migration;
+    if (!mig) fail(Errno.ENOTSUP, 'device does not support migration');
+    const req = P.decodeMigDataReadRequest(msg.payload);
+    if (req.size > this.server.maxDataXferSize) fail(Errno.EINVAL, 'MIG_DATA_READ larger than max_data_xfer_size');
+    return mig.read(req.size).then((data) => {
+      this.conn.reply(msg.header, P.encodeMigDataReadReply({ argsz: P.LAYOUTS.MIG_DATA.size + data.length, size: data.length, data }));
+    });
+  }
+
+  private migDataWrite(msg: Message): void | Promise<void> {
+    const mig = this.server.migration;
+    if (!mig) fail(Errno.ENOTSUP, 'device does not support migration');
+    const req = P.decodeMigDataWriteRequest(msg.payload);
+    return mig.write(req.data).then(() => {
+      this.conn.reply(msg.header, null);
+    });
+  }
+
+  // ------------------------------------------------------------ server-to-client DMA
+
+  messenger(): DmaMessenger {
+    const maxTransfer = Math.min(this.server.maxDataXferSize, this.clientMaxDataXfer);
+    return {
+      maxTransfer,
+      read: async (iova, length) => {
+        const m = await this.toClient.request(P.Command.DMA_READ, P.encodeDmaReadRequest({ address: BigInt(iova), count: BigInt(length) }));
+        const rep = P.decodeDmaReadReply(m.payload, length);
+        if (rep.address !== BigInt(iova) || rep.data.length !== length) {
+          throw new DmaError(`bad DMA_READ reply for 0x${iova.toString(16)}+${length}`, Errno.EIO);
+        }
+        return rep.data;
+      },
+      write: async (iova, data) => {
+        const m = await this.toClient.request(P.Command.DMA_WRITE, P.encodeDmaWriteRequest({ address: BigInt(iova), count: BigInt(data.length), data }));
+        const rep = P.decodeDmaWriteReply(m.payload);
+        if (rep.address !== BigInt(iova) || Number(rep.count) !== data.length) {
+          throw new DmaError(`bad DMA_WRITE reply for 0x${iova.toString(16)}+${data.length}`, Errno.EIO);
+        }
+      },
+    };
+  }
+}
+
+function toSafe(v: bigint, fds?: number[]): number {
+  if (v > BigInt(Number.MAX_SAFE_INTEGER) || v < 0n) {
+    if (fds) closeFds(fds);
+    fail(Errno.EINVAL, `value 0x${v.toString(16)} out of range`);
+  }
+  return Number(v);
+}
+
+export interface ServerEvents {
+  connect: [];
+  disconnect: [];
+  error: [Error];
+}
+
+export class VfioUserServer extends EventEmitter {
+  readonly device: PciDevice;
+  readonly maxDataXferSize: number;
+  readonly maxMsgFds: number;
+  readonly maxDmaMaps: number;
+  readonly twinSocket: boolean;
+  readonly writeMultiple: boolean;
+  readonly migration: Migration | undefined;
+  private readonly logFn: ServerOptions['log'];
+  private listener: Listener | undefined;
+  session: Session | undefined;
+  private closed = false;
+
+  constructor(device: PciDevice, opts: ServerOptions = {}) {
+    super();
+    this.device = device;
+    this.maxDataXferSize = opts.maxDataXferSize ?? 1048576;
+    this.maxMsgFds = opts.maxMsgFds ?? 64;
+    this.maxDmaMaps = opts.maxDmaMaps ?? 65535;
+    this.twinSocket = opts.twinSocket ?? true;
+    this.writeMultiple = opts.writeMultiple ?? true;
+    this.logFn = opts.log;
+    this.migration = device.migratable ? new Migration(device) : undefined;
+    (device.dma as { maxMaps: number }).maxMaps = this.maxDmaMaps;
+  }
+
+  log(level: 'info' | 'warn' | 'debug', msg: string): void {
+    this.logFn?.(level, msg);
+  }
+
+  /** Listens on a UNIX socket path; clients are served one at a time. */
+  listen(path: string): this {
+    if (this.listener) throw new VfioUserError('VFU_BAD_STATE', 'already listening', Errno.EBUSY);
+    this.listener = new Listener(path, (fd) => this.accept(fd));
+    this.log('info', `listening on ${path}`);
+    return this;
+  }
+
+  /** Serves a client already connected on fd (the spec's --fd=N convention). */
+  serveFd(fd: number): this {
+    this.accept(adoptFd(fd));
+    return this;
+  }
+
+  private accept(fd: number): void {
+    if (this.closed) {
+      native.close(fd);
+      return;
+    }
+    if (this.session) {
+      this.log('warn', 'refusing a second client while one is connected');
+      native.close(fd);
+      return;
+    }
+    this.session = new Session(this, fd);
+    this.log('info', 'client connected');
+  }
+
+  /** called by a session after VERSION */
+  attached(s: Session): void {
+    this.device.dma.setMessenger(s.messenger());
+    this.device.onAttach?.();
+    this.emit('connect');
+  }
+
+  /** called by a session when its client is gone: unmap, close IRQ fds, keep device state. */
+  sessionEnded(s: Session): void {
+    if (this.session !== s) return;
+    this.session = undefined;
+    this.device.dma.setMessenger(undefined);
+    this.device.irqs.clientGone();
+    void this.device.dma.unmapAll().then(
+      () => {
+        this.migration?.clientGone();
+        if (this.device.dma.loggingActive) this.device.dma.stopLogging();
+        this.device.onDetach?.();
+        this.log('info', 'client disconnected');
+        this.emit('disconnect');
+      },
+      (e) => this.emit('error', e),
+    );
+  }
+
+  /** Stops listening and disconnects the client. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.listener?.close();
+    this.listener = undefined;
+    this.session?.close();
+  }
+}

@@ -1,0 +1,538 @@
+/**
+ * Message transport over a UNIX stream socket: framing, fd ownership, reply matching.
+ *
+ * Reading: one recvmsg takes as many bytes as are queued (many messages per read). Linux
+ * hands SCM_RIGHTS fds to the recvmsg that first touches the segment which carried them and
+ * ends that read inside the segment, so the fds of a read belong to the message that holds
+ * the read's last byte. Each complete message gets its own copy of the payload and its fds.
+ * A command handler owns the fds it takes with `takeFds()`; whatever is left when the handler
+ * returns is closed. Replies' fds go to the requester only when it asked (`expectFds`).
+ *
+ * Writing: a message is written with one sendmsg when the socket takes it; otherwise the rest
+ * is queued (fds duplicated so callers may close theirs) and flushed when the socket becomes
+ * writable. `send` reports backpressure by returning false past the high-water mark and
+ * `drained()` resolves when the queue is empty.
+ *
+ * Closing: a hang-up, an error or close() ends the connection exactly once: pending requests
+ * reject with VFU_DISCONNECTED, queued fds are closed, `onClose` runs once.
+ */
+import { native, type NativePoller } from '../native/index.js';
+import {
+  HEADER_SIZE,
+  FLAG_ERROR,
+  FLAG_NO_REPLY,
+  MSG_TYPE_REPLY,
+  MSG_TYPE_MASK,
+  MSG_TYPE_COMMAND,
+  decodeHeader,
+  type Header,
+} from '../protocol/header.js';
+import { ProtocolError } from '../protocol/errors.js';
+import { VfioUserError, Errno, errnoName } from '../errors.js';
+
+export interface Message {
+  readonly header: Header;
+  /** the bytes after the header; owned by the receiver (a copy, safe to keep) */
+  readonly payload: Uint8Array;
+  /** fds that arrived with this message; take them with takeFds() to own them */
+  fds: number[];
+}
+
+/** Takes ownership of a message's fds: the transport will no longer close them. */
+export function takeFds(msg: Message): number[] {
+  const fds = msg.fds;
+  msg.fds = [];
+  return fds;
+}
+
+export function closeFds(fds: readonly number[]): void {
+  for (const fd of fds) {
+    try {
+      native.close(fd);
+    } catch {
+      /* already closed */
+    }
+  }
+}
+
+export interface ConnectionOptions {
+  /** largest message accepted or sent, header included */
+  maxMessageSize?: number;
+  /** most fds accepted with one message (more: the connection fails, they are closed) */
+  maxFdsPerMessage?: number;
+  /** queued bytes beyond which send() returns false */
+  highWaterMark?: number;
+  /** a command arrived. Take fds synchronously (before any await) or they are closed. */
+  onCommand?: (msg: Message, conn: Connection) => void;
+  /** the connection ended; err is undefined for a clean hang-up or local close */
+  onClose?: (err: VfioUserError | undefined, conn: Connection) => void;
+}
+
+export interface RequestOptions {
+  fds?: readonly number[];
+  /** keep fds that come with the reply (caller then owns them) */
+  expectFds?: boolean;
+  /** milliseconds before the request fails with VFU_TIMEOUT (default: none) */
+  timeout?: number;
+}
+
+interface Pending {
+  resolve: (m: Message) => void;
+  reject: (e: Error) => void;
+  command: number;
+  expectFds: boolean;
+  timer: ReturnType<typeof setTimeout> | undefined;
+}
+
+interface QueuedWrite {
+  data: Uint8Array;
+  fds: number[] | null; // duplicated fds owned by the queue
+}
+
+interface FdRecord {
+  pos: number; // absolute stream position of the last byte of the read that brought them
+  fds: number[];
+}
+
+const DEFAULT_MAX_MESSAGE = 16 + 1048576 + 4096;
+const FDS_OUT_LEN = 1 + 253;
+
+export class Connection {
+  readonly fd: number;
+  private readonly poller: NativePoller;
+  private readonly maxMessageSize: number;
+  private readonly maxFds: number;
+  private readonly highWaterMark: number;
+  onCommand: ((msg: Message, conn: Connection) => void) | undefined;
+  onClose: ((err: VfioUserError | undefined, conn: Connection) => void) | undefined;
+
+  private rbuf: Uint8Array;
+  private rstart = 0; // first unconsumed byte in rbuf
+  private rend = 0; // end of valid data in rbuf
+  private rbase = 0; // absolute stream position of rbuf[0]
+  private readonly fdsOut = new Int32Array(FDS_OUT_LEN);
+  private fdRecords: FdRecord[] = [];
+
+  private wqueue: QueuedWrite[] = [];
+  private wqueued = 0;
+  private drainWaiters: (() => void)[] = [];
+  private watching: number;
+
+  private readonly pending = new Map<number, Pending>();
+  private nextId = 0;
+  private closed = false;
+  private readonly hdr = new Uint8Array(HEADER_SIZE);
+  private readonly hdrView = new DataView(this.hdr.buffer);
+
+  constructor(fd: number, opts: ConnectionOptions = {}) {
+    this.fd = fd;
+    this.maxMessageSize = opts.maxMessageSize ?? DEFAULT_MAX_MESSAGE;
+    this.maxFds = opts.maxFdsPerMessage ?? 253;
+    this.highWaterMark = opts.highWaterMark ?? 4 * 1024 * 1024;
+    this.onCommand = opts.onCommand;
+    this.onClose = opts.onClose;
+    this.rbuf = new Uint8Array(Math.min(65536, this.maxMessageSize));
+    this.poller = native.createPoller(fd, (status, events) => this.onPoll(status, events));
+    this.watching = native.POLL_READABLE | native.POLL_DISCONNECT;
+    this.poller.start(this.watching);
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  /** number of requests awaiting a reply */
+  get inFlight(): number {
+    return this.pending.size;
+  }
+
+  /** bytes accepted by send() but not yet written to the socket */
+  get queuedBytes(): number {
+    return this.wqueued;
+  }
+
+  /** Lets the process exit while this connection is idle. */
+  unref(): void {
+    this.poller.unref();
+  }
+
+  ref(): void {
+    this.poller.ref();
+  }
+
+  // ---------------------------------------------------------------- reading
+
+  private onPoll(status: number, events: number): void {
+    if (this.closed) return;
+    if (status < 0) {
+      this.fail(new VfioUserError('VFU_DISCONNECTED', `socket poll failed (status ${status})`, -status));
+      return;
+    }
+    if (events & native.POLL_WRITABLE) this.flush();
+    if (this.closed) return;
+    if (events & (native.POLL_READABLE | native.POLL_DISCONNECT)) this.readAvailable();
+  }
+
+  private readAvailable(): void {
+    // Bounded so one busy peer cannot starve the event loop.
+    for (let rounds = 0; rounds < 64 && !this.closed; rounds++) {
+      if (this.rstart === this.rend) {
+        this.rbase += this.rstart;
+        this.rstart = this.rend = 0;
+      }
+      if (this.rend === this.rbuf.length) this.makeRoom();
+      let n: number;
+      try {
+        n = native.recvmsg(this.fd, this.rbuf, this.rend, this.rbuf.length - this.rend, this.fdsOut);
+      } catch (e) {
+        const err = e as { code?: string; errno?: number; message?: string };
+        if (err.code === 'ECTRUNC') {
+          this.fail(new VfioUserError('VFU_CTRUNC', 'ancillary data truncated: fds lost', Errno.EMSGSIZE));
+        } else if (err.code === 'ECONNRESET') {
+          this.fail(undefined);
+        } else {
+          this.fail(new VfioUserError('VFU_DISCONNECTED', `recvmsg: ${err.message ?? String(e)}`, err.errno ?? 0));
+        }
+        return;
+      }
+      if (n < 0) return; // EAGAIN
+      const nfds = this.fdsOut[0]!;
+      if (n === 0) {
+        if (nfds > 0) closeFds(Array.from(this.fdsOut.subarray(1, 1 + nfds)));
+        this.fail(undefined);
+        return;
+      }
+      this.rend += n;
+      if (nfds > 0) {
+        this.fdRecords.push({ pos: this.rbase + this.rend - 1, fds: Array.from(this.fdsOut.subarray(1, 1 + nfds)) });
+        this.fdsOut[0] = 0;
+      }
+      this.parse();
+    }
+  }
+
+  /** Ensures space after rend: compacts, or grows up to maxMessageSize. */
+  private makeRoom(): void {
+    if (this.rstart > 0) {
+      this.rbuf.copyWithin(0, this.rstart, this.rend);
+      this.rbase += this.rstart;
+      this.rend -= this.rstart;
+      this.rstart = 0;
+      if (this.rend < this.rbuf.length) return;
+    }
+    const grown = new Uint8Array(Math.min(this.maxMessageSize, this.rbuf.length * 2));
+    if (grown.length <= this.rbuf.length) return; // cannot happen: a message is never larger than maxMessageSize
+    grown.set(this.rbuf.subarray(0, this.rend));
+    this.rbuf = grown;
+  }
+
+  private parse(): void {
+    while (!this.closed && this.rend - this.rstart >= HEADER_SIZE) {
+      let header: Header;
+      try {
+        header = decodeHeader(this.rbuf, this.rstart);
+      } catch (e) {
+        const pe = e as ProtocolError;
+        this.fail(new VfioUserError('VFU_PROTOCOL', `bad header: ${pe.message}`, Errno.EINVAL, { cause: e }));
+        return;
+      }
+      if (header.size > this.maxMessageSize) {
+        this.fail(
+          new VfioUserError(
+            'VFU_MESSAGE_TOO_LARGE',
+            `message of ${header.size} bytes exceeds the maximum ${this.maxMessageSize}`,
+            Errno.EMSGSIZE,
+          ),
+        );
+        return;
+      }
+      if (this.rend - this.rstart < header.size) {
+        if (this.rstart + header.size > this.rbuf.length) this.makeRoomFor(header.size);
+        return;
+      }
+      const msgStart = this.rbase + this.rstart;
+      const msgEnd = msgStart + header.size;
+      const payload = this.rbuf.slice(this.rstart + HEADER_SIZE, this.rstart + header.size);
+      this.rstart += header.size;
+      let fds: number[] = [];
+      if (this.fdRecords.length > 0) {
+        fds = this.collectFds(msgStart, msgEnd);
+        if (fds.length > this.maxFds) {
+          closeFds(fds);
+          this.fail(new VfioUserError('VFU_TOO_MANY_FDS', `${fds.length} fds with one message (max ${this.maxFds})`));
+          return;
+        }
+      }
+      this.dispatch({ header, payload, fds });
+    }
+  }
+
+  private makeRoomFor(size: number): void {
+    if (this.rstart > 0) {
+      this.rbuf.copyWithin(0, this.rstart, this.rend);
+      this.rbase += this.rstart;
+      this.rend -= this.rstart;
+      this.rstart = 0;
+    }
+    if (size > this.rbuf.length) {
+      let len = this.rbuf.length;
+      while (len < size) len *= 2;
+      const grown = new Uint8Array(Math.min(len, this.maxMessageSize));
+      grown.set(this.rbuf.subarray(0, this.rend));
+      this.rbuf = grown;
+    }
+  }
+
+  private collectFds(start: number, end: number): number[] {
+    const out: number[] = [];
+    let keep = 0;
+    for (const rec of this.fdRecords) {
+      if (rec.pos < start) {
+        // belongs to no message (cannot happen with a conforming sender): refuse to leak them
+        closeFds(rec.fds);
+      } else if (rec.pos < end) {
+        out.push(...rec.fds);
+      } else {
+        this.fdRecords[keep++] = rec;
+      }
+    }
+    this.fdRecords.length = keep;
+    return out;
+  }
+
+  private dispatch(msg: Message): void {
+    const type = msg.header.flags & MSG_TYPE_MASK;
+    if (type === MSG_TYPE_REPLY) {
+      const p = this.pending.get(msg.header.msgId);
+      if (!p || p.command !== msg.header.command) {
+        closeFds(msg.fds);
+        this.fail(
+          new VfioUserError(
+            'VFU_PROTOCOL',
+            `reply id ${msg.header.msgId} command ${msg.header.command} matches no request`,
+            Errno.EPROTO,
+          ),
+        );
+        return;
+      }
+      this.pending.delete(msg.header.msgId);
+      if (p.timer) clearTimeout(p.timer);
+      if (!p.expectFds && msg.fds.length) {
+        closeFds(msg.fds);
+        msg.fds = [];
+      }
+      if (msg.header.flags & FLAG_ERROR) {
+        closeFds(takeFds(msg));
+        const errno = msg.header.error;
+        p.reject(new VfioUserError('VFU_REMOTE_ERROR', `peer failed the request: ${errnoName(errno)}`, errno));
+      } else {
+        p.resolve(msg);
+      }
+      return;
+    }
+    if (type !== MSG_TYPE_COMMAND || !this.onCommand) {
+      closeFds(msg.fds);
+      if (!(msg.header.flags & FLAG_NO_REPLY)) this.replyError(msg.header, Errno.ENOSYS);
+      return;
+    }
+    try {
+      this.onCommand(msg, this);
+    } finally {
+      if (msg.fds.length) closeFds(takeFds(msg));
+    }
+  }
+
+  // ---------------------------------------------------------------- writing
+
+  /**
+   * Sends one message. Returns false when the write queue is above the high-water mark
+   * (the message is still queued; wait for drained()). Throws VFU_DISCONNECTED when closed.
+   */
+  send(header: Header, payload: Uint8Array | null, fds?: readonly number[] | null): boolean {
+    if (this.closed) throw new VfioUserError('VFU_DISCONNECTED', 'connection is closed', Errno.ENOTCONN);
+    const plen = payload ? payload.length : 0;
+    const size = HEADER_SIZE + plen;
+    if (size > this.maxMessageSize) {
+      throw new VfioUserError('VFU_MESSAGE_TOO_LARGE', `message of ${size} bytes exceeds the maximum ${this.maxMessageSize}`, Errno.EMSGSIZE);
+    }
+    const hv = this.hdrView;
+    hv.setUint16(0, header.msgId, true);
+    hv.setUint16(2, header.command, true);
+    hv.setUint32(4, size, true);
+    hv.setUint32(8, header.flags, true);
+    hv.setUint32(12, header.error, true);
+    const fdList = fds && fds.length ? (fds as number[]) : null;
+    let sent = 0;
+    if (this.wqueue.length === 0) {
+      try {
+        sent = native.sendmsg(this.fd, plen ? [this.hdr, payload!] : [this.hdr], fdList);
+      } catch (e) {
+        const err = e as { code?: string; errno?: number; message?: string };
+        const ve = new VfioUserError('VFU_DISCONNECTED', `sendmsg: ${err.message ?? String(e)}`, err.errno ?? 0);
+        this.fail(err.code === 'EPIPE' || err.code === 'ECONNRESET' ? undefined : ve);
+        throw ve;
+      }
+      if (sent === size) return true;
+      if (sent < 0) sent = 0;
+    }
+    // queue the rest; fds go along only if nothing was sent yet
+    const whole = new Uint8Array(size);
+    whole.set(this.hdr, 0);
+    if (plen) whole.set(payload!, HEADER_SIZE);
+    const rest = sent ? whole.subarray(sent) : whole;
+    const ownFds = sent === 0 && fdList ? fdList.map((fd) => native.dup(fd)) : null;
+    this.wqueue.push({ data: rest, fds: ownFds });
+    this.wqueued += rest.length;
+    this.watch(true);
+    return this.wqueued <= this.highWaterMark;
+  }
+
+  private watch(writable: boolean): void {
+    const want = native.POLL_READABLE | native.POLL_DISCONNECT | (writable ? native.POLL_WRITABLE : 0);
+    if (want !== this.watching) {
+      this.watching = want;
+      this.poller.start(want);
+    }
+  }
+
+  private flush(): void {
+    while (this.wqueue.length && !this.closed) {
+      const w = this.wqueue[0]!;
+      let n: number;
+      try {
+        n = native.sendmsg(this.fd, [w.data], w.fds);
+      } catch (e) {
+        const err = e as { code?: string; errno?: number; message?: string };
+        this.fail(
+          err.code === 'EPIPE' || err.code === 'ECONNRESET'
+            ? undefined
+            : new VfioUserError('VFU_DISCONNECTED', `sendmsg: ${err.message ?? String(e)}`, err.errno ?? 0),
+        );
+        return;
+      }
+      if (n < 0) return;
+      if (w.fds) {
+        closeFds(w.fds);
+        w.fds = null;
+      }
+      this.wqueued -= n;
+      if (n < w.data.length) {
+        w.data = w.data.subarray(n);
+        return;
+      }
+      this.wqueue.shift();
+    }
+    if (this.wqueue.length === 0) {
+      this.watch(false);
+      const waiters = this.drainWaiters;
+      this.drainWaiters = [];
+      for (const w of waiters) w();
+    }
+  }
+
+  /** Resolves once every queued byte has been written (immediately if none). */
+  drained(): Promise<void> {
+    if (this.wqueue.length === 0 || this.closed) return Promise.resolve();
+    return new Promise((resolve) => this.drainWaiters.push(resolve));
+  }
+
+  private allocId(): number {
+    if (this.pending.size >= 0x10000) {
+      throw new VfioUserError('VFU_BUSY', 'all 65536 message ids are in flight', Errno.EBUSY);
+    }
+    for (;;) {
+      const id = this.nextId;
+      this.nextId = (this.nextId + 1) & 0xffff;
+      if (!this.pending.has(id)) return id;
+    }
+  }
+
+  /** Sends a command and resolves with its reply (rejects with VFU_REMOTE_ERROR on an error reply). */
+  request(command: number, payload: Uint8Array | null, opts: RequestOptions = {}): Promise<Message> {
+    if (this.closed) return Promise.reject(new VfioUserError('VFU_DISCONNECTED', 'connection is closed', Errno.ENOTCONN));
+    let id: number;
+    try {
+      id = this.allocId();
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return new Promise<Message>((resolve, reject) => {
+      const p: Pending = { resolve, reject, command, expectFds: opts.expectFds ?? false, timer: undefined };
+      this.pending.set(id, p);
+      if (opts.timeout !== undefined) {
+        p.timer = setTimeout(() => {
+          if (this.pending.get(id) === p) {
+            this.pending.delete(id);
+            // The id stays unusable until a late reply arrives? No: a late reply would then match
+            // nothing and fail the connection, so we keep the id reserved by a tombstone.
+            this.pending.set(id, { ...p, resolve: (m) => closeFds(m.fds), reject: () => {}, timer: undefined });
+            reject(new VfioUserError('VFU_TIMEOUT', `no reply to command ${command} within ${opts.timeout} ms`, Errno.EAGAIN));
+          }
+        }, opts.timeout);
+      }
+      try {
+        this.send({ msgId: id, command, size: 0, flags: MSG_TYPE_COMMAND, error: 0 }, payload, opts.fds);
+      } catch (e) {
+        if (this.pending.get(id) === p) this.pending.delete(id);
+        if (p.timer) clearTimeout(p.timer);
+        reject(e as Error);
+      }
+    });
+  }
+
+  /** Sends a command with NO_REPLY set. Returns send()'s backpressure signal. */
+  post(command: number, payload: Uint8Array | null, fds?: readonly number[]): boolean {
+    const id = this.nextId;
+    this.nextId = (this.nextId + 1) & 0xffff;
+    return this.send({ msgId: id, command, size: 0, flags: MSG_TYPE_COMMAND | FLAG_NO_REPLY, error: 0 }, payload, fds);
+  }
+
+  /** Replies to a command (nothing is sent when the command had NO_REPLY). */
+  reply(req: Header, payload: Uint8Array | null, fds?: readonly number[]): boolean {
+    if (req.flags & FLAG_NO_REPLY || this.closed) return true;
+    return this.send({ msgId: req.msgId, command: req.command, size: 0, flags: MSG_TYPE_REPLY, error: 0 }, payload, fds);
+  }
+
+  /** Sends an error reply carrying errno (nothing when the command had NO_REPLY). */
+  replyError(req: Header, errno: number): boolean {
+    if (req.flags & FLAG_NO_REPLY || this.closed) return true;
+    return this.send(
+      { msgId: req.msgId, command: req.command, size: 0, flags: MSG_TYPE_REPLY | FLAG_ERROR, error: errno },
+      null,
+    );
+  }
+
+  // ---------------------------------------------------------------- closing
+
+  /** Closes the connection (idempotent). Pending requests fail with VFU_DISCONNECTED. */
+  close(): void {
+    this.fail(undefined);
+  }
+
+  private fail(err: VfioUserError | undefined): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.poller.close();
+    try {
+      native.close(this.fd);
+    } catch {
+      /* ignore */
+    }
+    for (const rec of this.fdRecords) closeFds(rec.fds);
+    this.fdRecords = [];
+    for (const w of this.wqueue) if (w.fds) closeFds(w.fds);
+    this.wqueue = [];
+    this.wqueued = 0;
+    const pending = [...this.pending.values()];
+    this.pending.clear();
+    const why = err ? `: ${err.message}` : '';
+    for (const p of pending) {
+      if (p.timer) clearTimeout(p.timer);
+      p.reject(new VfioUserError('VFU_DISCONNECTED', `connection closed before the reply${why}`, Errno.ENOTCONN, { cause: err }));
+    }
+    const waiters = this.drainWaiters;
+    this.drainWaiters = [];
+    for (const w of waiters) w();
+    this.onClose?.(err, this);
+  }
+}
