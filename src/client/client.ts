@@ -517,7 +517,7 @@ export class VfioUserClient extends EventEmitter {
   async dmaLoggingReport(iova: number, length: number, pageSize: number): Promise<Uint8Array> {
     const d = await this.feature(
       P.DeviceFeature.DMA_LOGGING_REPORT | P.DeviceFeatureFlags.GET,
-      P.encodeFeatureDmaLoggingReport({ iova: BigInt(iova), length: BigInt(length), pageSize: BigInt(pageSize) }),
+      P.encodeFeatureDmaLoggingReportRequest({ iova: BigInt(iova), length: BigInt(length), pageSize: BigInt(pageSize) }),
     );
     return P.decodeFeatureDmaLoggingReportReply(d).bitmap;
   }
@@ -613,8 +613,8 @@ export function describeRegion(info: P.RegionInfoReply): RegionDescription {
   const sparse: { offset: number; size: number }[] = [];
   let type: { type: number; subtype: number } | undefined;
   for (const c of info.caps) {
-    if (c.id === P.RegionCapId.SPARSE_MMAP && 'areas' in c) for (const a of c.areas) sparse.push({ offset: Number(a.offset), size: Number(a.size) });
-    if (c.id === P.RegionCapId.TYPE && 'type' in c) type = { type: c.type, subtype: c.subtype };
+    if (c.kind === 'sparse-mmap') for (const a of c.areas) sparse.push({ offset: Number(a.offset), size: Number(a.size) });
+    if (c.kind === 'type') type = { type: c.type, subtype: c.subtype };
   }
   return {
     index: info.index,

@@ -17,6 +17,7 @@
  */
 import { PciDevice } from '../server/device.js';
 import { IrqIndex } from '../server/irq.js';
+import { encodeState, decodeState } from '../server/state.js';
 
 export const IDIO16_VENDOR = 0x494f;
 export const IDIO16_DEVICE = 0x0dc8;
@@ -54,6 +55,19 @@ export class GpioDevice extends PciDevice {
         write: (offset, data) => this.write(offset, data),
       },
     });
+    this.migration = {
+      save: () => encodeState('pci-idio-16', 1, { ...this.state }),
+      load: (data) => {
+        const s = decodeState<GpioState & Record<string, unknown>>(data, 'pci-idio-16', 1, {
+          outputs: 'number',
+          inputs: 'number',
+          irqEnabled: 'boolean',
+          irqStatus: 'number',
+          filtersActive: 'boolean',
+        });
+        this.loadState({ outputs: s.outputs & 0xffff, inputs: s.inputs & 0xffff, irqEnabled: s.irqEnabled, irqStatus: s.irqStatus ? 1 : 0, filtersActive: s.filtersActive });
+      },
+    };
     this.onReset = () => {
       this.state = { outputs: 0, inputs: this.state.inputs, irqEnabled: false, irqStatus: 0, filtersActive: false };
       this.setIrqLevel(false);

@@ -116,48 +116,48 @@ export const FEATURE_MIGRATION = struct(8, { flags: 0 });
 export const FEATURE_MIG_STATE = struct(8, { device_state: 0, data_fd: 4 });
 
 /** vfio_device_feature_dma_logging_control with the ranges inline (not a pointer). */
-export const FEATURE_DMA_LOGGING_CONTROL = struct(16, { page_size: 0, num_ranges: 8, reserved: 12, ranges: 16 });
+export const DMA_LOGGING_CONTROL = struct(16, { page_size: 0, num_ranges: 8, reserved: 12, ranges: 16 });
 
 /** struct vfio_device_feature_dma_logging_range. */
-export const FEATURE_DMA_LOGGING_RANGE = struct(16, { iova: 0, length: 8 });
+export const DMA_LOGGING_RANGE = struct(16, { iova: 0, length: 8 });
 
 /** vfio_device_feature_dma_logging_report with the bitmap inline (reply only). */
-export const FEATURE_DMA_LOGGING_REPORT = struct(24, { iova: 0, length: 8, page_size: 16, bitmap: 24 });
+export const DMA_LOGGING_REPORT = struct(24, { iova: 0, length: 8, page_size: 16, bitmap: 24 });
 
 /** VFIO_USER_MIG_DATA_READ/WRITE. */
 export const MIG_DATA = struct(8, { argsz: 0, size: 4, data: 8 });
 
-/** Every layout above, by name (for layout tests and tooling). */
+/** Every layout above, keyed by its constant's name (for layout tests and tooling). */
 export const LAYOUTS = Object.freeze({
-  version: VERSION,
-  dma_map: DMA_MAP,
-  dma_unmap: DMA_UNMAP,
-  device_info: DEVICE_INFO,
-  region_info: REGION_INFO,
-  cap_header: CAP_HEADER,
-  cap_sparse_mmap: CAP_SPARSE_MMAP,
-  sparse_mmap_area: SPARSE_MMAP_AREA,
-  cap_type: CAP_TYPE,
-  region_io_fds: REGION_IO_FDS,
-  sub_region_ioeventfd: SUB_REGION_IOEVENTFD,
-  sub_region_ioregionfd: SUB_REGION_IOREGIONFD,
-  sub_region_ioeventfd_48: SUB_REGION_IOEVENTFD_48,
-  irq_info: IRQ_INFO,
-  irq_set: IRQ_SET,
-  region_access: REGION_ACCESS,
-  dma_access: DMA_ACCESS,
-  dma_access_qemu: DMA_ACCESS_QEMU,
-  dma_write_reply: DMA_WRITE_REPLY,
-  write_multi: WRITE_MULTI,
-  write_multi_entry: WRITE_MULTI_ENTRY,
-  write_multi_reply: WRITE_MULTI_REPLY,
-  device_feature: DEVICE_FEATURE,
-  feature_migration: FEATURE_MIGRATION,
-  feature_mig_state: FEATURE_MIG_STATE,
-  feature_dma_logging_control: FEATURE_DMA_LOGGING_CONTROL,
-  feature_dma_logging_range: FEATURE_DMA_LOGGING_RANGE,
-  feature_dma_logging_report: FEATURE_DMA_LOGGING_REPORT,
-  mig_data: MIG_DATA,
+  VERSION,
+  DMA_MAP,
+  DMA_UNMAP,
+  DEVICE_INFO,
+  REGION_INFO,
+  CAP_HEADER,
+  CAP_SPARSE_MMAP,
+  SPARSE_MMAP_AREA,
+  CAP_TYPE,
+  REGION_IO_FDS,
+  SUB_REGION_IOEVENTFD,
+  SUB_REGION_IOREGIONFD,
+  SUB_REGION_IOEVENTFD_48,
+  IRQ_INFO,
+  IRQ_SET,
+  REGION_ACCESS,
+  DMA_ACCESS,
+  DMA_ACCESS_QEMU,
+  DMA_WRITE_REPLY,
+  WRITE_MULTI,
+  WRITE_MULTI_ENTRY,
+  WRITE_MULTI_REPLY,
+  DEVICE_FEATURE,
+  FEATURE_MIGRATION,
+  FEATURE_MIG_STATE,
+  DMA_LOGGING_CONTROL,
+  DMA_LOGGING_RANGE,
+  DMA_LOGGING_REPORT,
+  MIG_DATA,
 } satisfies Record<string, StructLayout>);
 
 export type LayoutName = keyof typeof LAYOUTS;

@@ -133,6 +133,8 @@ export class PciDevice {
   readonly irqs: IrqController;
   readonly dma: DmaController;
   msixTable: MsixTable | undefined;
+  /** set once the client writes the MSI-X table (it forwards table accesses to us) */
+  msixTableDriven = false;
   private msixLocation: { tableBar: number; tableOffset: number; pbaBar: number; pbaOffset: number } | undefined;
   /** called on DEVICE_RESET and FLR: return the device to its power-on state */
   onReset: ((reason: ResetReason) => void | Promise<void>) | undefined;
@@ -158,7 +160,14 @@ export class PciDevice {
       this.flrRequested = true;
     };
     this.irqs.deviceMasked = (index, v) => {
-      if (index === IrqIndex.MSIX && this.msixTable) return this.msixTable.isMasked(v);
+      if (index === IrqIndex.MSIX && this.msixTable) {
+        // A client like QEMU emulates the MSI-X table itself and never forwards table
+        // accesses: the server's copy (all vectors masked at reset) then says nothing, and
+        // masking reaches us as SET_IRQS. Only a client that writes the table drives it here.
+        const t = this.msixTable;
+        if (t.functionState().functionMask) return true;
+        return this.msixTableDriven && t.entry(v).masked;
+      }
       if (index === IrqIndex.MSI) {
         const msi = this.config.msi();
         if (msi && (msi.maskBits >>> v) & 1) return true;
@@ -209,7 +218,10 @@ export class PciDevice {
     const t = this.msixTable;
     if (!loc || !t) return false;
     if (region === loc.tableBar && offset >= loc.tableOffset && offset + data.length <= loc.tableOffset + t.tableSize) {
-      if (write) t.writeTable(offset - loc.tableOffset, data);
+      if (write) {
+        this.msixTableDriven = true;
+        t.writeTable(offset - loc.tableOffset, data);
+      }
       else data.set(t.readTable(offset - loc.tableOffset, data.length));
       return true;
     }

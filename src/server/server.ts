@@ -200,7 +200,7 @@ export class Session {
       writeMultiple: s.writeMultiple,
     } as P.VersionCapabilities;
     if (s.migration) {
-      reply.migration = { pgsize: BigInt(PAGE), maxBitmapSize: BigInt(256 * 1024 * 1024) } as P.VersionCapabilities['migration'];
+      reply.migration = { pgsize: PAGE, maxBitmapSize: 256 * 1024 * 1024 };
     }
     let fds: number[] = [];
     if (caps.twinSocket?.supported && s.twinSocket) {
@@ -264,7 +264,7 @@ export class Session {
     } else {
       await dma.unmap(toSafe(req.address), toSafe(req.size));
     }
-    this.conn.reply(msg.header, P.encodeDmaUnmapReply({ argsz: P.LAYOUTS.DMA_UNMAP.size, flags: req.flags, address: req.address, size: req.size }));
+    this.conn.reply(msg.header, P.encodeDmaUnmapReply({ flags: req.flags, address: req.address, size: req.size }));
   }
 
   // ------------------------------------------------------------ info
@@ -277,7 +277,6 @@ export class Session {
     this.conn.reply(
       msg.header,
       P.encodeDeviceGetInfoReply({
-        argsz: Math.min(req.argsz, P.LAYOUTS.DEVICE_INFO.size) < P.LAYOUTS.DEVICE_INFO.size ? P.LAYOUTS.DEVICE_INFO.size : P.LAYOUTS.DEVICE_INFO.size,
         flags: P.DeviceInfoFlags.PCI | P.DeviceInfoFlags.RESET,
         numRegions,
         numIrqs: IRQ_INDEX_COUNT,
@@ -310,16 +309,14 @@ export class Session {
         if (r.mappable) {
           flags |= F.MMAP;
           const whole = r.mmapAreas.length === 1 && r.mmapAreas[0]!.offset === 0 && r.mmapAreas[0]!.size === r.size;
-          if (!whole) caps.push({ id: P.RegionCapId.SPARSE_MMAP, areas: r.mmapAreas.map((a) => ({ offset: BigInt(a.offset), size: BigInt(a.size) })) } as P.RegionCap);
+          if (!whole) caps.push({ kind: 'sparse-mmap', version: 1, areas: r.mmapAreas.map((a) => ({ offset: BigInt(a.offset), size: BigInt(a.size) })) });
           fds = [r.memfd];
         }
-        if (r.type) caps.push({ id: P.RegionCapId.TYPE, type: r.type.type, subtype: r.type.subtype } as P.RegionCap);
+        if (r.type) caps.push({ kind: 'type', version: 1, type: r.type.type, subtype: r.type.subtype });
       }
     }
-    const { payload, complete } = P.encodeRegionInfoReply(
-      { argsz: 0, flags, index: idx, capOffset: 0, size: BigInt(size), offset: 0n, caps },
-      req.argsz,
-    );
+    const payload = P.encodeRegionInfoReply({ flags, index: idx, size: BigInt(size), offset: 0n, caps }, req.argsz);
+    const complete = P.regionInfoReplySize(caps) <= req.argsz;
     // the fd goes along only with a complete reply (the client asks again with a larger argsz)
     this.conn.reply(msg.header, payload, complete ? fds : []);
   }
@@ -329,15 +326,16 @@ export class Session {
     const r = this.server.device.regions.get(req.index);
     if (!r && req.index !== RegionIndex.CONFIG) fail(Errno.EINVAL, `no region ${req.index}`);
     const evs = r?.ioeventfds ?? [];
-    const subregions = evs.map((e, i) => ({
+    const subRegions: P.IoFdSubRegion[] = evs.map((e, i) => ({
+      kind: 'ioeventfd' as const,
       offset: BigInt(e.offset),
       size: BigInt(e.size),
       fdIndex: i,
-      type: P.IoFdType.IOEVENTFD,
-      flags: e.datamatch !== undefined ? P.IoFdFlags.DATAMATCH : 0,
+      flags: e.datamatch !== undefined ? P.IoEventFdFlags.DATAMATCH : 0,
       datamatch: e.datamatch ?? 0n,
     }));
-    const { payload, complete } = P.encodeRegionIoFdsReply({ argsz: 0, flags: 0, index: req.index, count: subregions.length, subregions }, req.argsz);
+    const payload = P.encodeRegionIoFdsReply({ flags: 0, index: req.index, subRegions }, req.argsz);
+    const complete = P.regionIoFdsReplySize(subRegions.length) <= req.argsz;
     this.conn.reply(msg.header, payload, complete ? evs.map((e) => e.fd) : []);
   }
 
@@ -347,7 +345,7 @@ export class Session {
     const irqs = this.server.device.irqs;
     this.conn.reply(
       msg.header,
-      P.encodeIrqInfoReply({ argsz: P.LAYOUTS.IRQ_INFO.size, flags: irqs.infoFlags(req.index), index: req.index, count: irqs.count(req.index) }),
+      P.encodeIrqInfoReply({ flags: irqs.infoFlags(req.index), index: req.index, count: irqs.count(req.index) }),
     );
   }
 
@@ -472,7 +470,7 @@ export class Session {
     const dev = this.server.device;
     const mig = this.server.migration;
     const replyData = (data: Uint8Array | null): void => {
-      this.conn.reply(msg.header, P.encodeDeviceFeatureReply({ argsz: P.LAYOUTS.DEVICE_FEATURE.size + (data?.length ?? 0), flags: req.flags, data: data ?? new Uint8Array(0) }));
+      this.conn.reply(msg.header, P.encodeDeviceFeatureReply({ flags: req.flags, data: data ?? new Uint8Array(0) }));
     };
     const supported = (get: boolean, set: boolean): void => {
       if (op & F.PROBE) {
@@ -520,9 +518,9 @@ export class Session {
       case P.DeviceFeature.DMA_LOGGING_REPORT: {
         supported(true, false);
         if (op & F.PROBE) return;
-        const r = P.decodeFeatureDmaLoggingReport(req.data);
+        const r = P.decodeFeatureDmaLoggingReportRequest(req.data);
         const bitmap = dev.dma.report(toSafe(r.iova), toSafe(r.length), toSafe(r.pageSize));
-        if (HEADER_SIZE + P.LAYOUTS.DEVICE_FEATURE.size + P.LAYOUTS.DMA_LOGGING_REPORT.size + bitmap.length > HEADER_SIZE + this.clientMaxDataXfer + 4096) {
+        if (HEADER_SIZE + 8 + 24 + bitmap.length > HEADER_SIZE + this.clientMaxDataXfer + 4096) {
           fail(Errno.EINVAL, 'dirty bitmap too large for one message');
         }
         return replyData(P.encodeFeatureDmaLoggingReportReply({ iova: r.iova, length: r.length, pageSize: r.pageSize, bitmap }));
@@ -538,7 +536,7 @@ export class Session {
     const req = P.decodeMigDataReadRequest(msg.payload);
     if (req.size > this.server.maxDataXferSize) fail(Errno.EINVAL, 'MIG_DATA_READ larger than max_data_xfer_size');
     return mig.read(req.size).then((data) => {
-      this.conn.reply(msg.header, P.encodeMigDataReadReply({ argsz: P.LAYOUTS.MIG_DATA.size + data.length, size: data.length, data }));
+      this.conn.reply(msg.header, P.encodeMigDataReadReply({ data }));
     });
   }
 
@@ -558,7 +556,7 @@ export class Session {
     return {
       maxTransfer,
       read: async (iova, length) => {
-        const m = await this.toClient.request(P.Command.DMA_READ, P.encodeDmaReadRequest({ address: BigInt(iova), count: BigInt(length) }));
+        const m = await this.toClient.request(P.Command.DMA_READ, P.encodeDmaReadRequest({ address: BigInt(iova), count: length }));
         const rep = P.decodeDmaReadReply(m.payload, length);
         if (rep.address !== BigInt(iova) || rep.data.length !== length) {
           throw new DmaError(`bad DMA_READ reply for 0x${iova.toString(16)}+${length}`, Errno.EIO);
@@ -566,9 +564,10 @@ export class Session {
         return rep.data;
       },
       write: async (iova, data) => {
-        const m = await this.toClient.request(P.Command.DMA_WRITE, P.encodeDmaWriteRequest({ address: BigInt(iova), count: BigInt(data.length), data }));
+        const m = await this.toClient.request(P.Command.DMA_WRITE, P.encodeDmaWriteRequest({ address: BigInt(iova), data }));
         const rep = P.decodeDmaWriteReply(m.payload);
-        if (rep.address !== BigInt(iova) || Number(rep.count) !== data.length) {
+        // QEMU answers with an empty payload; a spec reply must match the request
+        if (rep.address !== undefined && (rep.address !== BigInt(iova) || rep.count !== data.length)) {
           throw new DmaError(`bad DMA_WRITE reply for 0x${iova.toString(16)}+${data.length}`, Errno.EIO);
         }
       },

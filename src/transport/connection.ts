@@ -64,6 +64,11 @@ export interface ConnectionOptions {
   highWaterMark?: number;
   /** a command arrived. Take fds synchronously (before any await) or they are closed. */
   onCommand?: (msg: Message, conn: Connection) => void;
+  /**
+   * Raw mode (proxies, tracers): every message, command or reply, goes here with no reply
+   * matching. Take fds synchronously or they are closed.
+   */
+  onRaw?: (msg: Message, conn: Connection) => void;
   /** the connection ended; err is undefined for a clean hang-up or local close */
   onClose?: (err: VfioUserError | undefined, conn: Connection) => void;
 }
@@ -105,6 +110,7 @@ export class Connection {
   private readonly highWaterMark: number;
   onCommand: ((msg: Message, conn: Connection) => void) | undefined;
   onClose: ((err: VfioUserError | undefined, conn: Connection) => void) | undefined;
+  private readonly onRaw: ((msg: Message, conn: Connection) => void) | undefined;
 
   private rbuf: Uint8Array;
   private rstart = 0; // first unconsumed byte in rbuf
@@ -131,6 +137,7 @@ export class Connection {
     this.highWaterMark = opts.highWaterMark ?? 4 * 1024 * 1024;
     this.onCommand = opts.onCommand;
     this.onClose = opts.onClose;
+    this.onRaw = opts.onRaw;
     this.rbuf = new Uint8Array(Math.min(65536, this.maxMessageSize));
     this.poller = native.createPoller(fd, (status, events) => this.onPoll(status, events));
     this.watching = native.POLL_READABLE | native.POLL_DISCONNECT;
@@ -301,6 +308,14 @@ export class Connection {
   }
 
   private dispatch(msg: Message): void {
+    if (this.onRaw) {
+      try {
+        this.onRaw(msg, this);
+      } finally {
+        if (msg.fds.length) closeFds(takeFds(msg));
+      }
+      return;
+    }
     const type = msg.header.flags & MSG_TYPE_MASK;
     if (type === MSG_TYPE_REPLY) {
       const p = this.pending.get(msg.header.msgId);

@@ -19,9 +19,9 @@ import { DeviceFeature, DeviceFeatureFlags } from '../constants.js';
 import { ProtocolError } from '../errors.js';
 import {
   DEVICE_FEATURE,
-  FEATURE_DMA_LOGGING_CONTROL,
-  FEATURE_DMA_LOGGING_RANGE,
-  FEATURE_DMA_LOGGING_REPORT,
+  DMA_LOGGING_CONTROL,
+  DMA_LOGGING_RANGE,
+  DMA_LOGGING_REPORT,
   FEATURE_MIG_STATE,
   FEATURE_MIGRATION,
 } from '../layout.js';
@@ -53,13 +53,40 @@ export function featureIndex(flags: number): number {
   return flags & DeviceFeatureFlags.MASK;
 }
 
+/**
+ * The argsz a request needs so that the whole reply fits: for GET of MIGRATION and
+ * MIG_DEVICE_STATE 8 + 8, for GET of DMA_LOGGING_REPORT 8 + 24 + the bitmap size computed
+ * from the request data; otherwise (SET, PROBE: the reply echoes the request) 8 + data.
+ */
+export function deviceFeatureReplySize(flags: number, data: Uint8Array): number {
+  const echo = DEVICE_FEATURE.size + data.length;
+  if ((flags & DeviceFeatureFlags.GET) === 0 || (flags & DeviceFeatureFlags.PROBE) !== 0) return echo;
+  switch (featureIndex(flags)) {
+    case DeviceFeature.MIGRATION:
+      return Math.max(echo, DEVICE_FEATURE.size + FEATURE_MIGRATION.size);
+    case DeviceFeature.MIG_DEVICE_STATE:
+      return Math.max(echo, DEVICE_FEATURE.size + FEATURE_MIG_STATE.size);
+    case DeviceFeature.DMA_LOGGING_REPORT:
+      try {
+        const r = decodeFeatureDmaLoggingReportRequest(data);
+        return DEVICE_FEATURE.size + DMA_LOGGING_REPORT.size + dmaLoggingBitmapSize(r.length, r.pageSize);
+      } catch (e) {
+        if (e instanceof ProtocolError) return echo;
+        throw e;
+      }
+    default:
+      return echo;
+  }
+}
+
+/** argsz defaults to deviceFeatureReplySize(flags, data). */
 export function encodeDeviceFeatureRequest(msg: Init<DeviceFeatureRequest, 'argsz' | 'data'>): Uint8Array {
   const flags = checkU32(msg.flags, 'flags');
   checkDeviceFeatureFlags(flags);
   const data = checkBytes(msg.data ?? EMPTY, 'data');
   const F = DEVICE_FEATURE.fields;
   const { buf, dv } = newPayload(DEVICE_FEATURE.size + data.length);
-  dv.setUint32(F.argsz, checkU32(msg.argsz ?? DEVICE_FEATURE.size + data.length, 'argsz'), true);
+  dv.setUint32(F.argsz, checkU32(msg.argsz ?? deviceFeatureReplySize(flags, data), 'argsz'), true);
   dv.setUint32(F.flags, flags, true);
   buf.set(data, F.data);
   return buf;
@@ -80,7 +107,11 @@ export function decodeDeviceFeatureRequest(payload: Uint8Array): DeviceFeatureRe
   return decodeFeature(payload, 'DEVICE_FEATURE');
 }
 
-export const encodeDeviceFeatureReply: (msg: Init<DeviceFeatureReply, 'argsz' | 'data'>) => Uint8Array = encodeDeviceFeatureRequest;
+/** argsz defaults to 8 + data length (the reply's size). */
+export function encodeDeviceFeatureReply(msg: Init<DeviceFeatureReply, 'argsz' | 'data'>): Uint8Array {
+  const data = msg.data ?? EMPTY;
+  return encodeDeviceFeatureRequest({ argsz: msg.argsz ?? DEVICE_FEATURE.size + data.length, flags: msg.flags, data });
+}
 
 export function decodeDeviceFeatureReply(payload: Uint8Array): DeviceFeatureReply {
   return decodeFeature(payload, 'DEVICE_FEATURE reply');
@@ -143,13 +174,13 @@ export interface FeatureDmaLoggingControl {
 
 export function encodeFeatureDmaLoggingControl(c: FeatureDmaLoggingControl): Uint8Array {
   if (!Array.isArray(c.ranges)) throw new ProtocolError('VFU_BAD_VALUE', 'ranges must be an array');
-  const F = FEATURE_DMA_LOGGING_CONTROL.fields;
-  const R = FEATURE_DMA_LOGGING_RANGE.fields;
-  const { buf, dv } = newPayload(FEATURE_DMA_LOGGING_CONTROL.size + c.ranges.length * FEATURE_DMA_LOGGING_RANGE.size);
+  const F = DMA_LOGGING_CONTROL.fields;
+  const R = DMA_LOGGING_RANGE.fields;
+  const { buf, dv } = newPayload(DMA_LOGGING_CONTROL.size + c.ranges.length * DMA_LOGGING_RANGE.size);
   dv.setBigUint64(F.page_size, checkU64(c.pageSize, 'pageSize'), true);
   dv.setUint32(F.num_ranges, checkU32(c.ranges.length, 'num_ranges'), true);
   c.ranges.forEach((r, i) => {
-    const at = F.ranges + i * FEATURE_DMA_LOGGING_RANGE.size;
+    const at = F.ranges + i * DMA_LOGGING_RANGE.size;
     dv.setBigUint64(at + R.iova, checkU64(r.iova, 'iova'), true);
     dv.setBigUint64(at + R.length, checkU64(r.length, 'length'), true);
   });
@@ -157,17 +188,17 @@ export function encodeFeatureDmaLoggingControl(c: FeatureDmaLoggingControl): Uin
 }
 
 export function decodeFeatureDmaLoggingControl(data: Uint8Array): FeatureDmaLoggingControl {
-  need(data, FEATURE_DMA_LOGGING_CONTROL.size, 'DMA_LOGGING control');
-  const F = FEATURE_DMA_LOGGING_CONTROL.fields;
-  const R = FEATURE_DMA_LOGGING_RANGE.fields;
+  need(data, DMA_LOGGING_CONTROL.size, 'DMA_LOGGING control');
+  const F = DMA_LOGGING_CONTROL.fields;
+  const R = DMA_LOGGING_RANGE.fields;
   const dv = viewOf(data);
   const n = dv.getUint32(F.num_ranges, true);
-  if (n > (data.length - FEATURE_DMA_LOGGING_CONTROL.size) / FEATURE_DMA_LOGGING_RANGE.size) {
+  if (n > (data.length - DMA_LOGGING_CONTROL.size) / DMA_LOGGING_RANGE.size) {
     throw new ProtocolError('VFU_BAD_COUNT', `DMA_LOGGING control: ${n} ranges do not fit in ${data.length} bytes`);
   }
   const ranges: DmaLoggingRange[] = [];
   for (let i = 0; i < n; i++) {
-    const at = F.ranges + i * FEATURE_DMA_LOGGING_RANGE.size;
+    const at = F.ranges + i * DMA_LOGGING_RANGE.size;
     ranges.push({ iova: dv.getBigUint64(at + R.iova, true), length: dv.getBigUint64(at + R.length, true) });
   }
   return { pageSize: dv.getBigUint64(F.page_size, true), ranges };
@@ -203,8 +234,8 @@ export function dmaLoggingBitmapSize(length: bigint, pageSize: bigint): number {
 }
 
 function encodeReportHead(r: FeatureDmaLoggingReportRequest, extra: number): { buf: Uint8Array; dv: DataView } {
-  const F = FEATURE_DMA_LOGGING_REPORT.fields;
-  const out = newPayload(FEATURE_DMA_LOGGING_REPORT.size + extra);
+  const F = DMA_LOGGING_REPORT.fields;
+  const out = newPayload(DMA_LOGGING_REPORT.size + extra);
   out.dv.setBigUint64(F.iova, checkU64(r.iova, 'iova'), true);
   out.dv.setBigUint64(F.length, checkU64(r.length, 'length'), true);
   out.dv.setBigUint64(F.page_size, checkU64(r.pageSize, 'pageSize'), true);
@@ -212,8 +243,8 @@ function encodeReportHead(r: FeatureDmaLoggingReportRequest, extra: number): { b
 }
 
 function decodeReportHead(data: Uint8Array, what: string): FeatureDmaLoggingReportRequest {
-  need(data, FEATURE_DMA_LOGGING_REPORT.size, what);
-  const F = FEATURE_DMA_LOGGING_REPORT.fields;
+  need(data, DMA_LOGGING_REPORT.size, what);
+  const F = DMA_LOGGING_REPORT.fields;
   const dv = viewOf(data);
   const r = { iova: dv.getBigUint64(F.iova, true), length: dv.getBigUint64(F.length, true), pageSize: dv.getBigUint64(F.page_size, true) };
   bitmapBytes(r.length, r.pageSize); // validates page_size
@@ -234,14 +265,14 @@ export function encodeFeatureDmaLoggingReportReply(r: FeatureDmaLoggingReportRep
   const bitmap = checkBytes(r.bitmap, 'bitmap');
   if (bitmap.length !== size) throw new ProtocolError('VFU_BAD_SIZE', `DMA_LOGGING_REPORT bitmap must be ${size} bytes, got ${bitmap.length}`);
   const { buf } = encodeReportHead(r, size);
-  buf.set(bitmap, FEATURE_DMA_LOGGING_REPORT.fields.bitmap);
+  buf.set(bitmap, DMA_LOGGING_REPORT.fields.bitmap);
   return buf;
 }
 
 export function decodeFeatureDmaLoggingReportReply(data: Uint8Array): FeatureDmaLoggingReportReply {
   const head = decodeReportHead(data, 'DMA_LOGGING_REPORT reply');
   const size = bitmapBytes(head.length, head.pageSize);
-  const start = FEATURE_DMA_LOGGING_REPORT.fields.bitmap;
+  const start = DMA_LOGGING_REPORT.fields.bitmap;
   if (size > BigInt(data.length - start)) {
     throw new ProtocolError('VFU_BAD_SIZE', `DMA_LOGGING_REPORT reply: bitmap needs ${size} bytes, have ${data.length - start}`);
   }

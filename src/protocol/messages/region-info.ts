@@ -35,14 +35,14 @@ export interface SparseMmapArea {
   size: bigint;
 }
 
-/** VFIO_REGION_INFO_CAP_SPARSE_MMAP. */
+/** VFIO_REGION_INFO_CAP_SPARSE_MMAP (wire id 1). */
 export interface SparseMmapCap {
   kind: 'sparse-mmap';
   version: number;
   areas: SparseMmapArea[];
 }
 
-/** VFIO_REGION_INFO_CAP_TYPE. */
+/** VFIO_REGION_INFO_CAP_TYPE (wire id 2). */
 export interface TypeCap {
   kind: 'type';
   version: number;
@@ -116,7 +116,7 @@ function align8(n: number): number {
 function capSize(c: RegionCap): number {
   switch (c.kind) {
     case 'sparse-mmap':
-      if (!Array.isArray(c.areas)) throw new ProtocolError('VFU_BAD_VALUE', 'sparse-mmap cap needs an areas array');
+      if (!Array.isArray(c.areas)) throw new ProtocolError('VFU_BAD_VALUE', 'sparse mmap capability needs an areas array');
       return CAP_SPARSE_MMAP.size + c.areas.length * SPARSE_MMAP_AREA.size;
     case 'type':
       return CAP_TYPE.size;

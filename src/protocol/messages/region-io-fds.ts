@@ -39,13 +39,13 @@ interface SubRegionCommon {
   flags: number;
 }
 
-/** VFIO_USER_IO_FD_TYPE_IOEVENTFD (flags: IoEventFdFlags). */
+/** VFIO_USER_IO_FD_TYPE_IOEVENTFD, wire type 0 (flags: IoEventFdFlags). */
 export interface IoEventFdSubRegion extends SubRegionCommon {
   kind: 'ioeventfd';
   datamatch: bigint;
 }
 
-/** libvfio-user's VFIO_USER_IO_FD_TYPE_IOEVENTFD_SHADOW (48-byte entries only). */
+/** libvfio-user's VFIO_USER_IO_FD_TYPE_IOEVENTFD_SHADOW, wire type 2 (48-byte entries only). */
 export interface ShadowIoEventFdSubRegion extends SubRegionCommon {
   kind: 'ioeventfd-shadow';
   datamatch: bigint;
@@ -53,13 +53,13 @@ export interface ShadowIoEventFdSubRegion extends SubRegionCommon {
   shadowOffset: bigint;
 }
 
-/** VFIO_USER_IO_FD_TYPE_IOREGIONFD (flags: IoRegionFdFlags). */
+/** VFIO_USER_IO_FD_TYPE_IOREGIONFD, wire type 1 (flags: IoRegionFdFlags). */
 export interface IoRegionFdSubRegion extends SubRegionCommon {
   kind: 'ioregionfd';
   userData: bigint;
 }
 
-/** Any other type: the entry's bytes from 28 to the end of the entry (zero-copy). */
+/** Any other wire type: the entry's bytes from 28 to the end of the entry (zero-copy). */
 export interface UnknownIoFdSubRegion extends SubRegionCommon {
   kind: 'unknown';
   type: number;
@@ -149,14 +149,12 @@ export function encodeRegionIoFdsReply(msg: RegionIoFdsReplyInit, clientArgsz?: 
     dv.setUint32(at + C.fd_index, checkU32(s.fdIndex, 'fdIndex'), true);
     dv.setUint32(at + C.flags, checkU32(s.flags, 'sub-region flags'), true);
     switch (s.kind) {
-      case 'ioeventfd':
+      case 'ioeventfd': {
+        const dm = stride >= SUB_REGION_IOEVENTFD_48.size ? SUB_REGION_IOEVENTFD_48.fields.datamatch : SUB_REGION_IOEVENTFD.fields.datamatch;
         dv.setUint32(at + C.type, IoFdType.IOEVENTFD, true);
-        if (stride >= SUB_REGION_IOEVENTFD_48.size) {
-          dv.setBigUint64(at + SUB_REGION_IOEVENTFD_48.fields.datamatch, checkU64(s.datamatch, 'datamatch'), true);
-        } else {
-          dv.setBigUint64(at + SUB_REGION_IOEVENTFD.fields.datamatch, checkU64(s.datamatch, 'datamatch'), true);
-        }
+        dv.setBigUint64(at + dm, checkU64(s.datamatch, 'datamatch'), true);
         break;
+      }
       case 'ioeventfd-shadow': {
         if (stride < SUB_REGION_IOEVENTFD_48.size) {
           throw new ProtocolError('VFU_BAD_VALUE', `shadow ioeventfd entries need an entry size >= ${SUB_REGION_IOEVENTFD_48.size}`);
@@ -172,13 +170,15 @@ export function encodeRegionIoFdsReply(msg: RegionIoFdsReplyInit, clientArgsz?: 
         dv.setUint32(at + C.type, IoFdType.IOREGIONFD, true);
         dv.setBigUint64(at + SUB_REGION_IOREGIONFD.fields.user_data, checkU64(s.userData, 'userData'), true);
         break;
-      case 'unknown':
+      case 'unknown': {
         dv.setUint32(at + C.type, checkU32(s.type, 'sub-region type'), true);
-        if (checkBytes(s.rest, 'rest').length > stride - COMMON_SIZE) {
-          throw new ProtocolError('VFU_BAD_VALUE', `unknown sub-region rest (${s.rest.length} bytes) exceeds the entry`);
+        const rest = checkBytes(s.rest, 'rest');
+        if (rest.length > stride - COMMON_SIZE) {
+          throw new ProtocolError('VFU_BAD_VALUE', `sub-region rest (${rest.length} bytes) exceeds the ${stride}-byte entry`);
         }
-        buf.set(s.rest, at + COMMON_SIZE);
+        buf.set(rest, at + COMMON_SIZE);
         break;
+      }
       default:
         throw new ProtocolError('VFU_BAD_VALUE', `unknown sub-region kind ${String((s as { kind: unknown }).kind)}`);
     }

@@ -1,0 +1,211 @@
+/**
+ * `vfio-user trace --listen=PATH --connect=PATH [--json]`
+ *
+ * Sits between a client and a server: accepts the client on --listen, connects to the server
+ * at --connect, forwards every message both ways with its fds, and prints each one decoded
+ * with its timing (and, for replies, the round-trip time of the request). A twin socket the
+ * server hands out is proxied too, so server-to-client commands are traced as well.
+ */
+import { parseArgs } from 'node:util';
+import { native } from '../native/index.js';
+import * as P from '../protocol/index.js';
+import { MSG_TYPE_MASK, MSG_TYPE_REPLY, FLAG_ERROR, FLAG_NO_REPLY, type Header } from '../protocol/header.js';
+import { Connection, takeFds, closeFds, type Message } from '../transport/connection.js';
+import { Listener, connectPath } from '../transport/socket.js';
+import { errnoName } from '../errors.js';
+
+export interface TraceRecord {
+  t: number; // ms since the trace started
+  dir: 'c2s' | 's2c';
+  channel: 'main' | 'twin';
+  id: number;
+  command: string;
+  type: 'command' | 'reply';
+  flags: string[];
+  size: number;
+  fds: number;
+  error?: string;
+  rttUs?: number;
+  message?: unknown;
+  decodeError?: string;
+}
+
+function jsonable(v: unknown): unknown {
+  if (typeof v === 'bigint') return `0x${v.toString(16)}`;
+  if (v instanceof Uint8Array) return v.length <= 64 ? Buffer.from(v).toString('hex') : `${Buffer.from(v.subarray(0, 64)).toString('hex')}... (${v.length} bytes)`;
+  if (Array.isArray(v)) return v.map(jsonable);
+  if (v && typeof v === 'object') {
+    const o: Record<string, unknown> = {};
+    for (const [k, x] of Object.entries(v)) if (k !== 'raw') o[k] = jsonable(x);
+    return o;
+  }
+  return v;
+}
+
+export class Tracer {
+  private readonly t0 = performance.now();
+  private readonly sent = new Map<string, number>();
+  constructor(private readonly emit: (r: TraceRecord) => void) {}
+
+  record(msg: Message, dir: 'c2s' | 's2c', channel: 'main' | 'twin'): void {
+    const h = msg.header;
+    const isReply = (h.flags & MSG_TYPE_MASK) === MSG_TYPE_REPLY;
+    const now = performance.now();
+    const key = `${channel}:${isReply ? (dir === 'c2s' ? 's2c' : 'c2s') : dir}:${h.msgId}`;
+    const r: TraceRecord = {
+      t: Math.round((now - this.t0) * 1000) / 1000,
+      dir,
+      channel,
+      id: h.msgId,
+      command: P.commandName(h.command),
+      type: isReply ? 'reply' : 'command',
+      flags: [...(h.flags & FLAG_NO_REPLY ? ['no_reply'] : []), ...(h.flags & FLAG_ERROR ? ['error'] : [])],
+      size: h.size,
+      fds: msg.fds.length,
+    };
+    if (isReply) {
+      const t = this.sent.get(key);
+      if (t !== undefined) {
+        r.rttUs = Math.round((now - t) * 1000);
+        this.sent.delete(key);
+      }
+    } else if (!(h.flags & FLAG_NO_REPLY)) {
+      this.sent.set(key, now);
+    }
+    if (h.flags & FLAG_ERROR) {
+      r.error = errnoName(h.error);
+    } else {
+      try {
+        r.message = jsonable(isReply ? P.decodeReply(h.command, msg.payload) : P.decodeRequest(h.command, msg.payload));
+      } catch (e) {
+        r.decodeError = (e as Error).message;
+      }
+    }
+    this.emit(r);
+  }
+}
+
+export function formatRecord(r: TraceRecord): string {
+  const arrow = r.dir === 'c2s' ? 'C->S' : 'S->C';
+  const extra = r.error ? ` ERROR ${r.error}` : r.decodeError ? ` (undecodable: ${r.decodeError})` : ` ${JSON.stringify(r.message)}`;
+  return `${r.t.toFixed(3).padStart(10)}ms ${arrow}${r.channel === 'twin' ? '(twin)' : ''} #${r.id} ${r.command} ${r.type}${r.flags.length ? ' [' + r.flags.join(',') + ']' : ''} ${r.size}B${r.fds ? ` fds=${r.fds}` : ''}${r.rttUs !== undefined ? ` rtt=${r.rttUs}us` : ''}${extra}`;
+}
+
+/** Proxies one client connection to the server at `serverPath`. */
+export function proxySession(clientFd: number, serverPath: string, tracer: Tracer, onEnd: () => void): void {
+  const serverFd = connectPath(serverPath);
+  const max = 64 * 1024 * 1024;
+  let client!: Connection;
+  let server!: Connection;
+  const twins: Connection[] = [];
+  let ended = false;
+  const end = (): void => {
+    if (ended) return;
+    ended = true;
+    client.close();
+    server.close();
+    for (const t of twins) t.close();
+    onEnd();
+  };
+  const forward = (to: Connection, msg: Message, fds: number[]): void => {
+    try {
+      to.send(msg.header as Header, msg.payload, fds);
+    } finally {
+      closeFds(fds);
+    }
+  };
+  client = new Connection(clientFd, {
+    maxMessageSize: max,
+    onRaw: (msg) => {
+      tracer.record(msg, 'c2s', 'main');
+      forward(server, msg, takeFds(msg));
+    },
+    onClose: end,
+  });
+  server = new Connection(serverFd, {
+    maxMessageSize: max,
+    onRaw: (msg) => {
+      tracer.record(msg, 's2c', 'main');
+      let fds = takeFds(msg);
+      // a VERSION reply may carry the twin socket: interpose on it
+      if (msg.header.command === P.Command.VERSION && (msg.header.flags & MSG_TYPE_MASK) === MSG_TYPE_REPLY && fds.length) {
+        try {
+          const rep = P.decodeVersionReply(msg.payload);
+          const idx = rep.capabilities.twinSocket?.supported ? rep.capabilities.twinSocket.fdIndex : undefined;
+          if (idx !== undefined && idx < fds.length) {
+            const [ours, theirs] = native.socketpair();
+            const serverTwinFd = fds[idx]!;
+            fds = fds.slice();
+            fds[idx] = theirs;
+            let a!: Connection;
+            let b!: Connection;
+            a = new Connection(serverTwinFd, {
+              maxMessageSize: max,
+              onRaw: (m) => {
+                tracer.record(m, 's2c', 'twin');
+                forward(b, m, takeFds(m));
+              },
+              onClose: end,
+            });
+            b = new Connection(ours, {
+              maxMessageSize: max,
+              onRaw: (m) => {
+                tracer.record(m, 'c2s', 'twin');
+                forward(a, m, takeFds(m));
+              },
+              onClose: end,
+            });
+            twins.push(a, b);
+          }
+        } catch {
+          /* forward as is */
+        }
+      }
+      forward(client, msg, fds);
+    },
+    onClose: end,
+  });
+}
+
+export async function trace(argv: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      listen: { type: 'string' },
+      connect: { type: 'string' },
+      json: { type: 'boolean' },
+      once: { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  if (values.help || !values.listen || !values.connect) {
+    process.stdout.write('usage: vfio-user trace --listen=PATH --connect=SERVER_PATH [--json] [--once]\n');
+    return values.help ? 0 : 2;
+  }
+  const tracer = new Tracer((r) => process.stdout.write((values.json ? JSON.stringify(r) : formatRecord(r)) + '\n'));
+  let done: (n: number) => void = () => {};
+  const finished = new Promise<number>((r) => (done = r));
+  const listener = new Listener(values.listen, (fd) => {
+    process.stderr.write('trace: client connected\n');
+    try {
+      proxySession(fd, values.connect!, tracer, () => {
+        process.stderr.write('trace: session ended\n');
+        if (values.once) {
+          listener.close();
+          done(0);
+        }
+      });
+    } catch (e) {
+      native.close(fd);
+      process.stderr.write(`trace: cannot reach the server: ${(e as Error).message}\n`);
+    }
+  });
+  process.stderr.write(`trace: listening on ${values.listen}, forwarding to ${values.connect}\n`);
+  const stop = (): void => {
+    listener.close();
+    done(0);
+  };
+  process.once('SIGTERM', stop);
+  process.once('SIGINT', stop);
+  return finished;
+}

@@ -1,0 +1,23 @@
+/**
+ * vfio-user: server library, client library and devices.
+ */
+export { PciDevice, Region, RegionIndex } from './server/device.js';
+export type { RegionOptions, RegionAccess, PciDeviceOptions, IoEventFd, ResetReason } from './server/device.js';
+export { VfioUserServer, Session } from './server/server.js';
+export type { ServerOptions } from './server/server.js';
+export { IrqIndex } from './server/irq.js';
+export { DmaController, DmaError } from './server/dma.js';
+export { MigState, migStateName, migrationPath } from './server/migration.js';
+export type { MigrationHooks } from './server/migration.js';
+export { encodeState, decodeState } from './server/state.js';
+export * as pci from './server/pci/index.js';
+export { VfioUserClient, GuestMemory, describeRegion } from './client/client.js';
+export type { ClientOptions, RegionDescription, MappedRegion, IrqHandle } from './client/client.js';
+export { migrate } from './client/migrate.js';
+export type { MigrateOptions, MigrationResult } from './client/migrate.js';
+export { decodeConfig } from './client/pci-decode.js';
+export { GpioDevice } from './devices/gpio.js';
+export { NullDevice } from './devices/null.js';
+export { VfioUserError, Errno } from './errors.js';
+export type { VfioUserErrorCode } from './errors.js';
+export * as protocol from './protocol/index.js';

@@ -1,0 +1,136 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { native, isNativeError, PROT_READ, PROT_WRITE, type NativeError } from '../../src/native/index.js';
+import { collect, isCloexec, lastJson, spawnPeer, str, text } from './helpers.js';
+
+const T = { timeout: 10000 };
+const RW = PROT_READ | PROT_WRITE;
+
+function expectErrno(fn: () => unknown, code: string, syscall: string): void {
+  assert.throws(fn, (e: unknown) => isNativeError(e) && e.code === code && (e as NativeError).syscall === syscall);
+}
+
+test('memfd: CLOEXEC, ftruncate and fstat', T, () => {
+  const fd = native.memfdCreate('vfio-user-test');
+  assert.ok(isCloexec(fd));
+  assert.equal(native.fstat(fd).size, 0);
+  native.ftruncate(fd, 3 * native.PAGE_SIZE);
+  const st = native.fstat(fd);
+  assert.equal(st.size, 3 * native.PAGE_SIZE);
+  assert.equal(typeof st.dev, 'bigint');
+  assert.equal(typeof st.ino, 'bigint');
+  assert.equal(st.mode & 0o170000, 0o100000, 'a regular file');
+  native.ftruncate(fd, 2 ** 40); // sparse: sizes beyond 2^32 work
+  assert.equal(native.fstat(fd).size, 2 ** 40);
+  native.close(fd);
+  expectErrno(() => native.memfdCreate('x'.repeat(300)), 'EINVAL', 'memfd_create');
+  expectErrno(() => native.fstat(fd), 'EBADF', 'fstat');
+});
+
+test('two mappings of one memfd share memory; offsets select pages', T, () => {
+  const fd = native.memfdCreate('share');
+  const P = native.PAGE_SIZE;
+  native.ftruncate(fd, 2 * P);
+  const whole = native.mmap(fd, 0, 2 * P, RW);
+  const second = native.mmap(fd, P, P, RW);
+  const ro = native.mmap(fd, 0, P, PROT_READ);
+  assert.ok(whole instanceof ArrayBuffer);
+  assert.equal(whole.byteLength, 2 * P);
+  const w = new Uint8Array(whole);
+  w.set(text('page one'), 0);
+  w.set(text('page two'), P);
+  assert.equal(str(new Uint8Array(second, 0, 8)), 'page two');
+  assert.equal(str(new Uint8Array(ro, 0, 8)), 'page one');
+  new Uint8Array(second)[0] = 0x50; // 'P'
+  assert.equal(w[P], 0x50);
+  native.munmap(whole);
+  native.munmap(second);
+  native.munmap(ro);
+  native.close(fd);
+});
+
+test('munmap detaches the buffer: views read as empty, and it is idempotent', T, () => {
+  const fd = native.memfdCreate('detach');
+  native.ftruncate(fd, native.PAGE_SIZE);
+  const ab = native.mmap(fd, 0, native.PAGE_SIZE, RW);
+  const view = new Uint8Array(ab);
+  const dv = new DataView(ab);
+  view[0] = 1;
+  native.munmap(ab);
+  assert.equal(ab.byteLength, 0);
+  assert.equal(view.length, 0);
+  assert.equal(view[0], undefined);
+  assert.equal(view[100], undefined);
+  view[0] = 5; // ignored, no crash
+  assert.equal(view[0], undefined);
+  assert.throws(() => dv.getUint8(0), TypeError);
+  native.munmap(ab); // idempotent
+  native.munmap(ab);
+  // the memory was really unmapped and the file is intact
+  const again = new Uint8Array(native.mmap(fd, 0, native.PAGE_SIZE, RW));
+  assert.equal(again[0], 1);
+  native.munmap(again.buffer as ArrayBuffer);
+  native.close(fd);
+});
+
+test('mmap argument validation', T, () => {
+  const fd = native.memfdCreate('args');
+  const P = native.PAGE_SIZE;
+  native.ftruncate(fd, P);
+  expectErrno(() => native.mmap(fd, 1, P, RW), 'EINVAL', 'mmap');
+  expectErrno(() => native.mmap(fd, P / 2, P, RW), 'EINVAL', 'mmap');
+  expectErrno(() => native.mmap(fd, 0, 0, RW), 'EINVAL', 'mmap');
+  expectErrno(() => native.mmap(fd, 0, 2 ** 32, RW), 'EINVAL', 'mmap');
+  expectErrno(() => native.mmap(fd, 0, P, 0), 'EINVAL', 'mmap');
+  expectErrno(() => native.mmap(fd, 0, P, PROT_WRITE), 'EINVAL', 'mmap');
+  expectErrno(() => native.mmap(fd, 0, P, 4 | PROT_READ), 'EINVAL', 'mmap');
+  expectErrno(() => native.mmap(-1, 0, P, RW), 'EBADF', 'mmap');
+  assert.throws(() => native.mmap(fd, -P, P, RW), RangeError);
+  assert.throws(() => native.mmap(fd, 0, 1.5, RW), RangeError);
+  native.close(fd);
+  expectErrno(() => native.mmap(fd, 0, P, RW), 'EBADF', 'mmap');
+});
+
+test('a large (1 GiB, sparse) mapping', T, () => {
+  const fd = native.memfdCreate('big');
+  native.ftruncate(fd, 2 ** 30);
+  const ab = native.mmap(fd, 0, 2 ** 30, RW);
+  const v = new Uint8Array(ab);
+  v[2 ** 30 - 1] = 9;
+  assert.equal(v[2 ** 30 - 1], 9);
+  native.munmap(ab);
+  native.close(fd);
+});
+
+test('mappings dropped without munmap are reclaimed by GC', T, async () => {
+  const r = await collect(spawnPeer('gc-mmap', undefined, { nodeArgs: ['--expose-gc'] }));
+  assert.equal(r.code, 0, r.stderr);
+  const { base, peak, after } = lastJson<{ base: number; peak: number; after: number }>(r.stdout);
+  // without reclamation there would be ~1000 extra VMAs
+  assert.ok(peak - base < 400, `peak ${peak} vs base ${base}`);
+  assert.ok(after - base < 100, `after ${after} vs base ${base}`);
+});
+
+test('eventfd: counter, EAGAIN, semaphore mode, overflow', T, () => {
+  const fd = native.eventfd(5, false);
+  assert.ok(isCloexec(fd));
+  assert.equal(native.eventfdRead(fd), 5);
+  assert.equal(native.eventfdRead(fd), -1);
+  assert.equal(native.eventfdWrite(fd, 2), true);
+  assert.equal(native.eventfdWrite(fd, 40), true);
+  assert.equal(native.eventfdRead(fd), 42);
+  // the counter saturates at 2^64 - 2: further writes report EAGAIN as false
+  let writes = 0;
+  while (native.eventfdWrite(fd, 2 ** 53)) writes++;
+  assert.equal(writes, 2047);
+  assert.ok(native.eventfdRead(fd) > 2 ** 63);
+  native.close(fd);
+
+  const sem = native.eventfd(2, true);
+  assert.equal(native.eventfdRead(sem), 1);
+  assert.equal(native.eventfdRead(sem), 1);
+  assert.equal(native.eventfdRead(sem), -1);
+  native.close(sem);
+  expectErrno(() => native.eventfdRead(sem), 'EBADF', 'read');
+  expectErrno(() => native.eventfdWrite(sem, 1), 'EBADF', 'write');
+});

@@ -1,0 +1,66 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Worker } from 'node:worker_threads';
+import { once } from 'node:events';
+import { native } from '../../src/native/index.js';
+import { sleep, WORKER } from './helpers.js';
+
+const T = { timeout: 10000 };
+
+function start(mode: string): Worker {
+  return new Worker(WORKER, { workerData: { mode } });
+}
+
+test('the addon works in a worker thread', T, async () => {
+  const w = start('basic');
+  const [msg] = (await once(w, 'message')) as [Record<string, unknown>];
+  assert.deepEqual(msg, { sent: 2, n: 2, nfds: 2, shared: 77, woke: { status: 0, value: 5 }, errCode: 'EBADF' });
+  const [code] = (await once(w, 'exit')) as [number];
+  assert.equal(code, 0);
+});
+
+test('several workers use the addon concurrently', T, async () => {
+  const ws = [start('basic'), start('basic'), start('basic')];
+  const codes = await Promise.all(
+    ws.map(async (w) => {
+      const [msg] = (await once(w, 'message')) as [{ shared: number }];
+      assert.equal(msg.shared, 77);
+      return ((await once(w, 'exit')) as [number])[0];
+    }),
+  );
+  assert.deepEqual(codes, [0, 0, 0]);
+});
+
+test('terminating a worker with active pollers and live mappings is clean', T, async () => {
+  for (let i = 0; i < 3; i++) {
+    const w = start('hang');
+    let exited = false;
+    w.on('exit', () => (exited = true));
+    const [msg] = (await once(w, 'message')) as [string];
+    assert.equal(msg, 'ready');
+    await sleep(50);
+    assert.equal(exited, false, 'a started (ref\'d) poller keeps the worker alive');
+    const code = await w.terminate();
+    assert.equal(code, 1);
+  }
+  // the main thread's addon instance is unaffected
+  const [a, b] = native.socketpair();
+  native.close(a);
+  native.close(b);
+});
+
+test('a worker exits by itself when its poller is unref()ed; env teardown closes it', T, async () => {
+  const w = start('unref-exit');
+  const [msg] = (await once(w, 'message')) as [string];
+  assert.equal(msg, 'done');
+  const [code] = (await once(w, 'exit')) as [number];
+  assert.equal(code, 0);
+});
+
+test('an exception in a worker poll callback becomes the worker error event', T, async () => {
+  const w = start('throw');
+  const [err] = (await once(w, 'error')) as [Error];
+  assert.equal(err.message, 'boom in worker');
+  const [code] = (await once(w, 'exit')) as [number];
+  assert.equal(code, 1);
+});
