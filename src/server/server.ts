@@ -23,7 +23,7 @@ import { Migration } from './migration.js';
 export interface ServerOptions {
   /** most bytes of data in one REGION_READ/WRITE or DMA message (default 1 MiB) */
   maxDataXferSize?: number;
-  /** most fds accepted with one message (default 64) */
+  /** most fds accepted with one message (default 16, the most QEMU accepts) */
   maxMsgFds?: number;
   /** most DMA maps (default 65535) */
   maxDmaMaps?: number;
@@ -31,6 +31,12 @@ export interface ServerOptions {
   twinSocket?: boolean;
   /** advertise REGION_WRITE_MULTI (default true) */
   writeMultiple?: boolean;
+  /**
+   * Layout of DMA_WRITE requests and DMA_READ replies: the spec's (u64 count, data at 16) or
+   * QEMU's (u32 count, data at 12). 'auto' (default) picks QEMU's for a client whose VERSION
+   * announces write_multiple without twin_socket, as QEMU's does, and the spec's otherwise.
+   */
+  dmaMessageLayout?: 'auto' | 'spec' | 'qemu';
   /** log function (default: none) */
   log?: (level: 'info' | 'warn' | 'debug', msg: string) => void;
 }
@@ -59,6 +65,8 @@ export class Session {
   negotiated = false;
   clientCaps: P.VersionCapabilities = {} as P.VersionCapabilities;
   clientMaxDataXfer = 1048576;
+  /** layout for DMA messages to this client */
+  dmaLayout: 'spec' | 'qemu' = 'spec';
   private queue: Message[] = [];
   private busy = false;
   private closed = false;
@@ -192,6 +200,8 @@ export class Session {
     const caps = req.capabilities;
     this.clientCaps = caps;
     this.clientMaxDataXfer = caps.maxDataXferSize ?? P.DEFAULT_CAPABILITIES.maxDataXferSize;
+    const raw = caps.raw ?? {};
+    this.dmaLayout = s.dmaLayout !== 'auto' ? s.dmaLayout : 'write_multiple' in raw && !('twin_socket' in raw) ? 'qemu' : 'spec';
     const reply: P.VersionCapabilities = {
       maxMsgFds: s.maxMsgFds,
       maxDataXferSize: s.maxDataXferSize,
@@ -557,14 +567,14 @@ export class Session {
       maxTransfer,
       read: async (iova, length) => {
         const m = await this.toClient.request(P.Command.DMA_READ, P.encodeDmaReadRequest({ address: BigInt(iova), count: length }));
-        const rep = P.decodeDmaReadReply(m.payload, length);
+        const rep = P.decodeDmaReadReply(m.payload, length, this.dmaLayout);
         if (rep.address !== BigInt(iova) || rep.data.length !== length) {
           throw new DmaError(`bad DMA_READ reply for 0x${iova.toString(16)}+${length}`, Errno.EIO);
         }
         return rep.data;
       },
       write: async (iova, data) => {
-        const m = await this.toClient.request(P.Command.DMA_WRITE, P.encodeDmaWriteRequest({ address: BigInt(iova), data }));
+        const m = await this.toClient.request(P.Command.DMA_WRITE, P.encodeDmaWriteRequest({ address: BigInt(iova), data, layout: this.dmaLayout }));
         const rep = P.decodeDmaWriteReply(m.payload);
         // QEMU answers with an empty payload; a spec reply must match the request
         if (rep.address !== undefined && (rep.address !== BigInt(iova) || rep.count !== data.length)) {
@@ -597,6 +607,7 @@ export class VfioUserServer extends EventEmitter {
   readonly twinSocket: boolean;
   readonly writeMultiple: boolean;
   readonly migration: Migration | undefined;
+  readonly dmaLayout: 'auto' | 'spec' | 'qemu';
   private readonly logFn: ServerOptions['log'];
   private listener: Listener | undefined;
   session: Session | undefined;
@@ -606,7 +617,8 @@ export class VfioUserServer extends EventEmitter {
     super();
     this.device = device;
     this.maxDataXferSize = opts.maxDataXferSize ?? 1048576;
-    this.maxMsgFds = opts.maxMsgFds ?? 64;
+    this.maxMsgFds = opts.maxMsgFds ?? 16;
+    this.dmaLayout = opts.dmaMessageLayout ?? 'auto';
     this.maxDmaMaps = opts.maxDmaMaps ?? 65535;
     this.twinSocket = opts.twinSocket ?? true;
     this.writeMultiple = opts.writeMultiple ?? true;

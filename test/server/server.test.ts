@@ -51,7 +51,7 @@ describe('server: negotiation', () => {
       const c = await VfioUserClient.connect(path, { twinSocket: false });
       assert.deepEqual(c.version, { major: 0, minor: 0 });
       assert.equal(c.serverCaps.maxDataXferSize, 1048576);
-      assert.equal(c.serverCaps.maxMsgFds, 64);
+      assert.equal(c.serverCaps.maxMsgFds, 16);
       assert.equal(c.serverCaps.maxDmaMaps, 65535);
       assert.equal(c.serverCaps.pgsizes, 4096n);
       assert.equal(c.serverCaps.writeMultiple, true);

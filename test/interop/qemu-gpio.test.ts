@@ -1,0 +1,54 @@
+/**
+ * Interop: QEMU's vfio-user-pci with a Linux guest drives our GPIO device through the
+ * in-kernel gpio-pci-idio-16 driver.
+ *
+ * Needs VFU_GUEST_RUN: a program taking `-s SOCKET -t GUEST_SCRIPT` that boots QEMU 10.1+
+ * with `-device vfio-user-pci` on SOCKET and a Linux guest (with gpio-pci-idio-16) which runs
+ * GUEST_SCRIPT under busybox sh, printing its output, and exits with the script's status.
+ * See test/interop/README.md. Without it the test is reported as skipped.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { serveChild } from '../helpers.js';
+
+const runner = process.env.VFU_GUEST_RUN;
+const script = new URL('../../../test/interop/guest/gpio-idio16.sh', import.meta.url).pathname;
+
+test('QEMU + Linux guest: gpio-pci-idio-16 binds and uses our GPIO device', { skip: runner ? false : 'VFU_GUEST_RUN not set (no QEMU guest runner)', timeout: 300_000 }, async () => {
+  const srv = await serveChild('gpio', ['--inputs=0']);
+  const seen: number[] = [];
+  let toggled = false;
+  let answered = false;
+  srv.child.stdout!.on('data', () => {});
+  const poll = setInterval(() => {
+    for (const e of srv.events.splice(0)) {
+      if (e.event !== 'outputs') continue;
+      const v = e.value as number;
+      seen.push(v);
+      if (v & 0x8000 && !answered) {
+        answered = true;
+        srv.send('inputs 0xa5a5');
+      }
+      if (v & 0x4000 && !toggled) {
+        toggled = true;
+        srv.send('input 0 0');
+      }
+    }
+  }, 20);
+  try {
+    const guest = spawn(runner!, ['-s', srv.path, '-t', script], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    guest.stdout!.on('data', (d) => (out += d));
+    guest.stderr!.on('data', (d) => (out += d));
+    const code = await new Promise<number | null>((r) => guest.on('exit', r));
+    const lines = out.split('\n').filter((l) => l.includes('GPIOTEST')).join('\n');
+    process.stdout.write(lines + '\n');
+    assert.equal(code, 0, `guest failed:\n${out.slice(-4000)}\nserver stderr:\n${srv.stderr()}`);
+    assert.ok(seen.some((v) => (v & 0xf) === 0b1101), `host saw the guest's outputs: ${seen.map((v) => v.toString(16))}`);
+    assert.ok(answered && toggled);
+  } finally {
+    clearInterval(poll);
+    await srv.stop();
+  }
+});
