@@ -12,7 +12,7 @@ import { native } from '../native/index.js';
 import * as P from '../protocol/index.js';
 import { HEADER_SIZE, FLAG_NO_REPLY, type Header } from '../protocol/header.js';
 import { ProtocolError } from '../protocol/errors.js';
-import { Connection, takeFds, closeFds, type Message } from '../transport/connection.js';
+import { Connection, takeFds, closeFds, retain, type Message } from '../transport/connection.js';
 import { Listener, adoptFd } from '../transport/socket.js';
 import { VfioUserError, Errno } from '../errors.js';
 import { PciDevice, RegionIndex, type Region } from './device.js';
@@ -101,7 +101,7 @@ export class Session {
   private onCommand(msg: Message): void {
     if (this.busy || this.queue.length) {
       // keep order: fds must be owned by us until the command runs
-      this.queue.push({ header: msg.header, payload: msg.payload, fds: takeFds(msg) });
+      this.queue.push(retain(msg));
       return;
     }
     this.run(msg);
@@ -386,9 +386,10 @@ export class Session {
     const { offset, region, count } = req;
     const r = this.checkAccess(region, offset, count, false);
     const dev = this.server.device;
+    const h = msg.header;
     const send = (data: Uint8Array): void => {
       if (data.length !== count) fail(Errno.EIO, `device returned ${data.length} bytes for a ${count}-byte read`);
-      this.conn.reply(msg.header, P.encodeRegionReadReply({ offset, region, count, data }));
+      this.conn.replyWith(h, 16 + count, (buf, dv, at) => P.encodeRegionReadReplyInto(buf, dv, at, offset, region, data));
     };
     if (!r) return send(dev.config.read(offset, count));
     if (dev.msixTable) {
@@ -406,10 +407,12 @@ export class Session {
 
   private regionWrite(msg: Message): void | Promise<void> {
     const req = P.decodeRegionWriteRequest(msg.payload);
-    const { offset, region, count, data } = req;
+    const { offset, region, count } = req;
+    const data = copyOf(req.data); // the payload is only valid during this call; devices may keep data
     const r = this.checkAccess(region, offset, count, true);
+    const h = msg.header;
     const done = (): void => {
-      if (!(msg.header.flags & FLAG_NO_REPLY)) this.conn.reply(msg.header, P.encodeRegionWriteReply({ offset, region, count }));
+      if (!(h.flags & FLAG_NO_REPLY)) this.conn.replyWith(h, 16, (_b, dv, at) => P.encodeRegionWriteReplyInto(dv, at, offset, region, count));
     };
     const res = this.write(r, region, offset, data);
     if (res) return res.then(done);
@@ -449,7 +452,7 @@ export class Session {
   private regionWriteMulti(msg: Message): void | Promise<void> {
     if (!this.server.writeMultiple) fail(Errno.ENOTSUP, 'REGION_WRITE_MULTI not enabled');
     const req = P.decodeRegionWriteMultiRequest(msg.payload);
-    const entries = req.entries;
+    const entries = req.entries.map((e) => ({ ...e, data: copyOf(e.data) }));
     const done = (): void => {
       this.conn.reply(msg.header, P.encodeRegionWriteMultiReply({ wrCnt: entries.length }));
     };
@@ -583,6 +586,13 @@ export class Session {
       },
     };
   }
+}
+
+/** A copy that small sizes keep on V8's heap (no malloc). */
+function copyOf(v: Uint8Array): Uint8Array {
+  const c = new Uint8Array(v.length);
+  c.set(v);
+  return c;
 }
 
 function toSafe(v: bigint, fds?: number[]): number {

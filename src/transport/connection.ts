@@ -32,10 +32,20 @@ import { VfioUserError, Errno, errnoName } from '../errors.js';
 
 export interface Message {
   readonly header: Header;
-  /** the bytes after the header; owned by the receiver (a copy, safe to keep) */
+  /**
+   * The bytes after the header. For a reply this is a copy the requester may keep. For a
+   * command (and in raw mode) it is a view into the receive buffer, valid only until the
+   * handler returns: copy what you keep (see retain()). This keeps the hot path free of
+   * allocations.
+   */
   readonly payload: Uint8Array;
   /** fds that arrived with this message; take them with takeFds() to own them */
   fds: number[];
+}
+
+/** A copy of a command message that outlives its handler (payload copied, fds moved). */
+export function retain(msg: Message): Message {
+  return { header: msg.header, payload: msg.payload.slice(), fds: takeFds(msg) };
 }
 
 /** Takes ownership of a message's fds: the transport will no longer close them. */
@@ -100,6 +110,17 @@ interface FdRecord {
 }
 
 const DEFAULT_MAX_MESSAGE = 16 + 1048576 + 4096;
+const SCRATCH_SIZE = 4096;
+
+function writeHeader(dv: DataView, h: Header, size: number): void {
+  dv.setUint16(0, h.msgId, true);
+  dv.setUint16(2, h.command, true);
+  dv.setUint32(4, size, true);
+  dv.setUint32(8, h.flags, true);
+  dv.setUint32(12, h.error, true);
+}
+
+const KNOWN_HEADER_FLAGS = MSG_TYPE_MASK | FLAG_NO_REPLY | FLAG_ERROR;
 const FDS_OUT_LEN = 1 + 253;
 
 export class Connection {
@@ -129,6 +150,9 @@ export class Connection {
   private closed = false;
   private readonly hdr = new Uint8Array(HEADER_SIZE);
   private readonly hdrView = new DataView(this.hdr.buffer);
+  private readonly scratch = new Uint8Array(SCRATCH_SIZE);
+  private readonly scratchView = new DataView(this.scratch.buffer);
+  private readonly iov1: Uint8Array[] = [this.scratch];
 
   constructor(fd: number, opts: ConnectionOptions = {}) {
     this.fd = fd;
@@ -189,8 +213,9 @@ export class Connection {
       }
       if (this.rend === this.rbuf.length) this.makeRoom();
       let n: number;
+      const space = this.rbuf.length - this.rend;
       try {
-        n = native.recvmsg(this.fd, this.rbuf, this.rend, this.rbuf.length - this.rend, this.fdsOut);
+        n = native.recvmsg(this.fd, this.rbuf, this.rend, space, this.fdsOut);
       } catch (e) {
         const err = e as { code?: string; errno?: number; message?: string };
         if (err.code === 'ECTRUNC') {
@@ -215,6 +240,9 @@ export class Connection {
         this.fdsOut[0] = 0;
       }
       this.parse();
+      // A short read drained the socket: skip the recvmsg that would only say EAGAIN (the
+      // poll is level-triggered, so anything that arrives later wakes us again).
+      if (n < space) return;
     }
   }
 
@@ -235,14 +263,29 @@ export class Connection {
 
   private parse(): void {
     while (!this.closed && this.rend - this.rstart >= HEADER_SIZE) {
-      let header: Header;
-      try {
-        header = decodeHeader(this.rbuf, this.rstart);
-      } catch (e) {
-        const pe = e as ProtocolError;
-        this.fail(new VfioUserError('VFU_PROTOCOL', `bad header: ${pe.message}`, Errno.EINVAL, { cause: e }));
+      // the header, read in place (decodeHeader only to describe a bad one)
+      const b = this.rbuf;
+      const o = this.rstart;
+      const size = (b[o + 4]! | (b[o + 5]! << 8) | (b[o + 6]! << 16) | (b[o + 7]! << 24)) >>> 0;
+      const flags = (b[o + 8]! | (b[o + 9]! << 8) | (b[o + 10]! << 16) | (b[o + 11]! << 24)) >>> 0;
+      const type = flags & MSG_TYPE_MASK;
+      if (size < HEADER_SIZE || (type !== MSG_TYPE_COMMAND && type !== MSG_TYPE_REPLY) || (flags & ~KNOWN_HEADER_FLAGS) !== 0) {
+        let why = 'bad header';
+        try {
+          decodeHeader(b, o);
+        } catch (e) {
+          why = `bad header: ${(e as ProtocolError).message}`;
+        }
+        this.fail(new VfioUserError('VFU_PROTOCOL', why, Errno.EINVAL));
         return;
       }
+      const header: Header = {
+        msgId: b[o]! | (b[o + 1]! << 8),
+        command: b[o + 2]! | (b[o + 3]! << 8),
+        size,
+        flags,
+        error: (b[o + 12]! | (b[o + 13]! << 8) | (b[o + 14]! << 16) | (b[o + 15]! << 24)) >>> 0,
+      };
       if (header.size > this.maxMessageSize) {
         this.fail(
           new VfioUserError(
@@ -259,7 +302,10 @@ export class Connection {
       }
       const msgStart = this.rbase + this.rstart;
       const msgEnd = msgStart + header.size;
-      const payload = this.rbuf.slice(this.rstart + HEADER_SIZE, this.rstart + header.size);
+      const payload =
+        type === MSG_TYPE_REPLY && !this.onRaw
+          ? this.rbuf.slice(this.rstart + HEADER_SIZE, this.rstart + header.size)
+          : this.rbuf.subarray(this.rstart + HEADER_SIZE, this.rstart + header.size);
       this.rstart += header.size;
       let fds: number[] = [];
       if (this.fdRecords.length > 0) {
@@ -370,17 +416,23 @@ export class Connection {
     if (size > this.maxMessageSize) {
       throw new VfioUserError('VFU_MESSAGE_TOO_LARGE', `message of ${size} bytes exceeds the maximum ${this.maxMessageSize}`, Errno.EMSGSIZE);
     }
-    const hv = this.hdrView;
-    hv.setUint16(0, header.msgId, true);
-    hv.setUint16(2, header.command, true);
-    hv.setUint32(4, size, true);
-    hv.setUint32(8, header.flags, true);
-    hv.setUint32(12, header.error, true);
     const fdList = fds && fds.length ? (fds as number[]) : null;
+    // Small messages are assembled in a scratch buffer and written with one iovec.
+    let bufs: Uint8Array[];
+    if (size <= SCRATCH_SIZE) {
+      const sc = this.scratch;
+      writeHeader(this.scratchView, header, size);
+      if (plen) sc.set(payload!, HEADER_SIZE);
+      this.iov1[0] = sc.subarray(0, size);
+      bufs = this.iov1;
+    } else {
+      writeHeader(this.hdrView, header, size);
+      bufs = [this.hdr, payload!];
+    }
     let sent = 0;
     if (this.wqueue.length === 0) {
       try {
-        sent = native.sendmsg(this.fd, plen ? [this.hdr, payload!] : [this.hdr], fdList);
+        sent = native.sendmsg(this.fd, bufs, fdList);
       } catch (e) {
         const err = e as { code?: string; errno?: number; message?: string };
         const ve = new VfioUserError('VFU_DISCONNECTED', `sendmsg: ${err.message ?? String(e)}`, err.errno ?? 0);
@@ -392,8 +444,8 @@ export class Connection {
     }
     // queue the rest; fds go along only if nothing was sent yet
     const whole = new Uint8Array(size);
-    whole.set(this.hdr, 0);
-    if (plen) whole.set(payload!, HEADER_SIZE);
+    whole.set(bufs[0]!, 0);
+    if (bufs.length > 1 && plen) whole.set(payload!, HEADER_SIZE);
     const rest = sent ? whole.subarray(sent) : whole;
     const ownFds = sent === 0 && fdList ? fdList.map((fd) => native.dup(fd)) : null;
     this.wqueue.push({ data: rest, fds: ownFds });
@@ -506,6 +558,39 @@ export class Connection {
   reply(req: Header, payload: Uint8Array | null, fds?: readonly number[]): boolean {
     if (req.flags & FLAG_NO_REPLY || this.closed) return true;
     return this.send({ msgId: req.msgId, command: req.command, size: 0, flags: MSG_TYPE_REPLY, error: 0 }, payload, fds);
+  }
+
+  /**
+   * Replies with a payload of at most maxPayload bytes that `fill` writes in place at `at` of
+   * the transport's scratch buffer (returning its length): no allocation on the hot path.
+   * Larger payloads fall back to an allocated buffer.
+   */
+  replyWith(req: Header, maxPayload: number, fill: (buf: Uint8Array, dv: DataView, at: number) => number): boolean {
+    if (req.flags & FLAG_NO_REPLY || this.closed) return true;
+    if (HEADER_SIZE + maxPayload > SCRATCH_SIZE || this.wqueue.length) {
+      const buf = new Uint8Array(maxPayload);
+      const n = fill(buf, new DataView(buf.buffer), 0);
+      return this.reply(req, buf.subarray(0, n));
+    }
+    const n = fill(this.scratch, this.scratchView, HEADER_SIZE);
+    const size = HEADER_SIZE + n;
+    writeHeader(this.scratchView, { msgId: req.msgId, command: req.command, size: 0, flags: MSG_TYPE_REPLY, error: 0 }, size);
+    this.iov1[0] = this.scratch.subarray(0, size);
+    let sent: number;
+    try {
+      sent = native.sendmsg(this.fd, this.iov1, null);
+    } catch (e) {
+      const err = e as { code?: string; errno?: number; message?: string };
+      const ve = new VfioUserError('VFU_DISCONNECTED', `sendmsg: ${err.message ?? String(e)}`, err.errno ?? 0);
+      this.fail(err.code === 'EPIPE' || err.code === 'ECONNRESET' ? undefined : ve);
+      throw ve;
+    }
+    if (sent === size) return true;
+    const rest = this.scratch.slice(sent < 0 ? 0 : sent, size);
+    this.wqueue.push({ data: rest, fds: null });
+    this.wqueued += rest.length;
+    this.watch(true);
+    return this.wqueued <= this.highWaterMark;
   }
 
   /** Sends an error reply carrying errno (nothing when the command had NO_REPLY). */

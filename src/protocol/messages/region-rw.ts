@@ -194,3 +194,24 @@ export function decodeRegionWriteMultiReply(payload: Uint8Array): RegionWriteMul
   need(payload, WRITE_MULTI_REPLY.size, 'REGION_WRITE_MULTI reply');
   return { wrCnt: getU64Number(viewOf(payload), WRITE_MULTI_REPLY.fields.wr_cnt, 'VFU_BAD_COUNT', 'REGION_WRITE_MULTI reply wr_cnt') };
 }
+
+/**
+ * Hot-path encoder: writes a REGION_READ reply payload (struct + data) at `at` of a buffer
+ * the caller owns (the transport's scratch buffer), with no allocation. `dv` views `buf`.
+ * Returns the payload length.
+ */
+export function encodeRegionReadReplyInto(buf: Uint8Array, dv: DataView, at: number, offset: number, region: number, data: Uint8Array): number {
+  setU64Number(dv, at + F.offset, offset);
+  dv.setUint32(at + F.region, region, true);
+  dv.setUint32(at + F.count, data.length, true);
+  buf.set(data, at + F.data);
+  return REGION_ACCESS.size + data.length;
+}
+
+/** Hot-path encoder: a REGION_WRITE reply payload at `at` (see encodeRegionReadReplyInto). */
+export function encodeRegionWriteReplyInto(dv: DataView, at: number, offset: number, region: number, count: number): number {
+  setU64Number(dv, at + F.offset, offset);
+  dv.setUint32(at + F.region, region, true);
+  dv.setUint32(at + F.count, count, true);
+  return REGION_ACCESS.size;
+}

@@ -1,0 +1,143 @@
+/**
+ * Server benchmarks (issue #3), everything pinned to CPU 0:
+ *  - REGION_READ and REGION_WRITE round trips timed by the neutral C client vfu-bench against
+ *    our GPIO device, at depth 1 and 16; against libvfio-user's gpio sample in the same run
+ *    when VFU_LIBVFIO_USER_SAMPLES points at its built samples;
+ *  - posted (NO_REPLY) REGION_WRITE rate from our client;
+ *  - DMA map+unmap rate, and translate (views) cost at 65,535 maps;
+ *  - idle server RSS.
+ *
+ * Usage: node dist/bench/server.js [N]
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { buildTools, runTool, resultField, pinnedSelf } from './util.js';
+import { DmaController } from '../src/server/dma.js';
+import { VfioUserClient, GuestMemory } from '../src/client/client.js';
+import { native } from '../src/native/index.js';
+
+const CLI = new URL('../src/cli/main.js', import.meta.url).pathname;
+
+async function waitSocket(path: string, child: ChildProcess): Promise<void> {
+  // wait for the socket file only: probing with a connection would count as a client
+  for (let i = 0; i < 200; i++) {
+    if (existsSync(path)) {
+      await new Promise((r) => setTimeout(r, 100));
+      return;
+    }
+    if (child.exitCode !== null) throw new Error(`server exited with ${child.exitCode}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`no server at ${path}`);
+}
+
+function start(cmd: string[], path: string): ChildProcess {
+  rmSync(path, { force: true });
+  return spawn('taskset', ['-c', '0', ...cmd], { stdio: ['pipe', 'ignore', 'ignore'] });
+}
+
+function vfuBench(tools: string, path: string, n: number, extra: string[]): { rtt: number; rps: number } {
+  const out = runTool(['taskset', '-c', '0', `${tools}/vfu-bench`, '-r', '2', '-o', '0', '-c', '1', '-n', String(n), ...extra, path]);
+  return { rtt: resultField(out, 'mean_rtt_us'), rps: resultField(out, 'req_per_sec') };
+}
+
+function rssKiB(pid: number): number {
+  const m = readFileSync(`/proc/${pid}/status`, 'utf8').match(/VmRSS:\s+(\d+)/);
+  return m ? Number(m[1]) : NaN;
+}
+
+export async function serverBench(n: number): Promise<Record<string, number>> {
+  const tools = buildTools();
+  pinnedSelf('0');
+  const out: Record<string, number> = {};
+  const ours = join(tmpdir(), `vfu-bench-ours-${process.pid}.sock`);
+  const srv = start([process.execPath, CLI, 'serve', 'gpio', `--socket-path=${ours}`, '-q'], ours);
+  await waitSocket(ours, srv);
+  out.idleRssKiB = rssKiB(srv.pid!);
+  let ref: ChildProcess | undefined;
+  const samples = process.env.VFU_LIBVFIO_USER_SAMPLES;
+  const refPath = join(tmpdir(), `vfu-bench-ref-${process.pid}.sock`);
+  if (samples) {
+    ref = start([join(samples, 'gpio-pci-idio-16'), refPath], refPath);
+    await waitSocket(refPath, ref);
+  }
+  // interleave ours and the reference so both see the same machine
+  for (const [name, args] of [
+    ['read_d1', []],
+    ['read_d16', ['-d', '16']],
+    ['write_d1', ['-w']],
+    ['write_d16', ['-w', '-d', '16']],
+  ] as const) {
+    const a = vfuBench(tools, ours, n, [...args]);
+    out[`ours_${name}_rtt_us`] = a.rtt;
+    out[`ours_${name}_rps`] = a.rps;
+    if (ref) {
+      const b = vfuBench(tools, refPath, n, [...args]);
+      out[`ref_${name}_rtt_us`] = b.rtt;
+      out[`ref_${name}_rps`] = b.rps;
+      out[`ratio_${name}_rtt`] = a.rtt / b.rtt;
+    }
+  }
+  // posted writes from our client: N NO_REPLY writes, then one read to know they are done
+  {
+    const c = await VfioUserClient.connect(ours, { twinSocket: false });
+    const data = Uint8Array.of(1);
+    const t0 = process.hrtime.bigint();
+    for (let i = 0; i < n; i++) await c.write(2, 0, data, { posted: true });
+    await c.read(2, 0, 1);
+    const us = Number(process.hrtime.bigint() - t0) / 1000;
+    out.ours_posted_write_per_sec = Math.round(n / (us / 1e6));
+    c.close();
+  }
+  srv.kill('SIGTERM');
+  ref?.kill('SIGINT');
+  // DMA map + unmap through the protocol, shared memory (the guest-IOMMU pattern: same file)
+  {
+    const null1 = join(tmpdir(), `vfu-bench-null-${process.pid}.sock`);
+    const s2 = start([process.execPath, CLI, 'serve', 'null', `--socket-path=${null1}`, '-q'], null1);
+    await waitSocket(null1, s2);
+    const c = await VfioUserClient.connect(null1, { twinSocket: false });
+    const mem = new GuestMemory(1 << 24);
+    const m = Math.min(n, 20000);
+    const t0 = process.hrtime.bigint();
+    for (let i = 0; i < m; i++) {
+      const off = (i % 4096) * 4096;
+      await c.dmaMap(mem, 0x100000000 + off, { offset: off, size: 4096 });
+      await c.dmaUnmap(0x100000000 + off, 4096);
+    }
+    const us = Number(process.hrtime.bigint() - t0) / 1000;
+    out.dma_map_unmap_pairs_per_sec = Math.round(m / (us / 1e6));
+    c.close();
+    mem.free();
+    s2.kill('SIGTERM');
+  }
+  // translate cost at 65,535 maps (in-process controller over one memfd)
+  {
+    const dma = new DmaController();
+    const fd = native.memfdCreate('bench');
+    native.ftruncate(fd, 65535 * 4096);
+    const t0 = process.hrtime.bigint();
+    for (let i = 0; i < 65535; i++) dma.map(i * 8192, 4096, 3, native.dup(fd), i * 4096);
+    out.map_65535_ms = Number(process.hrtime.bigint() - t0) / 1e6;
+    let x = 0;
+    const lookups = 1_000_000;
+    const t1 = process.hrtime.bigint();
+    for (let i = 0; i < lookups; i++) {
+      const iova = ((i * 7919) % 65535) * 8192 + 128;
+      x += dma.views(iova, 64)[0]!.length;
+    }
+    out.translate_ns_at_65535 = Number(process.hrtime.bigint() - t1) / lookups;
+    if (x !== lookups * 64) throw new Error('translate bench: wrong view sizes');
+    await dma.unmapAll();
+    native.close(fd);
+  }
+  return out;
+}
+
+if (process.argv[1] === new URL(import.meta.url).pathname) {
+  const n = Number(process.argv[2] ?? 100000);
+  const r = await serverBench(n);
+  for (const [k, v] of Object.entries(r)) console.log(`${k.padEnd(32)} ${Number.isInteger(v) ? v : v.toFixed(3)}`);
+}

@@ -1,0 +1,40 @@
+/**
+ * Benchmark helpers: build the neutral C tools from ../shared/tools/vfu-bench, run them,
+ * read their RESULT lines, pin this process.
+ */
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+const SHARED = new URL('../../../shared/tools/vfu-bench', import.meta.url).pathname;
+
+/** Builds vfu-bench, vfu-probe, uds-pingpong into a temp dir (once) and returns it. */
+export function buildTools(): string {
+  const out = join(tmpdir(), 'vfio-user-bench-tools');
+  if (!existsSync(join(out, 'vfu-bench')) || !existsSync(join(out, 'uds-pingpong'))) {
+    if (!existsSync(SHARED)) throw new Error(`benchmark tools not found at ${SHARED} (../shared must sit beside the repo)`);
+    mkdirSync(out, { recursive: true });
+    execFileSync('make', ['-s', '-C', SHARED, `OUT=${out}`], { stdio: 'inherit' });
+  }
+  return out;
+}
+
+export function runTool(argv: string[]): string {
+  const r = spawnSync(argv[0]!, argv.slice(1), { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`${argv.join(' ')} failed (${r.status}): ${r.stderr}`);
+  return r.stdout;
+}
+
+/** Reads one field of the RESULT line the tools print. */
+export function resultField(out: string, key: string): number {
+  const line = out.split('\n').find((l) => l.startsWith('RESULT'));
+  const m = line?.match(new RegExp(`\\b${key}=([0-9.]+)`));
+  if (!m) throw new Error(`no ${key} in: ${out}`);
+  return Number(m[1]);
+}
+
+/** Pins this process (all its threads) to a CPU. */
+export function pinnedSelf(cpu: string): void {
+  spawnSync('taskset', ['-a', '-p', '-c', cpu, String(process.pid)], { stdio: 'ignore' });
+}
