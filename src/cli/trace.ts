@@ -95,7 +95,10 @@ export function formatRecord(r: TraceRecord): string {
 export function proxySession(clientFd: number, serverPath: string, tracer: Tracer, onEnd: () => void): void {
   const serverFd = connectPath(serverPath);
   const max = 64 * 1024 * 1024;
+  // assigned below; the closures refer to each other
+  // eslint-disable-next-line prefer-const
   let client!: Connection;
+  // eslint-disable-next-line prefer-const
   let server!: Connection;
   const twins: Connection[] = [];
   let ended = false;
@@ -109,7 +112,10 @@ export function proxySession(clientFd: number, serverPath: string, tracer: Trace
   };
   const forward = (to: Connection, msg: Message, fds: number[]): void => {
     try {
-      to.send(msg.header as Header, msg.payload, fds);
+      if (!to.isClosed) to.send(msg.header as Header, msg.payload, fds);
+    } catch {
+      // the other side is gone (or refused the message): end the session, never crash the tracer
+      end();
     } finally {
       closeFds(fds);
     }
@@ -137,9 +143,9 @@ export function proxySession(clientFd: number, serverPath: string, tracer: Trace
             const serverTwinFd = fds[idx]!;
             fds = fds.slice();
             fds[idx] = theirs;
-            let a!: Connection;
+            // eslint-disable-next-line prefer-const
             let b!: Connection;
-            a = new Connection(serverTwinFd, {
+            const a = new Connection(serverTwinFd, {
               maxMessageSize: max,
               onRaw: (m) => {
                 tracer.record(m, 's2c', 'twin');

@@ -280,7 +280,7 @@ export class Session {
   // ------------------------------------------------------------ info
 
   private deviceInfo(msg: Message): void {
-    const req = P.decodeDeviceGetInfoRequest(msg.payload);
+    P.decodeDeviceGetInfoRequest(msg.payload); // validates argsz
     const dev = this.server.device;
     let numRegions = RegionIndex.VGA + 1;
     for (const i of dev.regions.keys()) numRegions = Math.max(numRegions, i + 1);
