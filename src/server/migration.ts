@@ -233,13 +233,17 @@ export class Migration {
     if (this.state !== MigState.PRE_COPY && this.state !== MigState.STOP_COPY) {
       throw migError(`MIG_DATA_READ in state ${this.stateName}`);
     }
-    if (this.state === MigState.PRE_COPY && this.out.length === 0 && this.hooks.precopyRead) {
-      const chunk = this.hooks.precopyRead(Math.max(0, size - 5));
-      if (chunk.length) this.push(record(REC_PRECOPY, chunk));
-    }
     const parts: Uint8Array[] = [];
     let n = 0;
-    while (n < size && this.out.length) {
+    while (n < size) {
+      if (this.out.length === 0) {
+        // pre-copy: ask the device for more; what does not fit stays queued for the next read,
+        // so a short read really means "nothing more for now"
+        if (this.state !== MigState.PRE_COPY || !this.hooks.precopyRead) break;
+        const chunk = this.hooks.precopyRead(Math.max(size, 65536));
+        if (!chunk.length) break;
+        this.push(record(REC_PRECOPY, chunk));
+      }
       const head = this.out[0]!;
       const take = Math.min(head.length, size - n);
       parts.push(head.subarray(0, take));

@@ -26,6 +26,13 @@ export class TestDevice extends PciDevice {
   asyncCounter = 0;
   resets = 0;
   pendingDma: Promise<void> | undefined;
+  /** 64 KiB of device memory migrated in pre-copy (16 pages); dirty pages are resent */
+  readonly ram = new Uint8Array(65536);
+  readonly ramDirty = new Set<number>(Array.from({ length: 16 }, (_, i) => i));
+  writeRam(page: number, value: number): void {
+    this.ram.fill(value, page * 4096, page * 4096 + 4096);
+    this.ramDirty.add(page);
+  }
 
   constructor() {
     super({
@@ -66,8 +73,28 @@ export class TestDevice extends PciDevice {
       this.resets++;
     };
     this.migration = {
+      // pre-copy: the 64 KiB "ram" goes first; pages written since are sent again
+      precopyPending: () => this.ramDirty.size * 4096,
+      precopyRead: (max) => {
+        const out: number[] = [];
+        for (const p of this.ramDirty) {
+          if ((out.length + 1) * (4096 + 2) > max) break;
+          out.push(p);
+          this.ramDirty.delete(p);
+        }
+        const b = new Uint8Array(out.length * 4098);
+        out.forEach((p, i) => {
+          b[i * 4098] = p;
+          b.set(this.ram.subarray(p * 4096, p * 4096 + 4096), i * 4098 + 2);
+        });
+        return b;
+      },
       save: () => encodeState('testdev', 1, { scratch: this.scratch, buffer: Buffer.from(this.buffer).toString('hex') }),
-      load: (data) => {
+      load: (data, precopy) => {
+        for (const c of precopy) {
+          if (c.length % 4098) throw new Error('bad pre-copy chunk');
+        }
+        for (const c of precopy) for (let i = 0; i < c.length; i += 4098) this.ram.set(c.subarray(i + 2, i + 4098), c[i]! * 4096);
         const s = decodeState<{ scratch: number; buffer: string }>(data, 'testdev', 1, { scratch: 'number', buffer: 'string' });
         const b = Buffer.from(s.buffer, 'hex');
         if (b.length !== 256) throw new Error('bad buffer');
