@@ -14,7 +14,9 @@
  *    the ArrayBuffer finalizer unmaps it when the buffer is garbage collected.
  *  - Pollers wrap a uv_poll_t. They hold a strong reference to themselves while started, and
  *    are closed by an async env cleanup hook so worker termination neither leaks nor leaves
- *    open handles behind (which would abort uv_loop_close()).
+ *    open handles behind (which would abort uv_loop_close()). Idle pollers dropped by JS are
+ *    closed by their GC finalizer. Pollers are indexed by fd to work around libuv removing an
+ *    fd from epoll when any poll handle on it is stopped/closed (see poller_rearm_others).
  */
 #include <node_api.h>
 #include <uv.h>
@@ -38,6 +40,7 @@
 #define VFU_SCM_MAX_FD 253
 #define VFU_MAX_IOV 64
 #define MAP_BUCKETS 64
+#define POLL_BUCKETS 64
 #define MAX_SAFE_INTEGER 9007199254740992.0 /* 2^53 */
 
 /* --------------------------------------------------------------------------------- state */
@@ -60,12 +63,14 @@ typedef struct poller {
   napi_ref self_ref; /* strong (1) while started, weak (0) otherwise */
   napi_ref cb_ref;   /* weak; the callback is kept alive by a property of the poller object */
   napi_async_context actx;
+  int fd;
+  int events;                  /* events of the last successful start */
   unsigned char active;        /* uv_poll_start'ed and holding the strong self reference */
   unsigned char closing;       /* uv_close called */
   unsigned char js_gone;       /* JS object finalized (or never created) */
   unsigned char refs_released; /* napi refs / async context released */
   struct poller* next;
-  struct poller** pprev; /* in st->pollers while the uv handle is not closed */
+  struct poller** pprev; /* in st->pollers[fd bucket] while the uv handle is not closed */
 } poller;
 
 struct addon_state {
@@ -75,7 +80,7 @@ struct addon_state {
   int constructing;
   long page_size;
   mapping* maps[MAP_BUCKETS];
-  poller* pollers;
+  poller* pollers[POLL_BUCKETS]; /* by fd */
   napi_async_cleanup_hook_handle cleanup;
   int tearing_down;
   int pending_closes;
@@ -820,6 +825,34 @@ static napi_value js_eventfd_write(napi_env env, napi_callback_info info) {
 
 /* ------------------------------------------------------------------------------ pollers */
 
+static size_t poll_bucket(int fd) { return (unsigned)fd % POLL_BUCKETS; }
+
+static void poller_link(addon_state* st, poller* p) {
+  poller** head = &st->pollers[poll_bucket(p->fd)];
+  p->next = *head;
+  if (p->next) p->next->pprev = &p->next;
+  p->pprev = head;
+  *head = p;
+}
+
+/* The started poller of this env watching fd, other than p. */
+static poller* poller_active_on(addon_state* st, int fd, const poller* p) {
+  for (poller* q = st->pollers[poll_bucket(fd)]; q != NULL; q = q->next) {
+    if (q != p && q->fd == fd && q->active && !q->closing) return q;
+  }
+  return NULL;
+}
+
+/* libuv's uv_poll_stop()/uv_close() of ANY poll handle removes its fd from the epoll set
+ * (uv__platform_invalidate_fd), which silently disarms another handle that is started on
+ * the same fd (e.g. an old poller being closed or garbage collected after the fd number was
+ * reused). Re-register that handle. */
+static void poller_rearm_others(poller* p) {
+  if (p->st == NULL || p->st->tearing_down) return;
+  poller* q = poller_active_on(p->st, p->fd, p);
+  if (q != NULL) uv_poll_start(&q->handle, q->events, q->handle.poll_cb);
+}
+
 static void poller_unlink(poller* p) {
   if (p->pprev == NULL) return;
   *p->pprev = p->next;
@@ -865,6 +898,7 @@ static void poller_begin_close(poller* p) {
   p->closing = 1;
   p->active = 0;
   uv_close((uv_handle_t*)&p->handle, poller_on_close);
+  poller_rearm_others(p);
 }
 
 /* napi_wrap finalizer: the JS object is gone (GC or env teardown). */
@@ -895,8 +929,8 @@ static void poller_on_poll(uv_poll_t* h, int status, int events) {
   }
   if (self != NULL && cb != NULL && napi_create_int32(env, status, &argv[0]) == napi_ok &&
       napi_create_int32(env, events, &argv[1]) == napi_ok) {
-    /* make_callback runs the microtask queue / nextTicks afterwards. p may not be used after it
-     * returns only in theory (it is freed from uv close callbacks, never synchronously). */
+    /* make_callback runs nextTicks and the microtask queue afterwards. p is not used after it
+     * returns (the callback may have closed the poller). */
     if (napi_make_callback(env, p->actx, self, cb, 2, argv, &result) != napi_ok) {
       bool pending = false;
       napi_value exc;
@@ -927,12 +961,13 @@ static poller* this_poller(napi_env env, napi_callback_info info, size_t* argc, 
 }
 
 static void poller_do_stop(poller* p) {
-  if (p->closing) return;
+  /* Not started (or stopped by libuv after an error): nothing to do, and calling
+   * uv_poll_stop would disarm another handle on the same fd. */
+  if (p->closing || !p->active) return;
   uv_poll_stop(&p->handle);
-  if (p->active) {
-    p->active = 0;
-    napi_reference_unref(p->env, p->self_ref, NULL);
-  }
+  p->active = 0;
+  napi_reference_unref(p->env, p->self_ref, NULL);
+  poller_rearm_others(p);
 }
 
 static napi_value poller_start(napi_env env, napi_callback_info info) {
@@ -951,11 +986,17 @@ static napi_value poller_start(napi_env env, napi_callback_info info) {
     poller_do_stop(p);
     return NULL;
   }
+  if (!p->active && poller_active_on(p->st, p->fd, p) != NULL) {
+    /* libuv supports one started poll handle per fd and loop */
+    throw_uv(env, UV_EEXIST, "uv_poll_start");
+    return NULL;
+  }
   int r = uv_poll_start(&p->handle, (int)events, poller_on_poll);
   if (r != 0) {
     throw_uv(env, r, "uv_poll_start");
     return NULL;
   }
+  p->events = (int)events;
   if (!p->active) {
     p->active = 1;
     NAPI_OK(napi_reference_ref(env, p->self_ref, NULL));
@@ -1032,11 +1073,9 @@ static napi_value js_create_poller(napi_env env, napi_callback_info info) {
   p->handle.data = p;
   p->st = st;
   p->env = env;
+  p->fd = fd;
   p->js_gone = 1; /* until the wrap succeeds, closing the handle frees p */
-  p->next = st->pollers;
-  if (p->next) p->next->pprev = &p->next;
-  p->pprev = &st->pollers;
-  st->pollers = p;
+  poller_link(st, p);
 
   napi_value ctor, obj, name;
   napi_status s = napi_get_reference_value(env, st->poller_ctor, &ctor);
@@ -1074,10 +1113,12 @@ static void on_env_cleanup(napi_async_cleanup_hook_handle handle, void* arg) {
   st->tearing_down = 1;
   st->cleanup = handle;
   int pending = 0;
-  for (poller* p = st->pollers; p != NULL; p = p->next) {
-    poller_release_js(p);
-    poller_begin_close(p);
-    pending++;
+  for (size_t b = 0; b < POLL_BUCKETS; b++) {
+    for (poller* p = st->pollers[b]; p != NULL; p = p->next) {
+      poller_release_js(p);
+      poller_begin_close(p);
+      pending++;
+    }
   }
   st->pending_closes = pending;
   if (pending == 0) {
@@ -1104,12 +1145,14 @@ static void state_finalize(napi_env env, void* data, void* hint) {
       m = next;
     }
   }
-  for (poller* p = st->pollers; p != NULL;) { /* not expected: the cleanup hook closed them */
-    poller* next = p->next;
-    p->st = NULL;
-    p->next = NULL;
-    p->pprev = NULL;
-    p = next;
+  for (size_t b = 0; b < POLL_BUCKETS; b++) {
+    for (poller* p = st->pollers[b]; p != NULL;) { /* not expected: the cleanup hook closed them */
+      poller* next = p->next;
+      p->st = NULL;
+      p->next = NULL;
+      p->pprev = NULL;
+      p = next;
+    }
   }
   if (st->poller_ctor) napi_delete_reference(env, st->poller_ctor);
   free(st);

@@ -1,5 +1,8 @@
 /**
- * `vfio-user migrate --from=SOCKET --to=SOCKET [--no-precopy] [--threshold=BYTES] [--json]`
+ * `vfio-user migrate --from=SOCKET --to=SOCKET [--no-precopy] [--threshold=BYTES] [--chunk=BYTES] [--json]`
+ *
+ * --chunk sets the MIG_DATA_READ size; some servers need a particular one (libvfio-user's
+ * gpio sample only accepts reads of exactly 64 bytes, the size of its state).
  *
  * Moves a device's state from the server at --from to the server at --to (pre-copy rounds,
  * stop-and-copy, resume), printing progress: bytes, rounds, downtime.
@@ -16,12 +19,13 @@ export async function migrate(argv: string[]): Promise<number> {
       to: { type: 'string' },
       'no-precopy': { type: 'boolean' },
       threshold: { type: 'string' },
+      chunk: { type: 'string' },
       json: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
   });
   if (values.help || !values.from || !values.to) {
-    process.stdout.write('usage: vfio-user migrate --from=SOCKET --to=SOCKET [--no-precopy] [--threshold=BYTES] [--json]\n');
+    process.stdout.write('usage: vfio-user migrate --from=SOCKET --to=SOCKET [--no-precopy] [--threshold=BYTES] [--chunk=BYTES] [--json]\n');
     return values.help ? 0 : 2;
   }
   const src = await VfioUserClient.connect(values.from, { timeout: 60000 });
@@ -31,6 +35,7 @@ export async function migrate(argv: string[]): Promise<number> {
     const result = await runMigration(src, dst, {
       noPrecopy: values['no-precopy'],
       threshold: values.threshold ? Number(values.threshold) : undefined,
+      chunk: values.chunk ? Number(values.chunk) : undefined,
       progress: (p) => {
         if (!values.json) process.stderr.write(`migrate: ${p.phase} round=${p.round} bytes=${p.bytes} (+${p.roundBytes})\n`);
       },

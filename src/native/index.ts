@@ -3,8 +3,10 @@
  *
  * Everything here is a thin, synchronous wrapper over one system call. All fds are
  * created close-on-exec and (for sockets) non-blocking. Failures throw a NativeError
- * carrying `errno`, the stable `code` (the errno name, e.g. 'EAGAIN') and the `syscall`.
- * Works in worker threads: the addon keeps no process-global state.
+ * carrying `errno` (the positive Linux errno), the stable `code` (the errno name, e.g.
+ * 'EAGAIN') and the `syscall`; the message is "syscall: strerror". Invalid arguments throw
+ * TypeError (code 'ERR_INVALID_ARG_TYPE') or RangeError (code 'ERR_OUT_OF_RANGE').
+ * Works in worker threads: the addon keeps no process-global state (one instance per env).
  */
 import { createRequire } from 'node:module';
 
@@ -16,8 +18,17 @@ export interface NativeError extends Error {
 
 export type PollCallback = (status: number, events: number) => void;
 
+/**
+ * A libuv poll watcher. The callback runs with the poller as `this`, as an async callback
+ * (nextTicks and microtasks run right after it); an exception it throws is reported as
+ * process 'uncaughtException'. status < 0 is a libuv error (UV_EBADF = -9 when the fd reports
+ * POLLERR, e.g. a reset socket); libuv has then stopped the watcher.
+ * A started poller is kept alive (not garbage collected); an idle one that is dropped is
+ * closed by GC. libuv allows only one started poller per fd (and event loop): stop/close the
+ * poller before closing its fd, or createPoller/start on a reused fd number fails with EEXIST.
+ */
 export interface NativePoller {
-  /** Start (or change) watching for POLL_READABLE/POLL_WRITABLE/POLL_DISCONNECT. */
+  /** Start (or change) watching for POLL_READABLE/POLL_WRITABLE/POLL_DISCONNECT; 0 = stop(). Throws after close(). */
   start(events: number): void;
   stop(): void;
   /** Stops and releases the libuv handle (does not close the fd). Idempotent. */
@@ -30,11 +41,14 @@ export interface NativePoller {
 export interface NativeAddon {
   /** socketpair(AF_UNIX, SOCK_STREAM|CLOEXEC|NONBLOCK) */
   socketpair(): [number, number];
-  /** socket+bind+listen on a path (non-blocking, CLOEXEC). Fails with EADDRINUSE if it exists. */
+  /**
+   * socket+bind+listen on a path (non-blocking, CLOEXEC). Fails with EADDRINUSE if it exists,
+   * ENAMETOOLONG if it does not fit sun_path. A leading '\0' selects the abstract namespace.
+   */
   listen(path: string, backlog: number): number;
   /** accept4(CLOEXEC|NONBLOCK); returns -1 when no connection is pending (EAGAIN). */
   accept(fd: number): number;
-  /** connect to a UNIX stream socket path; returns a non-blocking CLOEXEC fd. */
+  /** connect to a UNIX stream socket path (blocking connect); returns a non-blocking CLOEXEC fd. */
   connect(path: string): number;
   /** set or clear O_NONBLOCK */
   setNonBlocking(fd: number, on: boolean): void;
@@ -43,28 +57,39 @@ export interface NativeAddon {
   /**
    * sendmsg(MSG_NOSIGNAL|MSG_DONTWAIT) of the given buffers (gathered), with fds as one
    * SCM_RIGHTS control message when non-empty. Returns bytes sent, or -1 on EAGAIN.
+   * bufs: up to 64 ArrayBufferViews (any TypedArray, Buffer or DataView). fds: at most
+   * SCM_MAX_FD (else EINVAL) and only with at least one byte of data (else EINVAL). A partial
+   * send returns the count: the fds went with the first byte, resend the rest without them.
    */
   sendmsg(fd: number, bufs: ArrayBufferView[], fds: number[] | null): number;
   /**
-   * recvmsg(MSG_CMSG_CLOEXEC|MSG_DONTWAIT) into buf[offset, offset+length).
+   * recvmsg(MSG_CMSG_CLOEXEC|MSG_DONTWAIT) into buf[offset, offset+length) (length >= 1).
    * Received fds are stored at fdsOut[1..n] with n in fdsOut[0] (fdsOut must hold
    * at least 1+253 entries). Returns bytes read, 0 at EOF, -1 on EAGAIN.
-   * A truncated control message (MSG_CTRUNC) closes any fds received and throws code 'ECTRUNC'.
+   * fdsOut[0] is 0 when no fds arrived. A truncated control message (MSG_CTRUNC, e.g. the
+   * process ran out of fds) closes any fds received and throws code 'ECTRUNC' (errno EMSGSIZE).
    */
   recvmsg(fd: number, buf: Uint8Array, offset: number, length: number, fdsOut: Int32Array): number;
   close(fd: number): void;
   /** dup(fd) with CLOEXEC */
   dup(fd: number): number;
+  /** memfd_create(MFD_CLOEXEC|MFD_ALLOW_SEALING) */
   memfdCreate(name: string): number;
   ftruncate(fd: number, size: number): void;
   /** fstat: size, device and inode (for identifying the same file across fds), mode. */
   fstat(fd: number): { size: number; dev: bigint; ino: bigint; mode: number };
   /**
-   * mmap(MAP_SHARED) length bytes of fd at offset (page-aligned) with prot (PROT_READ=1|PROT_WRITE=2).
-   * Returns an ArrayBuffer over the mapping; length must be <= 4 GiB - 1.
+   * mmap(MAP_SHARED) length bytes of fd at offset (page-aligned) with prot PROT_READ or
+   * PROT_READ|PROT_WRITE (anything else, a misaligned offset or a length outside
+   * 1..4 GiB - 1: EINVAL). Returns an ArrayBuffer over the mapping, unmapped by munmap() or
+   * when garbage collected. Writing to a PROT_READ mapping, or touching pages beyond the end of
+   * the file, kills the process (SIGSEGV/SIGBUS) as in C.
    */
   mmap(fd: number, offset: number, length: number, prot: number): ArrayBuffer;
-  /** Detaches the ArrayBuffer (all views then read as length 0) and munmaps. Idempotent. */
+  /**
+   * Detaches the ArrayBuffer (all views then read as length 0) and munmaps. Idempotent (a
+   * detached buffer is ignored); TypeError for an ArrayBuffer that mmap() did not return.
+   */
   munmap(buf: ArrayBuffer): void;
   /** eventfd(initval, EFD_CLOEXEC|EFD_NONBLOCK [|EFD_SEMAPHORE]) */
   eventfd(initval: number, semaphore: boolean): number;
@@ -72,7 +97,10 @@ export interface NativeAddon {
   eventfdRead(fd: number): number;
   /** Adds value to the counter. Returns false on EAGAIN (counter would overflow). */
   eventfdWrite(fd: number, value: number): boolean;
-  /** Creates a libuv poll watcher on fd; callback(status, events) runs on the JS thread. */
+  /**
+   * Creates a (stopped) libuv poll watcher on fd; callback(status, events) runs on the JS thread.
+   * libuv makes the fd non-blocking. EEXIST if another poller is started on fd.
+   */
   createPoller(fd: number, callback: PollCallback): NativePoller;
   readonly POLL_READABLE: number;
   readonly POLL_WRITABLE: number;

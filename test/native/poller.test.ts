@@ -94,10 +94,10 @@ test('microtasks run right after the poll callback (before setImmediate)', T, as
 
 test('the callback gets the poller as this; start/stop/close/ref/unref semantics', T, async () => {
   const fd = native.eventfd(1, false);
-  let self: unknown;
+  let thisIsPoller = false;
   let n = 0;
   const p = native.createPoller(fd, function (this: unknown) {
-    self = this;
+    thisIsPoller = this === p;
     n++;
     p.stop();
   });
@@ -107,7 +107,7 @@ test('the callback gets the poller as this; start/stop/close/ref/unref semantics
   p.start(native.POLL_READABLE);
   p.start(native.POLL_READABLE | native.POLL_WRITABLE); // change events while started
   await sleep(30);
-  assert.equal(self, p);
+  assert.ok(thisIsPoller);
   assert.equal(n, 1);
   p.start(0); // same as stop
   p.close();
@@ -136,6 +136,53 @@ test('createPoller errors', T, () => {
   assert.throws(() => native.createPoller(fd2, () => {}), (e: unknown) => isNativeError(e) && e.code === 'EEXIST');
   p.close();
   native.close(fd2);
+});
+
+function fires(fd: number): Promise<void> {
+  return new Promise((resolve) => {
+    const p = native.createPoller(fd, () => {
+      native.eventfdRead(fd);
+      p.close();
+      resolve();
+    });
+    p.start(native.POLL_READABLE);
+  });
+}
+
+test('closing, stopping or collecting another poller on the same fd does not disarm the started one', T, async () => {
+  const fd = native.eventfd(0, false);
+  const idle = native.createPoller(fd, () => {});
+  for (let i = 0; i < 50; i++) native.createPoller(fd, () => {}); // garbage
+  const woke = fires(fd);
+  // only one poller per fd may be started
+  assert.throws(() => idle.start(native.POLL_READABLE), (e: unknown) => isNativeError(e) && e.code === 'EEXIST' && e.syscall === 'uv_poll_start');
+  await sleep(10); // let libuv register the started watcher with epoll first
+  idle.stop();
+  idle.close();
+  for (let i = 0; i < 3; i++) {
+    await sleep(5);
+    gc();
+  }
+  native.eventfdWrite(fd, 1);
+  await woke;
+  native.close(fd);
+});
+
+test('a stale poller for a reused fd number does not break the new one', T, async () => {
+  const old = native.eventfd(0, false);
+  let stale: NativePoller | null = native.createPoller(old, () => {});
+  stale.start(native.POLL_READABLE);
+  stale.stop(); // must stop before closing the fd, otherwise createPoller on the new fd fails with EEXIST
+  native.close(old);
+  const fd = native.eventfd(0, false);
+  assert.equal(fd, old, 'the kernel reuses the lowest free fd number');
+  const woke = fires(fd);
+  await sleep(10); // let libuv register the new watcher with epoll first
+  stale.close();
+  stale = null;
+  native.eventfdWrite(fd, 1);
+  await woke;
+  native.close(fd);
 });
 
 test('pollers are collectable when idle and kept alive while started', T, async () => {

@@ -7,15 +7,28 @@ import { sleep, WORKER } from './helpers.js';
 
 const T = { timeout: 10000 };
 
-function start(mode: string): Worker {
-  return new Worker(WORKER, { workerData: { mode } });
+interface Started {
+  w: Worker;
+  /** Subscribed at once: 'message'/'error' and 'exit' can be emitted in the same tick. */
+  message: Promise<unknown[]>;
+  error: Promise<unknown[]>;
+  exit: Promise<unknown[]>;
+}
+
+function start(mode: string): Started {
+  const w = new Worker(WORKER, { workerData: { mode } });
+  const exit = new Promise<unknown[]>((resolve) => w.once('exit', (code: number) => resolve([code])));
+  const s = { w, message: once(w, 'message'), error: once(w, 'error'), exit };
+  // once() rejects on 'error' while waiting for 'message': tests await what they expect
+  for (const p of [s.message, s.error]) p.catch(() => {});
+  return s;
 }
 
 test('the addon works in a worker thread', T, async () => {
   const w = start('basic');
-  const [msg] = (await once(w, 'message')) as [Record<string, unknown>];
+  const [msg] = (await w.message) as [Record<string, unknown>];
   assert.deepEqual(msg, { sent: 2, n: 2, nfds: 2, shared: 77, woke: { status: 0, value: 5 }, errCode: 'EBADF' });
-  const [code] = (await once(w, 'exit')) as [number];
+  const [code] = (await w.exit) as [number];
   assert.equal(code, 0);
 });
 
@@ -23,9 +36,9 @@ test('several workers use the addon concurrently', T, async () => {
   const ws = [start('basic'), start('basic'), start('basic')];
   const codes = await Promise.all(
     ws.map(async (w) => {
-      const [msg] = (await once(w, 'message')) as [{ shared: number }];
+      const [msg] = (await w.message) as [{ shared: number }];
       assert.equal(msg.shared, 77);
-      return ((await once(w, 'exit')) as [number])[0];
+      return ((await w.exit) as [number])[0];
     }),
   );
   assert.deepEqual(codes, [0, 0, 0]);
@@ -33,15 +46,16 @@ test('several workers use the addon concurrently', T, async () => {
 
 test('terminating a worker with active pollers and live mappings is clean', T, async () => {
   for (let i = 0; i < 3; i++) {
-    const w = start('hang');
+    const { w, message, exit } = start('hang');
     let exited = false;
-    w.on('exit', () => (exited = true));
-    const [msg] = (await once(w, 'message')) as [string];
+    void exit.then(() => (exited = true));
+    const [msg] = (await message) as [string];
     assert.equal(msg, 'ready');
     await sleep(50);
     assert.equal(exited, false, 'a started (ref\'d) poller keeps the worker alive');
     const code = await w.terminate();
     assert.equal(code, 1);
+    await exit;
   }
   // the main thread's addon instance is unaffected
   const [a, b] = native.socketpair();
@@ -51,16 +65,16 @@ test('terminating a worker with active pollers and live mappings is clean', T, a
 
 test('a worker exits by itself when its poller is unref()ed; env teardown closes it', T, async () => {
   const w = start('unref-exit');
-  const [msg] = (await once(w, 'message')) as [string];
+  const [msg] = (await w.message) as [string];
   assert.equal(msg, 'done');
-  const [code] = (await once(w, 'exit')) as [number];
+  const [code] = (await w.exit) as [number];
   assert.equal(code, 0);
 });
 
 test('an exception in a worker poll callback becomes the worker error event', T, async () => {
   const w = start('throw');
-  const [err] = (await once(w, 'error')) as [Error];
+  const [err] = (await w.error) as [Error];
   assert.equal(err.message, 'boom in worker');
-  const [code] = (await once(w, 'exit')) as [number];
+  const [code] = (await w.exit) as [number];
   assert.equal(code, 1);
 });
