@@ -52,3 +52,47 @@ test('QEMU + Linux guest: gpio-pci-idio-16 binds and uses our GPIO device', { sk
     await srv.stop();
   }
 });
+
+test('vfio-user trace shows a complete QEMU boot session with the GPIO device', { skip: runner ? false : 'VFU_GUEST_RUN not set (no QEMU guest runner)', timeout: 300_000 }, async () => {
+  const { CLI, sockPath } = await import('../helpers.js');
+  const { createInterface } = await import('node:readline');
+  const srv = await serveChild('gpio', ['--inputs=0']);
+  const tracePath = sockPath('trace');
+  const tracer = spawn(process.execPath, [CLI, 'trace', `--listen=${tracePath}`, `--connect=${srv.path}`, '--json', '--once'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const records: Record<string, unknown>[] = [];
+  createInterface({ input: tracer.stdout! }).on('line', (l) => records.push(JSON.parse(l)));
+  let terr = '';
+  tracer.stderr!.on('data', (d) => (terr += d));
+  const { existsSync } = await import('node:fs');
+  for (let i = 0; i < 100 && !existsSync(tracePath); i++) await new Promise((r) => setTimeout(r, 50));
+  // answer the guest script's requests as in the first test
+  const poll = setInterval(() => {
+    for (const e of srv.events.splice(0)) {
+      if (e.event !== 'outputs') continue;
+      const v = e.value as number;
+      if (v & 0x8000) srv.send('inputs 0xa5a5');
+      if (v & 0x4000) srv.send('input 0 0');
+    }
+  }, 20);
+  try {
+    const guest = spawn(runner!, ['-s', tracePath, '-t', script], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    guest.stdout!.on('data', (d) => (out += d));
+    const code = await new Promise<number | null>((r) => guest.on('exit', r));
+    assert.equal(code, 0, `guest failed through the tracer:\n${out.slice(-3000)}\ntrace stderr: ${terr}`);
+    await new Promise((r) => (tracer.exitCode !== null ? r(null) : tracer.on('exit', r)));
+    const cmds = new Map<string, number>();
+    for (const r of records) if (r.type === 'command') cmds.set(r.command as string, (cmds.get(r.command as string) ?? 0) + 1);
+    process.stdout.write(`trace: ${records.length} messages; commands: ${JSON.stringify(Object.fromEntries(cmds))}\n`);
+    for (const c of ['VERSION', 'DEVICE_GET_INFO', 'DEVICE_GET_REGION_INFO', 'DEVICE_GET_IRQ_INFO', 'DEVICE_SET_IRQS', 'REGION_READ', 'REGION_WRITE']) {
+      assert.ok(cmds.get(c), `trace shows ${c}`);
+    }
+    assert.ok(records.some((r) => r.command === 'DEVICE_SET_IRQS' && (r.fds as number) > 0), 'eventfds forwarded');
+    assert.ok(records.every((r) => !r.decodeError), 'every message decoded');
+    assert.ok(records.some((r) => typeof r.rttUs === 'number'), 'replies timed');
+  } finally {
+    clearInterval(poll);
+    tracer.kill('SIGTERM');
+    await srv.stop();
+  }
+});
