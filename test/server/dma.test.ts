@@ -1,0 +1,134 @@
+/**
+ * The DMA controller on its own: windows beyond 4 GiB, one mapping per file, bounds,
+ * permissions, pins, the 65,535-map case, dirty logging rules.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { DmaController, DmaError, WINDOW } from '../../src/server/dma.js';
+import { native } from '../../src/native/index.js';
+import { openFds } from '../helpers.js';
+
+function memfd(size: number): number {
+  const fd = native.memfdCreate('dma-test');
+  native.ftruncate(fd, size);
+  return fd;
+}
+
+test('a 5 GiB file is mapped in windows; views cross window boundaries', async () => {
+  const size = 5 * 1024 * 1024 * 1024;
+  const fd = memfd(size);
+  const dma = new DmaController();
+  dma.map(0x1_0000_0000, size, 3, native.dup(fd), 0);
+  // write across the 4 GiB boundary of the file (and a window boundary)
+  const at = 0x1_0000_0000 + 4 * WINDOW - 3;
+  const views = dma.views(at, 8, true);
+  assert.equal(views.length, 2, 'split at the window boundary');
+  dma.writeSync(at, Uint8Array.of(1, 2, 3, 4, 5, 6, 7, 8));
+  assert.deepEqual([...dma.readSync(at, 8)], [1, 2, 3, 4, 5, 6, 7, 8]);
+  // another mapping of the same file sees it: check through a second controller
+  const other = new DmaController();
+  other.map(0, 8192, 1, native.dup(fd), 4 * WINDOW - 4096);
+  assert.deepEqual([...other.readSync(4096 - 3, 8)], [1, 2, 3, 4, 5, 6, 7, 8]);
+  await other.unmapAll();
+  await dma.unmapAll();
+  native.close(fd);
+});
+
+test('maps of one file share one mapping, released with the last map; fds are not leaked', async () => {
+  const before = openFds();
+  const fd = memfd(1 << 20);
+  const dma = new DmaController();
+  for (let i = 0; i < 16; i++) dma.map(i * 0x10000, 0x10000, 3, native.dup(fd), i * 0x10000);
+  assert.equal(dma.fileCount, 1);
+  assert.equal(openFds(), before + 2, 'our fd and the one kept by the controller');
+  for (let i = 0; i < 15; i++) await dma.unmap(i * 0x10000, 0x10000);
+  assert.equal(dma.fileCount, 1);
+  await dma.unmap(15 * 0x10000, 0x10000);
+  assert.equal(dma.fileCount, 0);
+  native.close(fd);
+  assert.equal(openFds(), before);
+});
+
+test('bounds, permissions, overlaps, files shorter than the map', async () => {
+  const fd = memfd(1 << 16);
+  const dma = new DmaController();
+  dma.map(0x1000, 0x4000, 1, native.dup(fd), 0); // read-only
+  assert.throws(() => dma.map(0x4000, 0x1000, 3, native.dup(fd), 0), (e) => e instanceof DmaError && e.errno === 17);
+  assert.throws(() => dma.map(0x10000, 0x20000, 3, native.dup(fd), 0), (e) => e instanceof DmaError && e.errno === 22, 'past end of file');
+  assert.throws(() => dma.map(0x10000, 0x1000, 3, native.dup(fd), 100), (e) => e instanceof DmaError && e.errno === 22, 'unaligned offset');
+  assert.throws(() => dma.map(0x10000, 0, 3, native.dup(fd), 0), (e) => e instanceof DmaError && e.errno === 22, 'size 0');
+  assert.throws(() => dma.views(0x1000, 16, true), (e) => e instanceof DmaError && e.errno === 14, 'write to a read-only map');
+  assert.throws(() => dma.views(0xfff, 2), (e) => e instanceof DmaError && e.errno === 14, 'starts before the map');
+  assert.throws(() => dma.views(0x4ff0, 0x20), (e) => e instanceof DmaError && e.errno === 14, 'runs past the map');
+  assert.throws(() => dma.views(-1, 1), DmaError);
+  assert.throws(() => dma.views(2 ** 60, 1), DmaError);
+  assert.equal(dma.readSync(0x1000, 4).length, 4);
+  // message-only maps cannot be viewed
+  dma.map(0x100000, 0x1000, 3, undefined, 0);
+  assert.throws(() => dma.views(0x100000, 4), (e) => e instanceof DmaError && e.errno === 14);
+  await assert.rejects(dma.read(0x100000, 4), (e) => e instanceof DmaError, 'no messenger: no client');
+  await dma.unmapAll();
+  native.close(fd);
+});
+
+test('unmap waits for pinned (in-flight) DMA', async () => {
+  const fd = memfd(1 << 16);
+  const dma = new DmaController();
+  dma.map(0, 0x10000, 3, native.dup(fd), 0);
+  const pin = dma.pin(0x100, 16, true);
+  let done = false;
+  const p = dma.unmap(0, 0x10000).then(() => (done = true));
+  await new Promise((r) => setTimeout(r, 20));
+  assert.equal(done, false, 'unmap waits');
+  assert.throws(() => dma.views(0x100, 1), DmaError, 'no new access starts on a map being removed');
+  pin.release();
+  await p;
+  assert.equal(done, true);
+  native.close(fd);
+});
+
+test('65,535 maps: map, translate and unmap stay fast', async () => {
+  const fd = memfd(65535 * 4096);
+  const dma = new DmaController();
+  const t0 = performance.now();
+  for (let i = 0; i < 65535; i++) dma.map(i * 8192, 4096, 3, native.dup(fd), i * 4096);
+  const tMap = performance.now() - t0;
+  assert.equal(dma.count, 65535);
+  assert.throws(() => dma.map(65535 * 8192, 4096, 3, native.dup(fd), 0), (e) => e instanceof DmaError && e.errno === 28, 'the limit holds');
+  const t1 = performance.now();
+  for (let i = 0; i < 200000; i++) dma.views(((i * 7919) % 65535) * 8192 + 8, 8);
+  const tLookup = (performance.now() - t1) / 200000;
+  assert.ok(tLookup < 20e-3, `translate ${tLookup * 1e6} ns`);
+  assert.ok(tMap < 5000, `65,535 maps took ${tMap} ms`);
+  assert.throws(() => dma.views(4096, 8), DmaError, 'the gaps are not mapped');
+  await dma.unmapAll();
+  assert.equal(dma.fileCount, 0);
+  native.close(fd);
+});
+
+test('dirty logging: only logged ranges, bits cleared when reported, invalid requests refused', () => {
+  const fd = memfd(1 << 20);
+  const dma = new DmaController();
+  dma.map(0, 1 << 20, 3, native.dup(fd), 0);
+  assert.throws(() => dma.report(0, 4096, 4096), DmaError, 'not started');
+  assert.throws(() => dma.startLogging(1000, [{ iova: 0, length: 4096 }]), DmaError, 'page size must be a power of two');
+  assert.throws(() => dma.startLogging(4096, [{ iova: 0, length: 8192 }, { iova: 4096, length: 4096 }]), DmaError, 'overlapping ranges');
+  dma.startLogging(4096, [{ iova: 0x10000, length: 0x10000 }]);
+  assert.throws(() => dma.startLogging(4096, [{ iova: 0, length: 4096 }]), DmaError, 'already started');
+  dma.writeSync(0x100, Uint8Array.of(1)); // outside the logged range: not logged
+  dma.writeSync(0x10000 + 4096 * 3 + 5, Uint8Array.of(1));
+  dma.markDirty(0x10000 + 4096 * 9, 4097);
+  const bm = dma.report(0x10000, 0x10000, 4096);
+  assert.equal(bm.length, 8);
+  assert.equal(new DataView(bm.buffer).getBigUint64(0, true), (1n << 3n) | (1n << 9n) | (1n << 10n));
+  assert.equal(new DataView(dma.report(0x10000, 0x10000, 4096).buffer).getBigUint64(0, true), 0n);
+  assert.throws(() => dma.report(0, 0x10000, 4096), DmaError, 'outside the logged ranges');
+  // a finer report page replicates the logged page's bit
+  dma.markDirty(0x10000, 1);
+  const fine = dma.report(0x10000, 8192, 1024);
+  assert.equal(fine[0], 0x0f);
+  dma.stopLogging();
+  assert.throws(() => dma.stopLogging(), DmaError);
+  void dma.unmapAll();
+  native.close(fd);
+});
