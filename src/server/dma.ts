@@ -287,6 +287,21 @@ export class DmaController {
    * With write=true the pages are logged dirty.
    */
   views(iova: number, length: number, write = false): Uint8Array[] {
+    // fast path: the range lies in one shared map and one window
+    const i = length > 0 ? this.find(iova) : -1;
+    if (i >= 0) {
+      const r = this.regions[i]!;
+      const f = r.file;
+      if (f && iova + length <= r.iova + r.size && r.prot & (write ? PROT_WRITE : PROT_READ) && Number.isSafeInteger(length)) {
+        const fo = r.fileOffset + (iova - r.iova);
+        const w = f.windows.get(Math.floor(fo / WINDOW))!;
+        const start = fo - w.fileOffset;
+        if (start + length <= w.bytes.length) {
+          if (write && this.dirty) this.markDirty(iova, length);
+          return [w.bytes.subarray(start, start + length)];
+        }
+      }
+    }
     const segs = this.segments(iova, length, write);
     const out: Uint8Array[] = [];
     for (const s of segs) {
