@@ -40,13 +40,21 @@ export async function collect(c: VfioUserClient, socket: string): Promise<Device
   return {
     socket,
     version: c.version,
-    capabilities: P.capabilitiesToJson(c.serverCaps as P.VersionCapabilities),
+    capabilities: jsonSafe(P.capabilitiesToJson(c.serverCaps as P.VersionCapabilities)) as Record<string, unknown>,
     device: { flags: di.flags, numRegions: di.numRegions, numIrqs: di.numIrqs },
     config: decodeConfig(cfg),
     configBytes: Buffer.from(cfg).toString('hex'),
     regions: regions.map(({ caps: _caps, offset, ...r }) => ({ ...r, name: REGION_NAMES[r.index] ?? `region${r.index}`, offset: `0x${offset.toString(16)}` })),
     irqs,
   };
+}
+
+/** bigints (pgsizes, u64 capability members) as numbers when exact, else hex strings */
+function jsonSafe(v: unknown): unknown {
+  if (typeof v === 'bigint') return v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : `0x${v.toString(16)}`;
+  if (Array.isArray(v)) return v.map(jsonSafe);
+  if (v && typeof v === 'object') return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, jsonSafe(x)]));
+  return v;
 }
 
 function hex(n: number, w: number): string {
@@ -82,7 +90,8 @@ export function render(r: DeviceReport): string {
     let desc: string;
     if (reg.index < 6) {
       const kind = bar?.kind === 'io' ? 'I/O ports' : 'Memory';
-      const width = bar?.kind === 'mem64' ? '64-bit' : bar?.kind === 'mem32' ? '32-bit' : '';
+      // an unassigned memory BAR reads 0: its type bits (0) mean 32-bit non-prefetchable
+      const width = bar?.kind === 'io' ? '' : bar?.kind === 'mem64' ? '64-bit' : '32-bit';
       desc = `Region ${reg.index}: ${kind} [size=${size(reg.size)}]${width ? ` ${width},` : ''}${bar?.kind !== 'io' ? (bar?.prefetchable ? ' prefetchable' : ' non-prefetchable') : ''}`;
     } else if (reg.index === 6) {
       desc = `Expansion ROM [size=${size(reg.size)}]`;

@@ -76,7 +76,7 @@ export class Tracer {
       r.error = errnoName(h.error);
     } else {
       try {
-        r.message = jsonable(isReply ? P.decodeReply(h.command, msg.payload) : P.decodeRequest(h.command, msg.payload));
+        r.message = jsonable((isReply ? P.decodeReply(h.command, msg.payload) : P.decodeRequest(h.command, msg.payload)).msg);
       } catch (e) {
         r.decodeError = (e as Error).message;
       }

@@ -17,6 +17,8 @@ import { HEADER_SIZE } from '../protocol/header.js';
 import { Connection, takeFds, closeFds, type Message } from '../transport/connection.js';
 import { connectPath, adoptFd } from '../transport/socket.js';
 import { VfioUserError, Errno } from '../errors.js';
+import { ProtocolError } from '../protocol/errors.js';
+import { decodeConfig, type DecodedConfig } from './pci-decode.js';
 
 export interface ClientOptions {
   /** ask for twin-socket mode (default true) */
@@ -25,6 +27,8 @@ export interface ClientOptions {
   maxDataXferSize?: number;
   /** per-request timeout in ms (default none) */
   timeout?: number;
+  /** timeout of the VERSION exchange in ms (default: `timeout`, else 10 s) */
+  negotiateTimeout?: number;
   /** version minor to propose (default 0) */
   minor?: number;
 }
@@ -47,7 +51,8 @@ export class GuestMemory {
     this.bytes = new Uint8Array(this.buf);
   }
   free(): void {
-    if (this.buf) native.munmap(this.buf);
+    if (!this.buf) return;
+    native.munmap(this.buf);
     this.buf = undefined;
     native.close(this.fd);
   }
@@ -82,15 +87,89 @@ export interface MappedRegion {
   unmap(): void;
 }
 
-export interface IrqHandle {
-  index: number;
-  start: number;
-  eventfds: number[];
-  /** fires with the vector each time the server signals it */
+/**
+ * The eventfds of vectors [start, start+count) of one IRQ index.
+ *
+ * Delivery: the 'irq' event (vector, count) for every signal, and next() / `for await` for
+ * pull-style consumers. Signals nobody pulled yet are kept per vector (coalesced like a real
+ * interrupt line: a vector is queued at most once until it is pulled).
+ *
+ * Lifetime: close() disables nothing on the server (use disableIrqs) but stops delivery,
+ * closes the eventfds, rejects waiting next() calls and ends iterators. When the connection
+ * dies the handle is *detached*: eventfds closed, waiting next() calls and iterators fail with
+ * VFU_DISCONNECTED; VfioUserClient.reconnect() then re-binds the same handle to new eventfds
+ * on the new connection, so 'irq' listeners keep working and next()/iteration can resume.
+ */
+export interface IrqHandle extends EventEmitter, AsyncIterable<number> {
+  readonly index: number;
+  readonly start: number;
+  readonly count: number;
+  /** the current eventfds (empty while detached or closed) */
+  readonly eventfds: readonly number[];
+  /** 'active', 'detached' (connection lost, may be re-bound by reconnect) or 'closed' */
+  readonly state: 'active' | 'detached' | 'closed';
+  /** fires with the vector each time the server signals it (count: signals coalesced in the eventfd) */
   on(event: 'irq', listener: (vector: number, count: number) => void): this;
+  /** fires when reconnect() re-bound this handle to a new connection */
+  on(event: 'rebound', listener: (client: VfioUserClient) => void): this;
+  off(event: 'irq', listener: (vector: number, count: number) => void): this;
   /** resolves with the next vector signalled */
   next(): Promise<number>;
   close(): void;
+}
+
+/** Collects small writes into REGION_WRITE_MULTI messages (see VfioUserClient.batch). */
+export interface WriteBatch {
+  /**
+   * Queues a write (≤ 8 bytes go into WRITE_MULTI entries; larger ones flush the queue and go
+   * as REGION_WRITE, keeping order). Resolves when the message holding it is acknowledged
+   * (at once for posted batches, after the message is queued).
+   */
+  write(region: number, offset: number, data: Uint8Array): Promise<void>;
+  /** sends what is queued now; resolves when every write so far is done */
+  flush(): Promise<void>;
+  /** writes queued and not yet sent */
+  readonly queued: number;
+  /** WRITE_MULTI messages sent so far */
+  readonly messages: number;
+}
+
+export interface ReconnectOptions {
+  /** keep trying to connect for this many ms (default 0: one attempt) */
+  waitMs?: number;
+  /** connect to this target instead of the original path */
+  target?: string | { fd: number };
+}
+
+const DEFAULT_XFER = 1048576;
+const MAX_ARGSZ = 65536;
+const WRITE_MULTI_DEFAULT_ENTRIES = 200; // QEMU's VFIO_USER_MULTI_MAX
+
+/** Turns a codec failure on a reply into the client's typed error. */
+function decoded<T>(what: string, f: () => T): T {
+  try {
+    return f();
+  } catch (e) {
+    if (e instanceof ProtocolError) {
+      throw new VfioUserError('VFU_PROTOCOL', `bad ${what} reply: ${e.message}`, Errno.EPROTO, { cause: e });
+    }
+    throw e;
+  }
+}
+
+/**
+ * The DMA_WRITE reply: the spec's u64 address + u32 count, widened to a u64 count (16 bytes).
+ * libvfio-user reads exactly 16 bytes (struct vfio_user_dma_region_access) and resets the
+ * connection on a 12-byte reply; a spec reader takes the low half and ignores the rest.
+ */
+function dmaWriteReply(address: bigint, count: number): Uint8Array {
+  const b = new Uint8Array(16);
+  b.set(P.encodeDmaWriteReply({ address, count }), 0);
+  return b;
+}
+
+function protocolError(msg: string): VfioUserError {
+  return new VfioUserError('VFU_PROTOCOL', msg, Errno.EPROTO);
 }
 
 export class VfioUserClient extends EventEmitter {
@@ -110,7 +189,7 @@ export class VfioUserClient extends EventEmitter {
     this.opts = opts;
     this.path = path;
     this.conn = new Connection(fd, {
-      maxMessageSize: HEADER_SIZE + (opts.maxDataXferSize ?? 1048576) * 2 + 65536,
+      maxMessageSize: HEADER_SIZE + (opts.maxDataXferSize ?? DEFAULT_XFER) * 2 + 65536,
       maxFdsPerMessage: 253,
       onCommand: (m) => this.onServerCommand(m, this.conn),
       onClose: (err) => this.onClose(err),
@@ -130,35 +209,43 @@ export class VfioUserClient extends EventEmitter {
     return c;
   }
 
-  private req(cmd: number, payload: Uint8Array | null, extra: { fds?: number[]; expectFds?: boolean } = {}): Promise<Message> {
-    return this.conn.request(cmd, payload, { ...extra, timeout: this.opts.timeout });
+  private req(cmd: number, payload: Uint8Array | null, extra: { fds?: number[]; expectFds?: boolean; timeout?: number } = {}): Promise<Message> {
+    return this.conn.request(cmd, payload, { timeout: this.opts.timeout, ...extra });
   }
 
   private async negotiate(): Promise<void> {
+    const ourXfer = this.opts.maxDataXferSize ?? DEFAULT_XFER;
     const ours: P.VersionCapabilities = {
       maxMsgFds: 253,
-      maxDataXferSize: this.opts.maxDataXferSize ?? 1048576,
+      maxDataXferSize: ourXfer,
       maxDmaMaps: 65535,
       pgsizes: 4096n,
       twinSocket: { supported: this.opts.twinSocket ?? true },
     };
-    const m = await this.req(P.Command.VERSION, P.encodeVersionRequest({ major: 0, minor: this.opts.minor ?? 0, capabilities: ours }), { expectFds: true });
+    const m = await this.req(P.Command.VERSION, P.encodeVersionRequest({ major: 0, minor: this.opts.minor ?? 0, capabilities: ours }), {
+      expectFds: true,
+      timeout: this.opts.negotiateTimeout ?? this.opts.timeout ?? 10000,
+    });
     const fds = takeFds(m);
     try {
-      const rep = P.decodeVersionReply(m.payload);
+      const rep = decoded('VERSION', () => P.decodeVersionReply(m.payload));
       if (rep.major !== 0) throw new VfioUserError('VFU_PROTOCOL', `server speaks major version ${rep.major}`, Errno.ENOTSUP);
-      if (rep.minor > (this.opts.minor ?? 0)) throw new VfioUserError('VFU_PROTOCOL', `server replied with a larger minor ${rep.minor}`, Errno.EPROTO);
+      if (rep.minor > (this.opts.minor ?? 0)) throw protocolError(`server replied with a larger minor ${rep.minor}`);
+      const caps = decoded('VERSION', () => P.resolveCapabilities(rep.capabilities));
+      if (!Number.isSafeInteger(caps.maxDataXferSize) || caps.maxDataXferSize <= 0) {
+        throw protocolError(`server max_data_xfer_size ${caps.maxDataXferSize} is unusable`);
+      }
       this.version = { major: rep.major, minor: rep.minor };
-      this.serverCaps = P.resolveCapabilities(rep.capabilities);
+      this.serverCaps = caps;
       const twin = rep.capabilities.twinSocket;
       if (twin?.supported && (this.opts.twinSocket ?? true)) {
         const idx = twin.fdIndex;
         if (idx === undefined || idx < 0 || idx >= fds.length) {
-          throw new VfioUserError('VFU_PROTOCOL', 'server enabled twin-socket mode without a valid fd_index', Errno.EPROTO);
+          throw protocolError('server enabled twin-socket mode without a valid fd_index');
         }
         const tfd = fds.splice(idx, 1)[0]!;
         this.twin = new Connection(tfd, {
-          maxMessageSize: HEADER_SIZE + Math.max(this.serverCaps.maxDataXferSize, this.opts.maxDataXferSize ?? 1048576) + 65536,
+          maxMessageSize: HEADER_SIZE + Math.max(caps.maxDataXferSize, ourXfer) * 2 + 65536,
           maxFdsPerMessage: 0,
           onCommand: (cm) => this.onServerCommand(cm, this.twin!),
           onClose: () => this.conn.close(),
@@ -181,7 +268,9 @@ export class VfioUserClient extends EventEmitter {
 
   async deviceInfo(): Promise<P.DeviceGetInfoReply> {
     const m = await this.req(P.Command.DEVICE_GET_INFO, P.encodeDeviceGetInfoRequest({}));
-    return P.decodeDeviceGetInfoReply(m.payload);
+    const di = decoded('DEVICE_GET_INFO', () => P.decodeDeviceGetInfoReply(m.payload));
+    if (di.numRegions > 64 || di.numIrqs > 64) throw protocolError(`DEVICE_GET_INFO: implausible counts (${di.numRegions} regions, ${di.numIrqs} irqs)`);
+    return di;
   }
 
   /** GET_REGION_INFO, asking again with a larger argsz when the capability chain needs it. The fd (if any) is returned. */
@@ -190,16 +279,24 @@ export class VfioUserClient extends EventEmitter {
     for (let attempt = 0; attempt < 3; attempt++) {
       const m = await this.req(P.Command.DEVICE_GET_REGION_INFO, P.encodeRegionInfoRequest({ argsz, index }), { expectFds: true });
       const fds = takeFds(m);
-      const info = P.decodeRegionInfoReply(m.payload);
-      if (info.argsz > argsz) {
+      let info: P.RegionInfoReply;
+      try {
+        info = decoded('DEVICE_GET_REGION_INFO', () => P.decodeRegionInfoReply(m.payload));
+        if (info.index !== index) throw protocolError(`GET_REGION_INFO: asked for region ${index}, got ${info.index}`);
+        if (info.argsz > argsz) {
+          if (info.argsz > MAX_ARGSZ) throw protocolError(`GET_REGION_INFO: argsz ${info.argsz} is too large`);
+          argsz = info.argsz;
+          closeFds(fds);
+          continue;
+        }
+      } catch (e) {
         closeFds(fds);
-        argsz = info.argsz;
-        continue;
+        throw e;
       }
       if (fds.length > 1) closeFds(fds.slice(1));
       return { info, fd: fds[0] };
     }
-    throw new VfioUserError('VFU_PROTOCOL', `region ${index}: argsz keeps growing`, Errno.EPROTO);
+    throw protocolError(`region ${index}: argsz keeps growing`);
   }
 
   async regionInfo(index: number): Promise<RegionDescription> {
@@ -217,23 +314,41 @@ export class VfioUserClient extends EventEmitter {
 
   async irqInfo(index: number): Promise<P.IrqInfoReply> {
     const m = await this.req(P.Command.DEVICE_GET_IRQ_INFO, P.encodeIrqInfoRequest({ index }));
-    return P.decodeIrqInfoReply(m.payload);
+    const ii = decoded('DEVICE_GET_IRQ_INFO', () => P.decodeIrqInfoReply(m.payload));
+    if (ii.index !== index) throw protocolError(`GET_IRQ_INFO: asked for index ${index}, got ${ii.index}`);
+    return ii;
   }
 
+  /** GET_REGION_IO_FDS; the caller owns the returned fds. */
   async regionIoFds(index: number): Promise<{ reply: P.RegionIoFdsReply; fds: number[] }> {
     let argsz = 16 + 48 * 16;
     for (let attempt = 0; attempt < 3; attempt++) {
       const m = await this.req(P.Command.DEVICE_GET_REGION_IO_FDS, P.encodeRegionIoFdsRequest({ argsz, index }), { expectFds: true });
       const fds = takeFds(m);
-      const reply = P.decodeRegionIoFdsReply(m.payload);
-      if (reply.argsz > argsz) {
+      let reply: P.RegionIoFdsReply;
+      try {
+        reply = decoded('DEVICE_GET_REGION_IO_FDS', () => P.decodeRegionIoFdsReply(m.payload));
+        if (reply.argsz > argsz) {
+          if (reply.argsz > MAX_ARGSZ) throw protocolError(`GET_REGION_IO_FDS: argsz ${reply.argsz} is too large`);
+          argsz = reply.argsz;
+          closeFds(fds);
+          continue;
+        }
+      } catch (e) {
         closeFds(fds);
-        argsz = reply.argsz;
-        continue;
+        throw e;
       }
       return { reply, fds };
     }
-    throw new VfioUserError('VFU_PROTOCOL', `region ${index}: IO_FDS argsz keeps growing`, Errno.EPROTO);
+    throw protocolError(`region ${index}: IO_FDS argsz keeps growing`);
+  }
+
+  /** Reads the config space (up to 4 KiB, or the config region's size) and decodes IDs, BARs and capability lists. */
+  async config(): Promise<{ bytes: Uint8Array; decoded: DecodedConfig }> {
+    const r = await this.regionInfo(P.PciRegion.CONFIG);
+    const size = r.size > 0 ? Math.min(r.size, 4096) : 256;
+    const bytes = await this.read(P.PciRegion.CONFIG, 0, size);
+    return { bytes, decoded: decodeConfig(bytes) };
   }
 
   /** mmaps the mappable areas of a region (sparse areas, or the whole region). */
@@ -249,6 +364,7 @@ export class VfioUserClient extends EventEmitter {
     try {
       const prot = (d.readable ? PROT_READ : 0) | (d.writable ? PROT_WRITE : 0);
       const out = areas.map((a) => {
+        if (a.offset + a.size > d.size) throw protocolError(`region ${index}: sparse area [${a.offset}, +${a.size}) outside the region`);
         const b = native.mmap(fd, Number(d.offset) + a.offset, a.size, prot);
         bufs.push(b);
         return { offset: a.offset, size: a.size, bytes: new Uint8Array(b) };
@@ -275,9 +391,9 @@ export class VfioUserClient extends EventEmitter {
     const max = this.serverCaps.maxDataXferSize;
     if (length <= max) {
       const m = await this.req(P.Command.REGION_READ, P.encodeRegionReadRequest({ offset, region, count: length }));
-      const rep = P.decodeRegionReadReply(m.payload);
+      const rep = decoded('REGION_READ', () => P.decodeRegionReadReply(m.payload));
       if (rep.count !== length || rep.data.length !== length || rep.offset !== offset || rep.region !== region) {
-        throw new VfioUserError('VFU_PROTOCOL', `REGION_READ reply does not match the request`, Errno.EPROTO);
+        throw protocolError(`REGION_READ reply (region ${rep.region} offset ${rep.offset} count ${rep.count}) does not match the request`);
       }
       return rep.data;
     }
@@ -304,8 +420,8 @@ export class VfioUserClient extends EventEmitter {
       } else {
         parts.push(
           this.req(P.Command.REGION_WRITE, payload).then((m) => {
-            const rep = P.decodeRegionWriteReply(m.payload);
-            if (rep.count !== n) throw new VfioUserError('VFU_PROTOCOL', 'REGION_WRITE reply count mismatch', Errno.EPROTO);
+            const rep = decoded('REGION_WRITE', () => P.decodeRegionWriteReply(m.payload));
+            if (rep.count !== n) throw protocolError(`REGION_WRITE reply count ${rep.count}, expected ${n}`);
           }),
         );
       }
@@ -314,18 +430,51 @@ export class VfioUserClient extends EventEmitter {
     await Promise.all(parts);
   }
 
-  /** REGION_WRITE_MULTI: several small (≤ 8 byte) writes in one message, when the server supports it. */
-  async writeMulti(entries: { region: number; offset: number; data: Uint8Array }[]): Promise<void> {
+  /** Most entries in one WRITE_MULTI message: bounded by max_data_xfer_size and QEMU's 200. */
+  get writeMultiMaxEntries(): number {
+    return Math.max(1, Math.min(WRITE_MULTI_DEFAULT_ENTRIES, Math.floor((this.serverCaps.maxDataXferSize - 8) / 24)));
+  }
+
+  /**
+   * REGION_WRITE_MULTI: several small (≤ 8 byte) writes in one message when the server supports
+   * it (split into several messages past writeMultiMaxEntries); one REGION_WRITE each otherwise.
+   */
+  async writeMulti(entries: { region: number; offset: number; data: Uint8Array }[], opts: { posted?: boolean } = {}): Promise<void> {
+    for (const e of entries) {
+      if (e.data.length > P.WRITE_MULTI_MAX_DATA) {
+        throw new VfioUserError('VFU_INVALID_ARGUMENT', `WRITE_MULTI entries carry at most ${P.WRITE_MULTI_MAX_DATA} bytes`, Errno.EINVAL);
+      }
+    }
     if (!this.serverCaps.writeMultiple) {
-      for (const e of entries) await this.write(e.region, e.offset, e.data);
+      await Promise.all(entries.map((e) => this.write(e.region, e.offset, e.data, opts)));
       return;
     }
-    const m = await this.req(
-      P.Command.REGION_WRITE_MULTI,
-      P.encodeRegionWriteMultiRequest({ entries: entries.map((e) => ({ offset: e.offset, region: e.region, count: e.data.length, data: e.data })) }),
-    );
-    const rep = P.decodeRegionWriteMultiReply(m.payload);
-    if (rep.wrCnt !== entries.length) throw new VfioUserError('VFU_PROTOCOL', 'WRITE_MULTI reply count mismatch', Errno.EPROTO);
+    const max = this.writeMultiMaxEntries;
+    const parts: Promise<unknown>[] = [];
+    for (let i = 0; i < entries.length; i += max) {
+      const chunk = entries.slice(i, i + max);
+      const payload = P.encodeRegionWriteMultiRequest({ entries: chunk.map((e) => ({ offset: e.offset, region: e.region, count: e.data.length, data: e.data })) });
+      if (opts.posted) {
+        if (!this.conn.post(P.Command.REGION_WRITE_MULTI, payload)) parts.push(this.conn.drained());
+      } else {
+        parts.push(
+          this.req(P.Command.REGION_WRITE_MULTI, payload).then((m) => {
+            const rep = decoded('REGION_WRITE_MULTI', () => P.decodeRegionWriteMultiReply(m.payload));
+            if (rep.wrCnt !== chunk.length) throw protocolError(`WRITE_MULTI reply count ${rep.wrCnt}, expected ${chunk.length}`);
+          }),
+        );
+      }
+    }
+    await Promise.all(parts);
+  }
+
+  /**
+   * An automatic batcher: writes of ≤ 8 bytes queued in the same tick (or until
+   * writeMultiMaxEntries are queued) go out as one REGION_WRITE_MULTI. Order among the
+   * batch's own writes is kept; flush() before mixing with other writes.
+   */
+  batch(opts: { posted?: boolean; maxEntries?: number } = {}): WriteBatch {
+    return new WriteBatchImpl(this, opts);
   }
 
   readConfig(offset: number, length: number): Promise<Uint8Array> {
@@ -382,28 +531,36 @@ export class VfioUserClient extends EventEmitter {
     throw new VfioUserError('VFU_DMA', `server DMA ${write ? 'write' : 'read'} of [0x${iova.toString(16)}, +${length}) is outside the maps`, Errno.EFAULT);
   }
 
-  /** DMA_READ / DMA_WRITE from the server, answered from guest memory. */
+  /**
+   * DMA_READ / DMA_WRITE from the server, answered from guest memory. The messages use the
+   * spec's layout (u64 count, data at 16): this client never presents itself like QEMU.
+   */
   private onServerCommand(m: Message, conn: Connection): void {
     try {
+      const limit = this.opts.maxDataXferSize ?? DEFAULT_XFER;
       if (m.header.command === P.Command.DMA_READ) {
         const req = P.decodeDmaReadRequest(m.payload);
-        const iova = Number(req.address);
-        if (req.count > this.opts.maxDataXferSize! && req.count > 1048576) throw new VfioUserError('VFU_PROTOCOL', 'DMA_READ too large', Errno.EINVAL);
-        const { map, off } = this.findMap(iova, req.count, false);
+        if (req.count > limit) throw new VfioUserError('VFU_DMA', `DMA_READ of ${req.count} bytes exceeds our max_data_xfer_size`, Errno.EINVAL);
+        const { map, off } = this.findMap(Number(req.address), req.count, false);
         const data = map.mem.bytes.subarray(off, off + req.count);
-        conn.reply(m.header, P.encodeDmaReadReply({ address: req.address, data }));
+        conn.reply(m.header, P.encodeDmaReadReply({ address: req.address, data, layout: 'spec' }));
       } else if (m.header.command === P.Command.DMA_WRITE) {
-        const req = P.decodeDmaWriteRequest(m.payload);
+        const req = P.decodeDmaWriteRequest(m.payload, 'spec');
+        if (req.count > limit) throw new VfioUserError('VFU_DMA', `DMA_WRITE of ${req.count} bytes exceeds our max_data_xfer_size`, Errno.EINVAL);
         const { map, off } = this.findMap(Number(req.address), req.count, true);
         map.mem.bytes.set(req.data, off);
-        conn.reply(m.header, P.encodeDmaWriteReply({ address: req.address, count: req.count }));
+        conn.reply(m.header, dmaWriteReply(req.address, req.count));
       } else {
         conn.replyError(m.header, Errno.ENOSYS);
       }
     } catch (e) {
       const errno = (e as { errno?: number }).errno || Errno.EINVAL;
       this.emit('dma-error', e);
-      conn.replyError(m.header, errno);
+      try {
+        conn.replyError(m.header, errno);
+      } catch {
+        /* the connection is gone */
+      }
     }
   }
 
@@ -411,17 +568,38 @@ export class VfioUserClient extends EventEmitter {
 
   /** Creates eventfds for vectors [start, start+count) of an IRQ index and hands them to the server. */
   async enableIrqs(index: number, count: number, start = 0): Promise<IrqHandle> {
+    const fds = await this.bindIrqFds(index, start, count);
+    const h = new IrqHandleImpl(index, start, count);
+    h.attach(this, fds);
+    return h;
+  }
+
+  private async bindIrqFds(index: number, start: number, count: number): Promise<number[]> {
+    if (!Number.isInteger(count) || count <= 0 || count > 2048) throw new VfioUserError('VFU_INVALID_ARGUMENT', `bad vector count ${count}`, Errno.EINVAL);
     const fds: number[] = [];
-    for (let i = 0; i < count; i++) fds.push(native.eventfd(0, false));
     try {
+      for (let i = 0; i < count; i++) fds.push(native.eventfd(0, false));
       await this.setIrqs(index, P.SetIrqsFlags.DATA_EVENTFD | P.SetIrqsFlags.ACTION_TRIGGER, start, count, undefined, fds);
     } catch (e) {
       closeFds(fds);
       throw e;
     }
-    const h = new IrqHandleImpl(index, start, fds, () => this.irqHandles.delete(h));
+    return fds;
+  }
+
+  /** @internal */
+  adoptIrqHandle(h: IrqHandleImpl): void {
     this.irqHandles.add(h);
-    return h;
+  }
+
+  /** @internal */
+  dropIrqHandle(h: IrqHandleImpl): void {
+    this.irqHandles.delete(h);
+  }
+
+  /** the IRQ handles bound to this client */
+  get irqs(): readonly IrqHandle[] {
+    return [...this.irqHandles];
   }
 
   /** Disables every vector of an index (start = count = 0, DATA_NONE | TRIGGER). */
@@ -456,9 +634,10 @@ export class VfioUserClient extends EventEmitter {
   /** Raw DEVICE_FEATURE; returns the reply's data. */
   async feature(flags: number, data: Uint8Array = new Uint8Array(0)): Promise<Uint8Array> {
     const m = await this.req(P.Command.DEVICE_FEATURE, P.encodeDeviceFeatureRequest({ flags, data }));
-    return P.decodeDeviceFeatureReply(m.payload).data;
+    return decoded('DEVICE_FEATURE', () => P.decodeDeviceFeatureReply(m.payload).data);
   }
 
+  /** PROBE a feature for an operation (GET/SET): false when the server refuses. */
   async probeFeature(feature: number, op: number): Promise<boolean> {
     try {
       await this.feature(feature | op | P.DeviceFeatureFlags.PROBE);
@@ -471,12 +650,12 @@ export class VfioUserClient extends EventEmitter {
 
   async migrationFlags(): Promise<bigint> {
     const d = await this.feature(P.DeviceFeature.MIGRATION | P.DeviceFeatureFlags.GET);
-    return P.decodeFeatureMigration(d).flags;
+    return decoded('DEVICE_FEATURE MIGRATION', () => P.decodeFeatureMigration(d).flags);
   }
 
   async getDeviceState(): Promise<number> {
     const d = await this.feature(P.DeviceFeature.MIG_DEVICE_STATE | P.DeviceFeatureFlags.GET);
-    return P.decodeFeatureMigDeviceState(d).deviceState;
+    return decoded('DEVICE_FEATURE MIG_DEVICE_STATE', () => P.decodeFeatureMigDeviceState(d).deviceState);
   }
 
   async setDeviceState(state: number): Promise<number> {
@@ -484,17 +663,30 @@ export class VfioUserClient extends EventEmitter {
       P.DeviceFeature.MIG_DEVICE_STATE | P.DeviceFeatureFlags.SET,
       P.encodeFeatureMigDeviceState({ deviceState: state, dataFd: 0xffffffff }),
     );
-    return P.decodeFeatureMigDeviceState(d).deviceState;
+    return decoded('DEVICE_FEATURE MIG_DEVICE_STATE', () => P.decodeFeatureMigDeviceState(d).deviceState);
   }
 
   /** MIG_DATA_READ: up to size bytes (fewer: no more data for now). */
   async migDataRead(size: number): Promise<Uint8Array> {
     const m = await this.req(P.Command.MIG_DATA_READ, P.encodeMigDataReadRequest({ size }));
-    const rep = P.decodeMigDataReadReply(m.payload);
-    if (rep.data.length > size) throw new VfioUserError('VFU_PROTOCOL', 'MIG_DATA_READ returned more than asked', Errno.EPROTO);
+    const rep = decoded('MIG_DATA_READ', () => P.decodeMigDataReadReply(m.payload));
+    if (rep.data.length > size) throw protocolError('MIG_DATA_READ returned more than asked');
     return rep.data;
   }
 
+  /**
+   * The migration data stream: MIG_DATA_READ in chunks until a short read (the end of what
+   * the current state has to give: a pre-copy round, or the whole stop-copy state).
+   */
+  async *migDataStream(chunk = Math.min(DEFAULT_XFER, this.serverCaps.maxDataXferSize)): AsyncGenerator<Uint8Array, void, void> {
+    for (;;) {
+      const d = await this.migDataRead(chunk);
+      if (d.length) yield d;
+      if (d.length < chunk) return;
+    }
+  }
+
+  /** MIG_DATA_WRITE, chunked by max_data_xfer_size. */
   async migDataWrite(data: Uint8Array): Promise<void> {
     const max = this.serverCaps.maxDataXferSize;
     for (let done = 0; done < data.length; done += max) {
@@ -519,7 +711,10 @@ export class VfioUserClient extends EventEmitter {
       P.DeviceFeature.DMA_LOGGING_REPORT | P.DeviceFeatureFlags.GET,
       P.encodeFeatureDmaLoggingReportRequest({ iova: BigInt(iova), length: BigInt(length), pageSize: BigInt(pageSize) }),
     );
-    return P.decodeFeatureDmaLoggingReportReply(d).bitmap;
+    const bm = decoded('DMA_LOGGING_REPORT', () => P.decodeFeatureDmaLoggingReportReply(d).bitmap);
+    const pages = Math.ceil(length / pageSize);
+    if (bm.length < Math.ceil(pages / 8)) throw protocolError(`DMA_LOGGING_REPORT bitmap of ${bm.length} bytes for ${pages} pages`);
+    return bm;
   }
 
   // ------------------------------------------------------------ lifetime
@@ -529,7 +724,8 @@ export class VfioUserClient extends EventEmitter {
     this.isClosed = true;
     this.closedErr = err;
     this.twin?.close();
-    for (const h of [...this.irqHandles]) h.close();
+    const why = new VfioUserError('VFU_DISCONNECTED', `connection closed${err ? `: ${err.message}` : ''}`, Errno.ENOTCONN, { cause: err });
+    for (const h of this.irqHandles) h.detach(why);
     this.emit('close', err);
   }
 
@@ -541,20 +737,46 @@ export class VfioUserClient extends EventEmitter {
     return this.closedErr;
   }
 
-  /** Closes the connection. Guest memory objects stay the caller's. */
+  /** Closes the connection. Guest memory objects stay the caller's; IRQ handles are detached. */
   close(): void {
     this.conn.close();
   }
 
   /**
-   * Connects again to the same socket path (a restarted server) and re-establishes the DMA
-   * maps. IRQs must be enabled again by the caller (the handles of the old connection closed).
+   * Connects again (to the same socket path, normally a restarted server) and re-establishes
+   * the state this client had set up: every DMA map (same memory, iova, prot, shared or not)
+   * and every IRQ handle that was still open, re-bound with new eventfds to the new client
+   * (the same IrqHandle objects: their 'irq' listeners keep working and they emit 'rebound').
+   * Masks and device state are not replayed. Returns the new client; this one stays closed.
    */
-  async reconnect(): Promise<VfioUserClient> {
-    if (!this.path) throw new VfioUserError('VFU_BAD_STATE', 'reconnect needs a socket path', Errno.EINVAL);
+  async reconnect(opts: ReconnectOptions = {}): Promise<VfioUserClient> {
+    const target = opts.target ?? this.path;
+    if (target === undefined) throw new VfioUserError('VFU_BAD_STATE', 'reconnect needs a socket path (or opts.target)', Errno.EINVAL);
     if (!this.isClosed) this.close();
-    const c = await VfioUserClient.connect(this.path, this.opts);
-    for (const m of this.maps) await c.dmaMap(m.mem, m.iova, { offset: m.offset, size: m.size, prot: m.prot, shared: m.shared });
+    const deadline = Date.now() + (opts.waitMs ?? 0);
+    let c: VfioUserClient;
+    for (;;) {
+      try {
+        c = await VfioUserClient.connect(target, this.opts);
+        break;
+      } catch (e) {
+        if (typeof target !== 'string' || Date.now() >= deadline || !(e instanceof VfioUserError) || e.code !== 'VFU_DISCONNECTED') throw e;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    }
+    try {
+      for (const m of this.maps) await c.dmaMap(m.mem, m.iova, { offset: m.offset, size: m.size, prot: m.prot, shared: m.shared });
+      for (const h of [...this.irqHandles]) {
+        if (h.state !== 'detached') continue;
+        const fds = await c.bindIrqFds(h.index, h.start, h.count);
+        this.irqHandles.delete(h);
+        h.attach(c, fds);
+        h.emit('rebound', c);
+      }
+    } catch (e) {
+      c.close();
+      throw e;
+    }
     return c;
   }
 }
@@ -562,28 +784,51 @@ export class VfioUserClient extends EventEmitter {
 class IrqHandleImpl extends EventEmitter implements IrqHandle {
   readonly index: number;
   readonly start: number;
-  readonly eventfds: number[];
+  readonly count: number;
+  private fds: number[] = [];
   private pollers: { close(): void }[] = [];
-  private waiters: ((v: number) => void)[] = [];
+  private waiters: { resolve: (v: number) => void; reject: (e: Error) => void }[] = [];
   private backlog: number[] = [];
-  private closed = false;
-  private readonly onClosed: () => void;
+  private st: 'active' | 'detached' | 'closed' = 'detached';
+  private detachedErr: VfioUserError | undefined;
+  private owner: VfioUserClient | undefined;
 
-  constructor(index: number, start: number, fds: number[], onClosed: () => void) {
+  constructor(index: number, start: number, count: number) {
     super();
     this.index = index;
     this.start = start;
-    this.eventfds = fds;
-    this.onClosed = onClosed;
+    this.count = count;
+  }
+
+  get eventfds(): readonly number[] {
+    return this.fds;
+  }
+
+  get state(): 'active' | 'detached' | 'closed' {
+    return this.st;
+  }
+
+  /** binds to a client's new eventfds */
+  attach(owner: VfioUserClient, fds: number[]): void {
+    this.owner = owner;
+    owner.adoptIrqHandle(this);
+    this.fds = fds;
+    this.st = 'active';
+    this.detachedErr = undefined;
     fds.forEach((fd, i) => {
       const p = native.createPoller(fd, (status) => {
-        if (status < 0 || this.closed) return;
-        const n = native.eventfdRead(fd);
+        if (status < 0 || this.st !== 'active') return;
+        let n: number;
+        try {
+          n = native.eventfdRead(fd);
+        } catch {
+          return;
+        }
         if (n <= 0) return;
-        const vector = start + i;
+        const vector = this.start + i;
         const w = this.waiters.shift();
-        if (w) w(vector);
-        else if (this.listenerCount('irq') === 0) this.backlog.push(vector);
+        if (w) w.resolve(vector);
+        else if (!this.backlog.includes(vector)) this.backlog.push(vector);
         this.emit('irq', vector, n);
       });
       p.start(native.POLL_READABLE);
@@ -592,19 +837,129 @@ class IrqHandleImpl extends EventEmitter implements IrqHandle {
     });
   }
 
+  private release(): void {
+    for (const p of this.pollers) p.close();
+    this.pollers = [];
+    closeFds(this.fds);
+    this.fds = [];
+  }
+
+  /** the connection is gone: stop, fail waiters, keep listeners for a re-bind */
+  detach(err: VfioUserError): void {
+    if (this.st !== 'active') return;
+    this.st = 'detached';
+    this.detachedErr = err;
+    this.release();
+    const ws = this.waiters;
+    this.waiters = [];
+    for (const w of ws) w.reject(err);
+  }
+
   next(): Promise<number> {
     const b = this.backlog.shift();
     if (b !== undefined) return Promise.resolve(b);
-    if (this.closed) return Promise.reject(new VfioUserError('VFU_DISCONNECTED', 'IRQ handle closed', Errno.ENOTCONN));
-    return new Promise((resolve) => this.waiters.push(resolve));
+    if (this.st === 'closed') return Promise.reject(new VfioUserError('VFU_BAD_STATE', 'IRQ handle closed', Errno.EBADF));
+    if (this.st === 'detached') {
+      return Promise.reject(this.detachedErr ?? new VfioUserError('VFU_DISCONNECTED', 'IRQ handle detached', Errno.ENOTCONN));
+    }
+    return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
+  }
+
+  /** Yields vectors as they are signalled; ends when the handle is closed, throws VFU_DISCONNECTED when detached. */
+  [Symbol.asyncIterator](): AsyncIterator<number> {
+    return {
+      next: async (): Promise<IteratorResult<number>> => {
+        try {
+          return { value: await this.next(), done: false };
+        } catch (e) {
+          if (e instanceof VfioUserError && e.code === 'VFU_BAD_STATE') return { value: undefined, done: true };
+          throw e;
+        }
+      },
+      return: async (): Promise<IteratorResult<number>> => ({ value: undefined, done: true }),
+    };
   }
 
   close(): void {
-    if (this.closed) return;
-    this.closed = true;
-    for (const p of this.pollers) p.close();
-    closeFds(this.eventfds);
-    this.onClosed();
+    if (this.st === 'closed') return;
+    const wasActive = this.st === 'active';
+    this.st = 'closed';
+    if (wasActive) this.release();
+    this.backlog = [];
+    const ws = this.waiters;
+    this.waiters = [];
+    const err = new VfioUserError('VFU_BAD_STATE', 'IRQ handle closed', Errno.EBADF);
+    for (const w of ws) w.reject(err);
+    this.owner?.dropIrqHandle(this);
+  }
+}
+
+class WriteBatchImpl implements WriteBatch {
+  private q: { region: number; offset: number; data: Uint8Array; resolve: () => void; reject: (e: unknown) => void }[] = [];
+  private scheduled = false;
+  private inflight: Promise<unknown>[] = [];
+  private sent = 0;
+  private readonly max: number;
+
+  constructor(
+    private readonly c: VfioUserClient,
+    private readonly opts: { posted?: boolean; maxEntries?: number },
+  ) {
+    this.max = Math.max(1, Math.min(opts.maxEntries ?? Infinity, c.writeMultiMaxEntries));
+  }
+
+  get queued(): number {
+    return this.q.length;
+  }
+
+  get messages(): number {
+    return this.sent;
+  }
+
+  write(region: number, offset: number, data: Uint8Array): Promise<void> {
+    if (data.length > P.WRITE_MULTI_MAX_DATA) {
+      this.send();
+      const p = this.c.write(region, offset, data, { posted: this.opts.posted });
+      this.track(p);
+      return p;
+    }
+    const p = new Promise<void>((resolve, reject) => this.q.push({ region, offset, data: data.slice(), resolve, reject }));
+    p.catch(() => {}); // a caller may rely on flush() alone
+    if (this.q.length >= this.max) this.send();
+    else if (!this.scheduled) {
+      this.scheduled = true;
+      queueMicrotask(() => {
+        this.scheduled = false;
+        this.send();
+      });
+    }
+    return p;
+  }
+
+  private track(p: Promise<unknown>): void {
+    p.catch(() => {}); // failures surface through the write's own promise and flush()
+    this.inflight.push(p);
+  }
+
+  private send(): void {
+    while (this.q.length) {
+      const chunk = this.q.splice(0, this.max);
+      if (this.c.serverCaps.writeMultiple) this.sent++;
+      const p = this.c.writeMulti(chunk, { posted: this.opts.posted });
+      this.track(p);
+      void p.then(
+        () => chunk.forEach((e) => e.resolve()),
+        (e: unknown) => chunk.forEach((x) => x.reject(e)),
+      );
+    }
+  }
+
+  /** Sends the queue; rejects with the first failure among the writes since the last flush. */
+  async flush(): Promise<void> {
+    this.send();
+    const ps = this.inflight;
+    this.inflight = [];
+    await Promise.all(ps);
   }
 }
 

@@ -1,0 +1,56 @@
+/**
+ * Helpers for the client tests: an in-process server with the test device, byte helpers.
+ */
+import assert from 'node:assert/strict';
+import { VfioUserServer, type ServerOptions } from '../../src/server/server.js';
+import { VfioUserError, type VfioUserErrorCode } from '../../src/errors.js';
+import { TestDevice } from '../server/testdev.js';
+import { sockPath } from '../helpers.js';
+
+export function u32(v: number): Uint8Array {
+  const b = new Uint8Array(4);
+  new DataView(b.buffer).setUint32(0, v, true);
+  return b;
+}
+export function u64(v: number): Uint8Array {
+  const b = new Uint8Array(8);
+  new DataView(b.buffer).setBigUint64(0, BigInt(v), true);
+  return b;
+}
+export function rd32(b: Uint8Array): number {
+  return new DataView(b.buffer, b.byteOffset, b.byteLength).getUint32(0, true);
+}
+
+export async function withServer<T>(fn: (s: VfioUserServer, dev: TestDevice, path: string) => Promise<T>, opts: ServerOptions = {}): Promise<T> {
+  const dev = new TestDevice();
+  const server = new VfioUserServer(dev, opts);
+  const path = sockPath('cli');
+  server.listen(path);
+  try {
+    return await fn(server, dev, path);
+  } finally {
+    server.close();
+    dev.destroy();
+  }
+}
+
+/** asserts a VfioUserError with that code (and errno, for remote errors) */
+export function isCode(code: VfioUserErrorCode, errno?: number): (e: unknown) => boolean {
+  return (e: unknown) => {
+    assert.ok(e instanceof VfioUserError, `expected VfioUserError ${code}, got ${String(e)}`);
+    assert.equal(e.code, code, `${e.code}: ${e.message}`);
+    if (errno !== undefined) assert.equal(e.errno, errno);
+    return true;
+  };
+}
+
+/** rejects if p does not settle within ms (a hang is a failure, not a stuck test) */
+export function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let t: ReturnType<typeof setTimeout>;
+  return Promise.race([
+    p.finally(() => clearTimeout(t)),
+    new Promise<T>((_, reject) => {
+      t = setTimeout(() => reject(new Error(`${what}: still pending after ${ms} ms`)), ms);
+    }),
+  ]);
+}
