@@ -3,7 +3,7 @@
  * so Linux's gpio-pci-idio-16 driver binds to it: 16 optically isolated inputs, 16 FET outputs,
  * and a change-of-state interrupt on the inputs.
  *
- * BAR2 (256 bytes, memory) — the layout Linux's driver uses (drivers/gpio/gpio-idio-16.c):
+ * BAR2 (256 bytes of I/O ports, as on the card) — the layout Linux's driver uses (drivers/gpio/gpio-idio-16.c):
  *   0x0  R/W  outputs 0-7 (a read returns what was written)
  *   0x1  R    inputs 0-7            W  any value: clear the pending interrupt
  *   0x2  R    enable the interrupt  W  any value: disable the interrupt
@@ -49,7 +49,7 @@ export class GpioDevice extends PciDevice {
     });
     this.addRegion(2, {
       size: 256,
-      bar: { kind: 'mem32' },
+      bar: { kind: 'io' },
       access: {
         read: (offset, length) => this.read(offset, length),
         write: (offset, data) => this.write(offset, data),
