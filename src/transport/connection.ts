@@ -196,7 +196,11 @@ export class Connection {
   private onPoll(status: number, events: number): void {
     if (this.closed) return;
     if (status < 0) {
-      this.fail(new VfioUserError('VFU_DISCONNECTED', `socket poll failed (status ${status})`, -status));
+      // libuv reports POLLERR as a failed poll (UV_EBADF) and stops watching. On a UNIX socket
+      // that is usually ECONNRESET: the peer closed with our data unread. What it sent before
+      // is still queued for us: read it (recvmsg then reports the reset as a clean hang-up).
+      this.readAvailable(true);
+      if (!this.closed) this.fail(new VfioUserError('VFU_DISCONNECTED', `socket poll failed (status ${status})`, -status));
       return;
     }
     if (events & native.POLL_WRITABLE) this.flush();
@@ -204,7 +208,8 @@ export class Connection {
     if (events & (native.POLL_READABLE | native.POLL_DISCONNECT)) this.readAvailable();
   }
 
-  private readAvailable(): void {
+  /** drain: read until EAGAIN/EOF even after a short read (the poll will not fire again) */
+  private readAvailable(drain = false): void {
     // Bounded so one busy peer cannot starve the event loop.
     for (let rounds = 0; rounds < 64 && !this.closed; rounds++) {
       if (this.rstart === this.rend) {
@@ -242,7 +247,7 @@ export class Connection {
       this.parse();
       // A short read drained the socket: skip the recvmsg that would only say EAGAIN (the
       // poll is level-triggered, so anything that arrives later wakes us again).
-      if (n < space) return;
+      if (n < space && !drain) return;
     }
   }
 
@@ -554,10 +559,24 @@ export class Connection {
     return this.send({ msgId: id, command, size: 0, flags: MSG_TYPE_COMMAND | FLAG_NO_REPLY, error: 0 }, payload, fds);
   }
 
-  /** Replies to a command (nothing is sent when the command had NO_REPLY). */
+  /**
+   * Replies to a command (nothing is sent when the command had NO_REPLY). Unlike send(), the
+   * reply methods never throw because the peer is gone: the connection closes (onClose runs)
+   * and the reply is dropped, so a handler answering a vanished peer cannot take its caller
+   * (the poll callback) down.
+   */
   reply(req: Header, payload: Uint8Array | null, fds?: readonly number[]): boolean {
     if (req.flags & FLAG_NO_REPLY || this.closed) return true;
-    return this.send({ msgId: req.msgId, command: req.command, size: 0, flags: MSG_TYPE_REPLY, error: 0 }, payload, fds);
+    return this.unlessGone(() => this.send({ msgId: req.msgId, command: req.command, size: 0, flags: MSG_TYPE_REPLY, error: 0 }, payload, fds));
+  }
+
+  private unlessGone(write: () => boolean): boolean {
+    try {
+      return write();
+    } catch (e) {
+      if (this.closed && e instanceof VfioUserError && e.code === 'VFU_DISCONNECTED') return true;
+      throw e;
+    }
   }
 
   /**
@@ -581,9 +600,12 @@ export class Connection {
       sent = native.sendmsg(this.fd, this.iov1, null);
     } catch (e) {
       const err = e as { code?: string; errno?: number; message?: string };
-      const ve = new VfioUserError('VFU_DISCONNECTED', `sendmsg: ${err.message ?? String(e)}`, err.errno ?? 0);
-      this.fail(err.code === 'EPIPE' || err.code === 'ECONNRESET' ? undefined : ve);
-      throw ve;
+      this.fail(
+        err.code === 'EPIPE' || err.code === 'ECONNRESET'
+          ? undefined
+          : new VfioUserError('VFU_DISCONNECTED', `sendmsg: ${err.message ?? String(e)}`, err.errno ?? 0),
+      );
+      return true; // the peer is gone: the reply is dropped (see reply())
     }
     if (sent === size) return true;
     const rest = this.scratch.slice(sent < 0 ? 0 : sent, size);
@@ -596,9 +618,8 @@ export class Connection {
   /** Sends an error reply carrying errno (nothing when the command had NO_REPLY). */
   replyError(req: Header, errno: number): boolean {
     if (req.flags & FLAG_NO_REPLY || this.closed) return true;
-    return this.send(
-      { msgId: req.msgId, command: req.command, size: 0, flags: MSG_TYPE_REPLY | FLAG_ERROR, error: errno },
-      null,
+    return this.unlessGone(() =>
+      this.send({ msgId: req.msgId, command: req.command, size: 0, flags: MSG_TYPE_REPLY | FLAG_ERROR, error: errno }, null),
     );
   }
 
