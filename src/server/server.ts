@@ -37,6 +37,8 @@ export interface ServerOptions {
    * announces write_multiple without twin_socket, as QEMU's does, and the spec's otherwise.
    */
   dmaMessageLayout?: 'auto' | 'spec' | 'qemu';
+  /** how long a DMA_READ/DMA_WRITE to the client may take before the access fails (ms, default 30000) */
+  dmaTimeoutMs?: number;
   /** log function (default: none) */
   log?: (level: 'info' | 'warn' | 'debug', msg: string) => void;
 }
@@ -76,6 +78,8 @@ export class Session {
     this.conn = new Connection(fd, {
       maxMessageSize: HEADER_SIZE + server.maxDataXferSize + 4096,
       maxFdsPerMessage: server.maxMsgFds,
+      // a client that does not read its replies is not read either: memory stays bounded
+      pauseReadsWhenBacklogged: true,
       onCommand: (msg) => this.onCommand(msg),
       onClose: (err) => this.onClose(err),
     });
@@ -569,7 +573,9 @@ export class Session {
     return {
       maxTransfer,
       read: async (iova, length) => {
-        const m = await this.toClient.request(P.Command.DMA_READ, P.encodeDmaReadRequest({ address: BigInt(iova), count: length }));
+        const m = await this.toClient.request(P.Command.DMA_READ, P.encodeDmaReadRequest({ address: BigInt(iova), count: length }), {
+          timeout: this.server.dmaTimeoutMs,
+        });
         const rep = P.decodeDmaReadReply(m.payload, length, this.dmaLayout);
         if (rep.address !== BigInt(iova) || rep.data.length !== length) {
           throw new DmaError(`bad DMA_READ reply for 0x${iova.toString(16)}+${length}`, Errno.EIO);
@@ -577,7 +583,9 @@ export class Session {
         return rep.data;
       },
       write: async (iova, data) => {
-        const m = await this.toClient.request(P.Command.DMA_WRITE, P.encodeDmaWriteRequest({ address: BigInt(iova), data, layout: this.dmaLayout }));
+        const m = await this.toClient.request(P.Command.DMA_WRITE, P.encodeDmaWriteRequest({ address: BigInt(iova), data, layout: this.dmaLayout }), {
+          timeout: this.server.dmaTimeoutMs,
+        });
         const rep = P.decodeDmaWriteReply(m.payload);
         // QEMU answers with an empty payload; a spec reply must match the request
         if (rep.address !== undefined && (rep.address !== BigInt(iova) || rep.count !== data.length)) {
@@ -618,6 +626,7 @@ export class VfioUserServer extends EventEmitter {
   readonly writeMultiple: boolean;
   readonly migration: Migration | undefined;
   readonly dmaLayout: 'auto' | 'spec' | 'qemu';
+  readonly dmaTimeoutMs: number;
   private readonly logFn: ServerOptions['log'];
   private listener: Listener | undefined;
   session: Session | undefined;
@@ -629,6 +638,7 @@ export class VfioUserServer extends EventEmitter {
     this.maxDataXferSize = opts.maxDataXferSize ?? 1048576;
     this.maxMsgFds = opts.maxMsgFds ?? 16;
     this.dmaLayout = opts.dmaMessageLayout ?? 'auto';
+    this.dmaTimeoutMs = opts.dmaTimeoutMs ?? 30000;
     this.maxDmaMaps = opts.maxDmaMaps ?? 65535;
     this.twinSocket = opts.twinSocket ?? true;
     this.writeMultiple = opts.writeMultiple ?? true;

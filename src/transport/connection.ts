@@ -4,14 +4,16 @@
  * Reading: one recvmsg takes as many bytes as are queued (many messages per read). Linux
  * hands SCM_RIGHTS fds to the recvmsg that first touches the segment which carried them and
  * ends that read inside the segment, so the fds of a read belong to the message that holds
- * the read's last byte. Each complete message gets its own copy of the payload and its fds.
+ * the read's last byte. A reply gets its own copy of the payload; a command's payload is a
+ * view into the receive buffer, valid while its handler runs (retain() keeps one).
  * A command handler owns the fds it takes with `takeFds()`; whatever is left when the handler
  * returns is closed. Replies' fds go to the requester only when it asked (`expectFds`).
  *
  * Writing: a message is written with one sendmsg when the socket takes it; otherwise the rest
  * is queued (fds duplicated so callers may close theirs) and flushed when the socket becomes
  * writable. `send` reports backpressure by returning false past the high-water mark and
- * `drained()` resolves when the queue is empty.
+ * `drained()` resolves when the queue is empty. With `pauseReadsWhenBacklogged` (servers),
+ * a peer that does not read its replies stops being read until it does: memory stays bounded.
  *
  * Closing: a hang-up, an error or close() ends the connection exactly once: pending requests
  * reject with VFU_DISCONNECTED, queued fds are closed, `onClose` runs once.
@@ -72,6 +74,8 @@ export interface ConnectionOptions {
   maxFdsPerMessage?: number;
   /** queued bytes beyond which send() returns false */
   highWaterMark?: number;
+  /** stop reading while more than highWaterMark bytes wait to be written (default false) */
+  pauseReadsWhenBacklogged?: boolean;
   /** a command arrived. Take fds synchronously (before any await) or they are closed. */
   onCommand?: (msg: Message, conn: Connection) => void;
   /**
@@ -129,6 +133,7 @@ export class Connection {
   private readonly maxMessageSize: number;
   private readonly maxFds: number;
   private readonly highWaterMark: number;
+  private readonly pauseReads: boolean;
   onCommand: ((msg: Message, conn: Connection) => void) | undefined;
   onClose: ((err: VfioUserError | undefined, conn: Connection) => void) | undefined;
   private readonly onRaw: ((msg: Message, conn: Connection) => void) | undefined;
@@ -159,6 +164,7 @@ export class Connection {
     this.maxMessageSize = opts.maxMessageSize ?? DEFAULT_MAX_MESSAGE;
     this.maxFds = opts.maxFdsPerMessage ?? 253;
     this.highWaterMark = opts.highWaterMark ?? 4 * 1024 * 1024;
+    this.pauseReads = opts.pauseReadsWhenBacklogged ?? false;
     this.onCommand = opts.onCommand;
     this.onClose = opts.onClose;
     this.onRaw = opts.onRaw;
@@ -211,7 +217,7 @@ export class Connection {
   /** drain: read until EAGAIN/EOF even after a short read (the poll will not fire again) */
   private readAvailable(drain = false): void {
     // Bounded so one busy peer cannot starve the event loop.
-    for (let rounds = 0; rounds < 64 && !this.closed; rounds++) {
+    for (let rounds = 0; rounds < 64 && !this.closed && !this.backlogged; rounds++) {
       if (this.rstart === this.rend) {
         this.rbase += this.rstart;
         this.rstart = this.rend = 0;
@@ -459,8 +465,12 @@ export class Connection {
     return this.wqueued <= this.highWaterMark;
   }
 
+  private get backlogged(): boolean {
+    return this.pauseReads && this.wqueued > this.highWaterMark;
+  }
+
   private watch(writable: boolean): void {
-    const want = native.POLL_READABLE | native.POLL_DISCONNECT | (writable ? native.POLL_WRITABLE : 0);
+    const want = (this.backlogged ? 0 : native.POLL_READABLE) | native.POLL_DISCONNECT | (writable ? native.POLL_WRITABLE : 0);
     if (want !== this.watching) {
       this.watching = want;
       this.poller.start(want);
@@ -490,6 +500,7 @@ export class Connection {
       this.wqueued -= n;
       if (n < w.data.length) {
         w.data = w.data.subarray(n);
+        this.watch(true); // resumes reading once below the high-water mark
         return;
       }
       this.wqueue.shift();

@@ -396,15 +396,15 @@ describe('hostile clients: in-process server', () => {
     });
   });
 
-  test('a client that never reads its replies: no crash, next client served', async () => {
-    await withServer(async ({ path }) => {
+  test('a client that never reads its replies: no crash, bounded memory, next client served', async () => {
+    await withServer(async ({ path, server }) => {
       const peer = new RawPeer(connectPath(path));
       await peer.sendAll(frame({ msgId: 1, command: C.VERSION }, P.encodeVersionRequest({ major: 0, minor: 0, capabilities: {} })));
-      // 4000 reads of 256 bytes: ~1 MiB of replies nobody reads
-      const req = frame({ msgId: 2, command: C.REGION_READ }, P.encodeRegionReadRequest({ offset: 0x100, region: 0, count: 256 }));
+      // 40 x 200 reads of 4 KiB: ~32 MiB of replies nobody reads
+      const req = frame({ msgId: 2, command: C.REGION_READ }, P.encodeRegionReadRequest({ offset: 0, region: 0, count: 4096 }));
       const burst = concat(...Array.from({ length: 200 }, () => req));
       let sent = 0;
-      for (let i = 0; i < 20; i++) {
+      for (let i = 0; i < 40; i++) {
         const n = peer.send(burst);
         if (n < 0) break;
         sent += n;
@@ -412,6 +412,9 @@ describe('hostile clients: in-process server', () => {
       }
       assert.ok(sent > 0);
       await delay(20);
+      // the server stopped reading this client: its reply queue stays near the high-water mark
+      const queued = server.session?.conn.queuedBytes ?? 0;
+      assert.ok(queued < 6 * 1024 * 1024, `server queued ${queued} bytes of replies`);
       peer.close();
     });
   });
