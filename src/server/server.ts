@@ -259,6 +259,11 @@ export class Session {
     const iova = toSafe(req.address, fds);
     const size = toSafe(req.size, fds);
     const off = toSafe(req.offset, fds);
+    if (iova % PAGE || size % PAGE) {
+      // honour the pgsizes we advertised
+      closeFds(fds);
+      fail(Errno.EINVAL, `DMA_MAP [0x${iova.toString(16)}, +0x${size.toString(16)}) is not aligned to ${PAGE}`);
+    }
     dma.map(iova, size, prot, fds[0], off);
     this.conn.reply(msg.header, null);
   }

@@ -325,6 +325,8 @@ describe('server: DMA', () => {
       assert.equal(dev.dma.count, 2);
       assert.equal(dev.dma.fileCount, 1, 'one mapping for one file');
       await assert.rejects(c.dmaMap(mem, 0x100000 + 4096, { offset: 0, size: 4096 }), (e) => remoteErrno(e) === 17);
+      await assert.rejects(c.dmaMap(mem, 0x300100, { offset: 0, size: 4096 }), (e) => remoteErrno(e) === 22, 'iova not page-aligned');
+      await assert.rejects(c.dmaMap(mem, 0x300000, { offset: 0, size: 100 }), (e) => remoteErrno(e) === 22, 'size not page-aligned');
       // device writes 16 bytes to 0x200010 (guest offset 0x80010)
       dev.buffer.set([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]);
       await c.write(0, 0x08, u64(0x200010));
