@@ -1,8 +1,10 @@
 /**
  * The devices `vfio-user serve` knows, by name.
  */
+import { existsSync } from 'node:fs';
 import { GpioDevice } from '../devices/gpio.js';
 import { NullDevice } from '../devices/null.js';
+import { NvmeDevice, parseSize } from '../devices/nvme/index.js';
 import type { PciDevice } from '../server/device.js';
 
 export interface DeviceFactory {
@@ -20,6 +22,31 @@ export const DEVICES: Record<string, DeviceFactory> = {
       const d = new GpioDevice();
       if (o.inputs) d.setInputs(Number(o.inputs));
       return d;
+    },
+  },
+  nvme: {
+    description: 'NVMe 1.4 controller with one namespace backed by a raw image file (or memory)',
+    options: {
+      image: 'raw image file (created with --size when missing); without it the namespace is in memory',
+      size: 'namespace size, e.g. 64M, 1G (default 64M for new images and memory)',
+      'lba-size': '512 (default) or 4096',
+      doorbells: 'trap (default: trapped REGION_WRITEs) or mmap (shared doorbell page, polled)',
+      serial: 'controller serial number (default: derived from the image path)',
+    },
+    create(o) {
+      const lba = o['lba-size'] ? Number(o['lba-size']) : 512;
+      if (lba !== 512 && lba !== 4096) throw new Error('--lba-size must be 512 or 4096');
+      const doorbells = o.doorbells ?? 'trap';
+      if (doorbells !== 'trap' && doorbells !== 'mmap') throw new Error('--doorbells must be trap or mmap');
+      const size = o.size ? parseSize(o.size) : o.image ? undefined : 64 << 20;
+      return new NvmeDevice({
+        image: o.image,
+        size: o.image && !size && !existsSync(o.image) ? 64 << 20 : size,
+        lbaSize: lba,
+        doorbells,
+        serial: o.serial,
+        log: (m) => process.stderr.write(`vfio-user[nvme] ${m}\n`),
+      });
     },
   },
   null: {

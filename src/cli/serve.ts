@@ -25,6 +25,9 @@ export async function serve(argv: string[]): Promise<number> {
       inputs: { type: 'string' },
       image: { type: 'string' },
       size: { type: 'string' },
+      'lba-size': { type: 'string' },
+      doorbells: { type: 'string' },
+      serial: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });

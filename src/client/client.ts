@@ -579,7 +579,12 @@ export class VfioUserClient extends EventEmitter {
     const fds: number[] = [];
     try {
       for (let i = 0; i < count; i++) fds.push(native.eventfd(0, false));
-      await this.setIrqs(index, P.SetIrqsFlags.DATA_EVENTFD | P.SetIrqsFlags.ACTION_TRIGGER, start, count, undefined, fds);
+      // no more fds per message than the server accepts (QEMU does the same)
+      const per = Math.max(1, this.serverCaps.maxMsgFds);
+      for (let done = 0; done < count; done += per) {
+        const n = Math.min(per, count - done);
+        await this.setIrqs(index, P.SetIrqsFlags.DATA_EVENTFD | P.SetIrqsFlags.ACTION_TRIGGER, start + done, n, undefined, fds.slice(done, done + n));
+      }
     } catch (e) {
       closeFds(fds);
       throw e;

@@ -13,24 +13,14 @@
  */
 import { native, PROT_READ, PROT_WRITE } from '../native/index.js';
 import { VfioUserError, Errno } from '../errors.js';
+import { PciRegion } from '../protocol/constants.js';
 import { ConfigSpace, type ConfigSpaceOptions, MsixTable } from './pci/index.js';
 import { DmaController } from './dma.js';
 import { IrqController, IrqIndex } from './irq.js';
 import type { MigrationHooks } from './migration.js';
 
-export const RegionIndex = {
-  BAR0: 0,
-  BAR1: 1,
-  BAR2: 2,
-  BAR3: 3,
-  BAR4: 4,
-  BAR5: 5,
-  ROM: 6,
-  CONFIG: 7,
-  VGA: 8,
-  /** first index for device-specific regions (they carry a type capability) */
-  DEVICE_SPECIFIC: 9,
-} as const;
+/** Region indexes: vfio-pci's fixed ones, and the first device-specific one (with a type cap). */
+export const RegionIndex = { ...PciRegion, DEVICE_SPECIFIC: PciRegion.NUM } as const;
 
 export interface RegionAccess {
   /** Returns `length` bytes at `offset`. */

@@ -14,25 +14,16 @@
 import { native } from '../native/index.js';
 import { VfioUserError, Errno } from '../errors.js';
 import { closeFds } from '../transport/connection.js';
+import { PciIrq, IrqInfoFlags, SetIrqsFlags } from '../protocol/constants.js';
 
-export const IrqIndex = { INTX: 0, MSI: 1, MSIX: 2, ERR: 3, REQ: 4 } as const;
-export const IRQ_INDEX_COUNT = 5;
+/** IRQ indexes (vfio-pci's): INTX, MSI, MSIX, ERR, REQ. */
+export const IrqIndex = PciIrq;
+export const IRQ_INDEX_COUNT = PciIrq.NUM;
 
-// vfio_irq_info flags
-const INFO_EVENTFD = 1;
-const INFO_MASKABLE = 2;
-const INFO_AUTOMASKED = 4;
-const INFO_NORESIZE = 8;
-
-// vfio_irq_set flags
-const DATA_NONE = 1;
-const DATA_BOOL = 2;
-const DATA_EVENTFD = 4;
-const ACTION_MASK = 8;
-const ACTION_UNMASK = 16;
-const ACTION_TRIGGER = 32;
-const DATA_MASK = DATA_NONE | DATA_BOOL | DATA_EVENTFD;
-const ACTION_MASK_ALL = ACTION_MASK | ACTION_UNMASK | ACTION_TRIGGER;
+const { EVENTFD: INFO_EVENTFD, MASKABLE: INFO_MASKABLE, AUTOMASKED: INFO_AUTOMASKED, NORESIZE: INFO_NORESIZE } = IrqInfoFlags;
+const { DATA_NONE, DATA_BOOL, DATA_EVENTFD, ACTION_MASK, ACTION_TRIGGER } = SetIrqsFlags;
+const DATA_MASK = SetIrqsFlags.DATA_TYPE_MASK;
+const ACTION_MASK_ALL = SetIrqsFlags.ACTION_TYPE_MASK;
 
 class IrqLine {
   readonly count: number;

@@ -14,18 +14,11 @@
  * previous state untouched until a reset.
  */
 import { VfioUserError, Errno } from '../errors.js';
+import { DeviceState, MigrationFlags, Command } from '../protocol/constants.js';
 import type { PciDevice } from './device.js';
 
-export const MigState = {
-  ERROR: 0,
-  STOP: 1,
-  RUNNING: 2,
-  STOP_COPY: 3,
-  RESUMING: 4,
-  RUNNING_P2P: 5,
-  PRE_COPY: 6,
-  PRE_COPY_P2P: 7,
-} as const;
+/** Device states of the migration FSM (enum vfio_device_mig_state). */
+export const MigState = DeviceState;
 export type MigStateValue = (typeof MigState)[keyof typeof MigState];
 
 const STATE_NAMES = ['ERROR', 'STOP', 'RUNNING', 'STOP_COPY', 'RESUMING', 'RUNNING_P2P', 'PRE_COPY', 'PRE_COPY_P2P'];
@@ -33,10 +26,7 @@ export function migStateName(s: number): string {
   return STATE_NAMES[s] ?? `state ${s}`;
 }
 
-/** VFIO_MIGRATION_* flags */
-export const MIGRATION_STOP_COPY = 1;
-export const MIGRATION_P2P = 2;
-export const MIGRATION_PRE_COPY = 4;
+
 
 /** What a migratable device provides. */
 export interface MigrationHooks {
@@ -141,7 +131,7 @@ export class Migration {
   }
 
   get flags(): bigint {
-    return BigInt(MIGRATION_STOP_COPY | MIGRATION_PRE_COPY);
+    return BigInt(MigrationFlags.STOP_COPY | MigrationFlags.PRE_COPY);
   }
 
   get stateName(): string {
@@ -152,14 +142,14 @@ export class Migration {
   allows(cmd: number): boolean {
     if (this.state !== MigState.STOP && this.state !== MigState.STOP_COPY) return true;
     switch (cmd) {
-      case 9: // REGION_READ
-      case 16: // DEVICE_FEATURE
-      case 17: // MIG_DATA_READ
-      case 13: // DEVICE_RESET (the way out of anything)
-      case 1: // VERSION
+      case Command.REGION_READ:
+      case Command.DEVICE_FEATURE:
+      case Command.MIG_DATA_READ:
+      case Command.DEVICE_RESET: // the way out of anything
+      case Command.VERSION:
         return true;
-      case 10: // REGION_WRITE
-      case 15: // REGION_WRITE_MULTI
+      case Command.REGION_WRITE:
+      case Command.REGION_WRITE_MULTI:
         return this.state === MigState.STOP;
       default:
         return false;

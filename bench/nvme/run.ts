@@ -1,0 +1,124 @@
+/**
+ * NVMe benchmark (not a test): the in-test NVMe driver against `vfio-user serve nvme` in a
+ * child process, both pinned to CPU 0 (taskset), for each doorbell mechanism:
+ *   trap/posted  trapped REGION_WRITE doorbells sent without waiting for a reply (QEMU's
+ *                default when no region is mappable)
+ *   trap/sync    trapped REGION_WRITE doorbells, each waiting for its reply (what QEMU does
+ *                once any region is mappable: posted writes are turned off)
+ *   mmap/poll    doorbells written to the mmap-ed page, which the server polls
+ * Workloads: 4 KiB random read / write, 128 KiB sequential read / write, at QD 1 and 32.
+ *
+ *   node dist/bench/nvme/run.js [--seconds=2] [--size=256M] [--modes=trap-posted,trap-sync,mmap]
+ */
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { VfioUserClient } from '../../src/client/client.js';
+import { serveChild } from '../../test/helpers.js';
+import { NvmeDriver } from '../../test/nvme/driver.js';
+
+const { values } = parseArgs({
+  options: { seconds: { type: 'string' }, size: { type: 'string' }, modes: { type: 'string' } },
+});
+const seconds = Number(values.seconds ?? 2);
+const sizeArg = values.size ?? '256M';
+const modes = (values.modes ?? 'trap-posted,trap-sync,mmap').split(',');
+
+// pin ourselves to CPU 0 too: re-exec under taskset once
+if (!process.env.VFU_BENCH_PINNED) {
+  const r = spawnSync('taskset', ['-c', '0', process.execPath, ...process.argv.slice(1)], { stdio: 'inherit', env: { ...process.env, VFU_BENCH_PINNED: '1' } });
+  if (r.error) {
+    process.stderr.write(`taskset unavailable (${r.error.message}); running unpinned\n`);
+    process.env.VFU_BENCH_PINNED = '0';
+  } else process.exit(r.status ?? 1);
+}
+
+interface Job {
+  name: string;
+  op: 'read' | 'write';
+  bs: number;
+  qd: number;
+  random: boolean;
+}
+
+const JOBS: Job[] = [
+  { name: 'seq write 128K', op: 'write', bs: 128 << 10, qd: 32, random: false },
+  { name: 'seq write 128K', op: 'write', bs: 128 << 10, qd: 1, random: false },
+  { name: 'seq read 128K', op: 'read', bs: 128 << 10, qd: 1, random: false },
+  { name: 'seq read 128K', op: 'read', bs: 128 << 10, qd: 32, random: false },
+  { name: 'rand read 4K', op: 'read', bs: 4096, qd: 1, random: true },
+  { name: 'rand read 4K', op: 'read', bs: 4096, qd: 32, random: true },
+  { name: 'rand write 4K', op: 'write', bs: 4096, qd: 1, random: true },
+  { name: 'rand write 4K', op: 'write', bs: 4096, qd: 32, random: true },
+];
+
+async function runJob(d: NvmeDriver, job: Job, blocks: number): Promise<{ iops: number; mbs: number; latUs: number }> {
+  const nlb = job.bs / d.lbaSize;
+  const slots = Math.floor(blocks / nlb);
+  let next = 0;
+  let ops = 0;
+  const end = performance.now() + seconds * 1000;
+  const t0 = performance.now();
+  let x = 12345;
+  const workers = Array.from({ length: job.qd }, async () => {
+    const buf = d.alloc(job.bs);
+    const pages = Array.from({ length: job.bs / 4096 }, (_, i) => buf + i * 4096);
+    const dptr = d.prps(pages, job.bs);
+    d.at(buf, job.bs).fill(0xa5);
+    while (performance.now() < end) {
+      let slot: number;
+      if (job.random) {
+        x ^= x << 13;
+        x ^= x >>> 17;
+        x ^= x << 5;
+        slot = (x >>> 0) % slots;
+      } else slot = next++ % slots;
+      const c = await d.rw(job.op, 1, slot * nlb, nlb, dptr);
+      if (c.status) throw new Error(`I/O failed: 0x${c.status.toString(16)}`);
+      ops++;
+    }
+  });
+  await Promise.all(workers);
+  const dt = (performance.now() - t0) / 1000;
+  return { iops: ops / dt, mbs: (ops * job.bs) / dt / 1e6, latUs: (dt / ops) * job.qd * 1e6 };
+}
+
+async function main(): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'vfu-nvme-bench-'));
+  const rows: string[][] = [];
+  try {
+    for (const mode of modes) {
+      const image = join(dir, `${mode}.img`);
+      const srv = await serveChild('nvme', [`--image=${image}`, `--size=${sizeArg}`, '--quiet', ...(mode === 'mmap' ? ['--doorbells=mmap'] : [])], { taskset: '0' });
+      const client = await VfioUserClient.connect(srv.path);
+      const d = await NvmeDriver.attach(client, { memSize: 64 << 20, posted: mode === 'trap-posted', mmapDoorbells: mode === 'mmap' });
+      await d.init({ queues: 1, depth: 64 });
+      const blocks = d.nsBlocks;
+      for (const job of JOBS) {
+        const r = await runJob(d, job, blocks);
+        rows.push([mode, job.name, String(job.qd), r.iops.toFixed(0), r.mbs.toFixed(1), r.latUs.toFixed(1)]);
+        process.stderr.write(`${rows[rows.length - 1]!.join('\t')}\n`);
+      }
+      d.close();
+      client.close();
+      await srv.stop();
+      d.mem.free();
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+  const head = ['doorbells', 'workload', 'QD', 'IOPS', 'MB/s', 'lat us'];
+  const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  const line = (r: string[]): string => r.map((c, i) => (i >= 2 ? c.padStart(w[i]!) : c.padEnd(w[i]!))).join('  ');
+  console.log(`\nNVMe over vfio-user, server and driver pinned to CPU 0, ${seconds} s per job, image ${sizeArg}`);
+  console.log(line(head));
+  console.log(w.map((n) => '-'.repeat(n)).join('  '));
+  for (const r of rows) console.log(line(r));
+}
+
+main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});
