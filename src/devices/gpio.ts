@@ -32,7 +32,7 @@ export interface GpioState {
 
 export class GpioDevice extends PciDevice {
   private state: GpioState = { outputs: 0, inputs: 0, irqEnabled: false, irqStatus: 0, filtersActive: false };
-  /** called whenever the guest changes the outputs */
+  /** called when the guest changes the outputs */
   onOutputs: ((outputs: number) => void) | undefined;
   private readonly reg = new Uint8Array(1);
 
@@ -102,6 +102,13 @@ export class GpioDevice extends PciDevice {
     this.setInputs(high ? this.state.inputs | bit : this.state.inputs & ~bit);
   }
 
+  /** onOutputs hears about changes only (a driver rewriting the same value is common) */
+  private setOutputs(v: number): void {
+    if (v === this.state.outputs) return;
+    this.state.outputs = v;
+    this.onOutputs?.(v);
+  }
+
   private readByte(off: number): number {
     const s = this.state;
     switch (off) {
@@ -124,8 +131,7 @@ export class GpioDevice extends PciDevice {
     const s = this.state;
     switch (off) {
       case 0:
-        s.outputs = (s.outputs & 0xff00) | v;
-        this.onOutputs?.(s.outputs);
+        this.setOutputs((s.outputs & 0xff00) | v);
         break;
       case 1:
         s.irqStatus = 0;
@@ -138,8 +144,7 @@ export class GpioDevice extends PciDevice {
         s.filtersActive = false;
         break;
       case 4:
-        s.outputs = (s.outputs & 0x00ff) | (v << 8);
-        this.onOutputs?.(s.outputs);
+        this.setOutputs((s.outputs & 0x00ff) | (v << 8));
         break;
       default:
         break;

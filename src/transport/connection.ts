@@ -108,6 +108,34 @@ interface QueuedWrite {
   fds: number[] | null; // duplicated fds owned by the queue
 }
 
+/** A FIFO with O(1) shift (Array.shift is O(n): a long backlog would make flushing quadratic). */
+class WriteQueue {
+  private a: QueuedWrite[] = [];
+  private head = 0;
+  get length(): number {
+    return this.a.length - this.head;
+  }
+  at(i: number): QueuedWrite {
+    return this.a[this.head + i]!;
+  }
+  push(w: QueuedWrite): void {
+    this.a.push(w);
+  }
+  shift(): void {
+    this.a[this.head++] = undefined as unknown as QueuedWrite;
+    if (this.head === this.a.length) {
+      this.a = [];
+      this.head = 0;
+    } else if (this.head >= 1024 && this.head * 2 >= this.a.length) {
+      this.a = this.a.slice(this.head);
+      this.head = 0;
+    }
+  }
+  items(): QueuedWrite[] {
+    return this.a.slice(this.head);
+  }
+}
+
 interface FdRecord {
   pos: number; // absolute stream position of the last byte of the read that brought them
   fds: number[];
@@ -145,7 +173,7 @@ export class Connection {
   private readonly fdsOut = new Int32Array(FDS_OUT_LEN);
   private fdRecords: FdRecord[] = [];
 
-  private wqueue: QueuedWrite[] = [];
+  private wqueue = new WriteQueue();
   private wqueued = 0;
   private drainWaiters: (() => void)[] = [];
   private watching: number;
@@ -479,10 +507,18 @@ export class Connection {
 
   private flush(): void {
     while (this.wqueue.length && !this.closed) {
-      const w = this.wqueue[0]!;
+      const w = this.wqueue.at(0);
+      // gather queued messages into one sendmsg (up to 64 iovecs). A message with fds goes
+      // alone: the receiver gives a read's fds to the message holding its last byte.
+      const iov: Uint8Array[] = [w.data];
+      for (let i = 1; !w.fds && i < this.wqueue.length && iov.length < 64; i++) {
+        const q = this.wqueue.at(i);
+        if (q.fds) break;
+        iov.push(q.data);
+      }
       let n: number;
       try {
-        n = native.sendmsg(this.fd, [w.data], w.fds);
+        n = native.sendmsg(this.fd, iov, w.fds);
       } catch (e) {
         const err = e as { code?: string; errno?: number; message?: string };
         this.fail(
@@ -498,12 +534,22 @@ export class Connection {
         w.fds = null;
       }
       this.wqueued -= n;
-      if (n < w.data.length) {
-        w.data = w.data.subarray(n);
-        this.watch(true); // resumes reading once below the high-water mark
+      // drop what was written, entry by entry
+      let left = n;
+      while (left > 0) {
+        const q = this.wqueue.at(0);
+        if (left < q.data.length) {
+          q.data = q.data.subarray(left);
+          left = 0;
+          break;
+        }
+        left -= q.data.length;
+        this.wqueue.shift();
+      }
+      if (this.wqueue.length && this.wqueue.at(0).data.length && n < iov.reduce((a, b) => a + b.length, 0)) {
+        this.watch(true); // the socket is full; resumes reading once below the high-water mark
         return;
       }
-      this.wqueue.shift();
     }
     if (this.wqueue.length === 0) {
       this.watch(false);
@@ -652,8 +698,8 @@ export class Connection {
     }
     for (const rec of this.fdRecords) closeFds(rec.fds);
     this.fdRecords = [];
-    for (const w of this.wqueue) if (w.fds) closeFds(w.fds);
-    this.wqueue = [];
+    for (const w of this.wqueue.items()) if (w.fds) closeFds(w.fds);
+    this.wqueue = new WriteQueue();
     this.wqueued = 0;
     const pending = [...this.pending.values()];
     this.pending.clear();
