@@ -754,6 +754,39 @@ export class VfioUserClient extends EventEmitter {
    * (the same IrqHandle objects: their 'irq' listeners keep working and they emit 'rebound').
    * Masks and device state are not replayed. Returns the new client; this one stays closed.
    */
+  /**
+   * Re-creates another client's guest memory maps here (same memory, same IOVAs), skipping
+   * maps this client already has. Used when a device moves to this client's server.
+   */
+  async adoptMaps(src: VfioUserClient): Promise<number> {
+    let n = 0;
+    for (const m of src.maps) {
+      if (this.maps.some((x) => x.iova === m.iova && x.size === m.size)) continue;
+      await this.dmaMap(m.mem, m.iova, { offset: m.offset, size: m.size, prot: m.prot, shared: m.shared });
+      n++;
+    }
+    return n;
+  }
+
+  /**
+   * Moves another client's active IRQ handles here: new eventfds are given to this client's
+   * server and the same handle objects keep their listeners and waiters (they emit 'rebound').
+   * Handles for an index this client already serves are left alone.
+   */
+  async adoptIrqs(src: VfioUserClient): Promise<number> {
+    let n = 0;
+    for (const h of [...src.irqHandles]) {
+      if (h.state !== 'active') continue;
+      if ([...this.irqHandles].some((x) => x.index === h.index && x.state === 'active')) continue;
+      const fds = await this.bindIrqFds(h.index, h.start, h.count);
+      src.irqHandles.delete(h);
+      h.moveTo(this, fds);
+      h.emit('rebound', this);
+      n++;
+    }
+    return n;
+  }
+
   async reconnect(opts: ReconnectOptions = {}): Promise<VfioUserClient> {
     const target = opts.target ?? this.path;
     if (target === undefined) throw new VfioUserError('VFU_BAD_STATE', 'reconnect needs a socket path (or opts.target)', Errno.EINVAL);
@@ -840,6 +873,12 @@ class IrqHandleImpl extends EventEmitter implements IrqHandle {
       p.unref();
       this.pollers.push(p);
     });
+  }
+
+  /** re-binds an active handle to another client's eventfds, keeping waiters */
+  moveTo(owner: VfioUserClient, fds: number[]): void {
+    this.release();
+    this.attach(owner, fds);
   }
 
   private release(): void {

@@ -5,8 +5,9 @@
  *           -> STOP_COPY, read the rest, -> STOP
  *   destination: -> RESUMING, write everything read from the source, -> STOP -> RUNNING
  *
- * The destination gets the same DMA maps and IRQ eventfds as the source had, so the device
- * continues where it stopped. Downtime is the time from the source leaving PRE_COPY (device
+ * The destination gets the same DMA maps (first) and the source client's IRQ handles (once
+ * the source has stopped), so the device continues where it stopped and interrupt listeners
+ * keep working. Downtime is the time from the source leaving PRE_COPY (device
  * stopped) to the destination running.
  */
 import { VfioUserClient } from './client.js';
@@ -24,6 +25,11 @@ export interface MigrateOptions {
   maxRounds?: number;
   /** skip pre-copy even when the source supports it */
   noPrecopy?: boolean;
+  /**
+   * Give the destination the source client's DMA maps (before migrating) and move its IRQ
+   * handles to the destination (after the state is written, before it runs). Default true.
+   */
+  takeOver?: boolean;
   /** called between pre-copy rounds (e.g. to let the workload run) */
   betweenRounds?: (round: number) => Promise<void> | void;
   progress?: (p: MigrationProgress) => void;
@@ -69,6 +75,8 @@ export async function migrate(src: VfioUserClient, dst: VfioUserClient, opts: Mi
   if (!(dflags & BigInt(P.MigrationFlags.STOP_COPY))) throw new VfioUserError('VFU_BAD_STATE', 'destination does not support migration', Errno.ENOTSUP);
   const precopy = !opts.noPrecopy && (flags & BigInt(P.MigrationFlags.PRE_COPY)) !== 0n;
 
+  const takeOver = opts.takeOver ?? true;
+  if (takeOver) await dst.adoptMaps(src); // the same guest memory, shared with both servers
   await dst.setDeviceState(S.RESUMING);
   let rounds = 0;
   let precopyBytes = 0;
@@ -91,6 +99,7 @@ export async function migrate(src: VfioUserClient, dst: VfioUserClient, opts: Mi
     stopCopyBytes = await drain(src, dst, chunk);
     opts.progress?.({ phase: 'stop-copy', round: rounds, bytes: precopyBytes + stopCopyBytes, roundBytes: stopCopyBytes });
     await src.setDeviceState(S.STOP);
+    if (takeOver) await dst.adoptIrqs(src); // interrupts now come from the destination
     await dst.setDeviceState(S.STOP); // the destination validates and applies here
     await dst.setDeviceState(S.RUNNING);
   } catch (e) {

@@ -153,6 +153,33 @@ describe('migrating a device', () => {
     });
   });
 
+  test('the destination takes over the DMA maps and IRQ handles: DMA and interrupts continue', async () => {
+    await pairOfServers(async (a, b) => {
+      const { GuestMemory } = await import('../../src/client/client.js');
+      const src = await VfioUserClient.connect(a.path);
+      const dst = await VfioUserClient.connect(b.path);
+      const mem = new GuestMemory(1 << 16);
+      await src.dmaMap(mem, 0x100000);
+      const irq = await src.enableIrqs(2, 8);
+      let rebound = 0;
+      irq.on('rebound', () => rebound++);
+      const waiting = irq.next(); // a waiter across the move
+      const r = await migrate(src, dst);
+      assert.ok(r.totalBytes > 0);
+      assert.equal(rebound, 1);
+      assert.equal(b.dev.dma.count, 1, 'the destination has the map');
+      // the destination device writes guest memory and raises vector 4
+      b.dev.buffer.fill(0x42);
+      await b.dev.dma.write(0x100000 + 64, b.dev.buffer.subarray(0, 16));
+      assert.equal(mem.bytes[64], 0x42);
+      b.dev.trigger(2, 4);
+      assert.equal(await waiting, 4, 'the waiter from before the move gets the interrupt');
+      src.close();
+      dst.close();
+      mem.free();
+    });
+  });
+
   test('corrupt data: the destination refuses it, goes to ERROR, nothing applied, recovers by reset', async () => {
     await pairOfServers(async (a, b) => {
       const src = await VfioUserClient.connect(a.path);
