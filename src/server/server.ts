@@ -396,22 +396,33 @@ export class Session {
     const r = this.checkAccess(region, offset, count, false);
     const dev = this.server.device;
     const h = msg.header;
-    const send = (data: Uint8Array): void => {
-      if (data.length !== count) fail(Errno.EIO, `device returned ${data.length} bytes for a ${count}-byte read`);
-      this.conn.replyWith(h, 16 + count, (buf, dv, at) => P.encodeRegionReadReplyInto(buf, dv, at, offset, region, data));
-    };
-    if (!r) return send(dev.config.read(offset, count));
+    if (!r) return this.readReply(h, offset, region, count, dev.config.read(offset, count));
     if (dev.msixTable) {
       const buf = new Uint8Array(count);
-      if (dev.msixAccess(region, offset, buf, false)) return send(buf);
+      if (dev.msixAccess(region, offset, buf, false)) return this.readReply(h, offset, region, count, buf);
     }
     if (r.access?.read) {
       const out = r.access.read(offset, count);
-      if (out instanceof Uint8Array) return send(out);
-      return out.then(send);
+      if (out instanceof Uint8Array) return this.readReply(h, offset, region, count, out);
+      return out.then((d) => this.readReply(h, offset, region, count, d));
     }
-    if (r.memory) return send(r.memory.slice(offset, offset + count));
+    if (r.memory) return this.readReply(h, offset, region, count, r.memory.slice(offset, offset + count));
     fail(Errno.EINVAL, `region ${region} has no read handler`);
+  }
+
+  // the REGION_READ reply is written in place by a bound filler (no closure per request)
+  private rdOffset = 0;
+  private rdRegion = 0;
+  private rdData: Uint8Array = new Uint8Array(0);
+  private readonly fillRead = (buf: Uint8Array, dv: DataView, at: number): number =>
+    P.encodeRegionReadReplyInto(buf, dv, at, this.rdOffset, this.rdRegion, this.rdData);
+
+  private readReply(h: Header, offset: number, region: number, count: number, data: Uint8Array): void {
+    if (data.length !== count) fail(Errno.EIO, `device returned ${data.length} bytes for a ${count}-byte read`);
+    this.rdOffset = offset;
+    this.rdRegion = region;
+    this.rdData = data;
+    this.conn.replyWith(h, 16 + count, this.fillRead);
   }
 
   private regionWrite(msg: Message): void | Promise<void> {

@@ -650,7 +650,12 @@ export class Connection {
     }
     const n = fill(this.scratch, this.scratchView, HEADER_SIZE);
     const size = HEADER_SIZE + n;
-    writeHeader(this.scratchView, { msgId: req.msgId, command: req.command, size: 0, flags: MSG_TYPE_REPLY, error: 0 }, size);
+    const dv = this.scratchView;
+    dv.setUint16(0, req.msgId, true);
+    dv.setUint16(2, req.command, true);
+    dv.setUint32(4, size, true);
+    dv.setUint32(8, MSG_TYPE_REPLY, true);
+    dv.setUint32(12, 0, true);
     this.iov1[0] = this.scratch.subarray(0, size);
     let sent: number;
     try {
