@@ -634,6 +634,28 @@ static napi_value js_ftruncate(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/*
+ * sealShrink(fd): makes sure the file behind fd can no longer shrink (F_SEAL_SHRINK), so a
+ * mapping of it cannot start faulting (SIGBUS) because its owner truncated it. Returns true
+ * when the file is (now) sealed against shrinking, false when it cannot be sealed (not a
+ * memfd, or a memfd created without MFD_ALLOW_SEALING, or sealing itself is sealed).
+ */
+static napi_value js_seal_shrink(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  int fd;
+  if (!get_fd(env, argv[0], "fd", &fd)) return NULL;
+  bool sealed = false;
+  int seals = fcntl(fd, F_GET_SEALS);
+  if (seals >= 0 && (seals & F_SEAL_SHRINK)) {
+    sealed = true;
+  } else if (seals >= 0 && !(seals & F_SEAL_SEAL)) {
+    sealed = fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK) == 0;
+  }
+  napi_value v;
+  NAPI_OK(napi_get_boolean(env, sealed, &v));
+  return v;
+}
+
 static napi_value js_fstat(napi_env env, napi_callback_info info) {
   GET_ARGS(1);
   int fd;
@@ -1207,6 +1229,7 @@ NAPI_MODULE_INIT() {
       METHOD("dup", js_dup),
       METHOD("memfdCreate", js_memfd_create),
       METHOD("ftruncate", js_ftruncate),
+      METHOD("sealShrink", js_seal_shrink),
       METHOD("fstat", js_fstat),
       METHOD("mmap", js_mmap),
       METHOD("munmap", js_munmap),

@@ -76,6 +76,11 @@ export interface NativeAddon {
   /** memfd_create(MFD_CLOEXEC|MFD_ALLOW_SEALING) */
   memfdCreate(name: string): number;
   ftruncate(fd: number, size: number): void;
+  /**
+   * Seals the file against shrinking (F_SEAL_SHRINK) so mappings of it cannot fault.
+   * Returns true when it is (now) sealed, false when the file cannot be sealed.
+   */
+  sealShrink(fd: number): boolean;
   /** fstat: size, device and inode (for identifying the same file across fds), mode. */
   fstat(fd: number): { size: number; dev: bigint; ino: bigint; mode: number };
   /**

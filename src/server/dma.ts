@@ -78,6 +78,8 @@ export interface DmaRegion {
   /** file and offset when the client shared memory; undefined for message-only maps */
   readonly file: MappedFile | undefined;
   readonly fileOffset: number;
+  /** false when the file could not be sealed against shrinking (the client could make us fault) */
+  readonly sealed: boolean;
   /** in-flight operations (pins); unmap waits for them */
   pins: number;
   unmapWaiters: (() => void)[];
@@ -105,8 +107,12 @@ export class DmaController {
   /** called after every successful map/unmap with the change */
   onChange: ((what: 'map' | 'unmap', iova: number, size: number) => void) | undefined;
 
-  constructor(opts: { maxMaps?: number } = {}) {
+  /** refuse (EPERM) files that cannot be sealed against shrinking */
+  requireSealed: boolean;
+
+  constructor(opts: { maxMaps?: number; requireSealed?: boolean } = {}) {
     this.maxMaps = opts.maxMaps ?? 65535;
+    this.requireSealed = opts.requireSealed ?? false;
   }
 
   get count(): number {
@@ -132,6 +138,7 @@ export class DmaController {
    */
   map(iova: number, size: number, prot: number, fd: number | undefined, fileOffset: number): DmaRegion {
     let file: MappedFile | undefined;
+    let sealed = true;
     try {
       if (!(size > 0) || !Number.isSafeInteger(iova) || !Number.isSafeInteger(size) || iova + size > MAX_IOVA) {
         throw new DmaError(`bad DMA range iova=0x${iova.toString(16)} size=0x${size.toString(16)}`, Errno.EINVAL);
@@ -152,6 +159,11 @@ export class DmaController {
         if (fileOffset + size > st.size) {
           // mapping past the end of the file would fault (SIGBUS) on access
           throw new DmaError(`DMA map extends past the end of its file (${st.size} bytes)`, Errno.EINVAL);
+        }
+        // a file that can shrink under our mapping would fault (SIGBUS) on access: seal it
+        sealed = native.sealShrink(fd);
+        if (!sealed && this.requireSealed) {
+          throw new DmaError('DMA map of a file that cannot be sealed against shrinking (requireSealed)', Errno.EPERM);
         }
         const key = `${st.dev}:${st.ino}:${prot & PROT_WRITE ? 'w' : 'r'}`;
         file = this.files.get(key);
@@ -175,7 +187,7 @@ export class DmaController {
           throw new DmaError(`cannot mmap DMA region: ${err.message}`, err.errno ?? Errno.EINVAL);
         }
       }
-      const region: DmaRegion = { iova, size, prot, file, fileOffset: file ? fileOffset : 0, pins: 0, unmapWaiters: [] };
+      const region: DmaRegion = { iova, size, prot, file, fileOffset: file ? fileOffset : 0, sealed, pins: 0, unmapWaiters: [] };
       if (file) file.refs++;
       this.regions.splice(at, 0, region);
       this.onChange?.('map', iova, size);

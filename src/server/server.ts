@@ -39,6 +39,13 @@ export interface ServerOptions {
   dmaMessageLayout?: 'auto' | 'spec' | 'qemu';
   /** how long a DMA_READ/DMA_WRITE to the client may take before the access fails (ms, default 30000) */
   dmaTimeoutMs?: number;
+  /**
+   * Refuse DMA_MAP of files that cannot be sealed against shrinking (EPERM). Such a file
+   * (a regular file, or a memfd without sealing) could be truncated by the client while we
+   * map it, and the next access would kill the server with SIGBUS. Default false: accepted
+   * with a warning. QEMU's memory-backend-memfd is sealed already.
+   */
+  requireSealedDmaFiles?: boolean;
   /** log function (default: none) */
   log?: (level: 'info' | 'warn' | 'debug', msg: string) => void;
 }
@@ -264,7 +271,10 @@ export class Session {
       closeFds(fds);
       fail(Errno.EINVAL, `DMA_MAP [0x${iova.toString(16)}, +0x${size.toString(16)}) is not aligned to ${PAGE}`);
     }
-    dma.map(iova, size, prot, fds[0], off);
+    const region = dma.map(iova, size, prot, fds[0], off);
+    if (!region.sealed) {
+      this.server.log('warn', `DMA map at 0x${iova.toString(16)}: its file cannot be sealed against shrinking; a client truncating it would crash this server`);
+    }
     this.conn.reply(msg.header, null);
   }
 
@@ -661,6 +671,7 @@ export class VfioUserServer extends EventEmitter {
     this.logFn = opts.log;
     this.migration = device.migratable ? new Migration(device) : undefined;
     (device.dma as { maxMaps: number }).maxMaps = this.maxDmaMaps;
+    device.dma.requireSealed = opts.requireSealedDmaFiles ?? false;
   }
 
   log(level: 'info' | 'warn' | 'debug', msg: string): void {

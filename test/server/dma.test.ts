@@ -132,3 +132,29 @@ test('dirty logging: only logged ranges, bits cleared when reported, invalid req
   void dma.unmapAll();
   native.close(fd);
 });
+
+test('mapped memfds are sealed against shrinking; unsealable files are flagged or refused', async () => {
+  const { openSync, closeSync, writeFileSync, rmSync } = await import('node:fs');
+  const { join } = await import('node:path');
+  const { tmpdir } = await import('node:os');
+  const fd = memfd(1 << 16);
+  const dma = new DmaController();
+  const r = dma.map(0, 1 << 16, 3, native.dup(fd), 0);
+  assert.equal(r.sealed, true);
+  assert.throws(() => native.ftruncate(fd, 4096), (e) => (e as { code?: string }).code === 'EPERM', 'the client can no longer shrink it');
+  native.ftruncate(fd, 1 << 17); // growing is still fine
+  dma.writeSync(0xfff0, new Uint8Array(16).fill(1));
+  const path = join(tmpdir(), `vfu-dma-${process.pid}.bin`);
+  writeFileSync(path, new Uint8Array(1 << 16));
+  const ffd = openSync(path, 'r+');
+  const r2 = dma.map(0x100000, 1 << 16, 3, native.dup(ffd), 0);
+  assert.equal(r2.sealed, false, 'a regular file cannot be sealed');
+  const strict = new DmaController({ requireSealed: true });
+  assert.throws(() => strict.map(0, 4096, 3, native.dup(ffd), 0), (e) => e instanceof DmaError && e.errno === 1);
+  strict.map(0, 4096, 3, native.dup(fd), 0);
+  await strict.unmapAll();
+  await dma.unmapAll();
+  closeSync(ffd);
+  rmSync(path);
+  native.close(fd);
+});
