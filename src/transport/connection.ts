@@ -470,14 +470,9 @@ export class Connection {
     }
     let sent = 0;
     if (this.wqueue.length === 0) {
-      try {
-        sent = native.sendmsg(this.fd, bufs, fdList);
-      } catch (e) {
-        const err = e as { code?: string; errno?: number; message?: string };
-        const ve = new VfioUserError('VFU_DISCONNECTED', `sendmsg: ${err.message ?? String(e)}`, err.errno ?? 0);
-        this.fail(err.code === 'EPIPE' || err.code === 'ECONNRESET' ? undefined : ve);
-        throw ve;
-      }
+      const r = this.trySend(bufs, fdList);
+      if (typeof r !== 'number') throw r;
+      sent = r;
       if (sent === size) return true;
       if (sent < 0) sent = 0;
     }
@@ -495,6 +490,21 @@ export class Connection {
 
   private get backlogged(): boolean {
     return this.pauseReads && this.wqueued > this.highWaterMark;
+  }
+
+  /**
+   * One sendmsg: bytes written (-1 when the socket is full), or — when the socket failed —
+   * the error, after closing the connection (a peer hang-up closes it cleanly).
+   */
+  private trySend(bufs: Uint8Array[], fds: number[] | null): number | VfioUserError {
+    try {
+      return native.sendmsg(this.fd, bufs, fds);
+    } catch (e) {
+      const err = e as { code?: string; errno?: number; message?: string };
+      const ve = new VfioUserError('VFU_DISCONNECTED', `sendmsg: ${err.message ?? String(e)}`, err.errno ?? 0);
+      this.fail(err.code === 'EPIPE' || err.code === 'ECONNRESET' ? undefined : ve);
+      return ve;
+    }
   }
 
   private watch(writable: boolean): void {
@@ -516,18 +526,8 @@ export class Connection {
         if (q.fds) break;
         iov.push(q.data);
       }
-      let n: number;
-      try {
-        n = native.sendmsg(this.fd, iov, w.fds);
-      } catch (e) {
-        const err = e as { code?: string; errno?: number; message?: string };
-        this.fail(
-          err.code === 'EPIPE' || err.code === 'ECONNRESET'
-            ? undefined
-            : new VfioUserError('VFU_DISCONNECTED', `sendmsg: ${err.message ?? String(e)}`, err.errno ?? 0),
-        );
-        return;
-      }
+      const n = this.trySend(iov, w.fds);
+      if (typeof n !== 'number') return;
       if (n < 0) return;
       if (w.fds) {
         closeFds(w.fds);
@@ -657,18 +657,8 @@ export class Connection {
     dv.setUint32(8, MSG_TYPE_REPLY, true);
     dv.setUint32(12, 0, true);
     this.iov1[0] = this.scratch.subarray(0, size);
-    let sent: number;
-    try {
-      sent = native.sendmsg(this.fd, this.iov1, null);
-    } catch (e) {
-      const err = e as { code?: string; errno?: number; message?: string };
-      this.fail(
-        err.code === 'EPIPE' || err.code === 'ECONNRESET'
-          ? undefined
-          : new VfioUserError('VFU_DISCONNECTED', `sendmsg: ${err.message ?? String(e)}`, err.errno ?? 0),
-      );
-      return true; // the peer is gone: the reply is dropped (see reply())
-    }
+    const sent = this.trySend(this.iov1, null);
+    if (typeof sent !== 'number') return true; // the peer is gone: the reply is dropped (see reply())
     if (sent === size) return true;
     const rest = this.scratch.slice(sent < 0 ? 0 : sent, size);
     this.wqueue.push({ data: rest, fds: null });
