@@ -30,6 +30,11 @@ export interface MigrateOptions {
    * handles to the destination (after the state is written, before it runs). Default true.
    */
   takeOver?: boolean;
+  /**
+   * Called once pre-copy is over, just before the source stops (a VMM pauses its vCPUs here).
+   * Downtime is counted from this call.
+   */
+  beforeStopCopy?: () => Promise<void> | void;
   /** called between pre-copy rounds (e.g. to let the workload run) */
   betweenRounds?: (round: number) => Promise<void> | void;
   progress?: (p: MigrationProgress) => void;
@@ -95,6 +100,7 @@ export async function migrate(src: VfioUserClient, dst: VfioUserClient, opts: Mi
       }
     }
     tStop = performance.now();
+    await opts.beforeStopCopy?.();
     await src.setDeviceState(S.STOP_COPY);
     stopCopyBytes = await drain(src, dst, chunk);
     opts.progress?.({ phase: 'stop-copy', round: rounds, bytes: precopyBytes + stopCopyBytes, roundBytes: stopCopyBytes });

@@ -36,7 +36,7 @@ function serve(image: string): { dev: NvmeDevice; server: VfioUserServer; path: 
   return { dev, server, path };
 }
 
-test('nvme: live migration under continuous I/O loses no writes', async () => {
+test('nvme: live migration under continuous I/O loses no writes', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'vfu-nvme-mig-'));
   const image = join(dir, 'disk.img');
   const src = serve(image);
@@ -88,13 +88,21 @@ test('nvme: live migration under continuous I/O loses no writes', async () => {
     const dstClient = await VfioUserClient.connect(dst.path);
     await dstClient.dmaMap(d.mem, d.iova, { offset: GUARD, size: d.mem.size - 2 * GUARD });
 
-    // pause the workload (as a VM's vCPUs stop) and let in-flight commands finish
-    gate = new Promise((r) => (openGate = r));
-    if (inflight > 0) await new Promise<void>((r) => (idle = r));
-    idle = undefined;
-    await d.moveTo(dstClient); // interrupts armed on the destination; doorbells go there
-    const res = await migrate(srcClient, dstClient);
+    // the workload keeps running through pre-copy; just before stop-and-copy it pauses (as a
+    // VM's vCPUs stop), in-flight commands finish, and its interrupts move to the destination
+    let opsAtStop = 0;
+    const res = await migrate(srcClient, dstClient, {
+      beforeStopCopy: async () => {
+        gate = new Promise((r) => (openGate = r));
+        if (inflight > 0) await new Promise<void>((r) => (idle = r));
+        idle = undefined;
+        opsAtStop = ops;
+        await d.moveTo(dstClient); // interrupts armed on the destination; doorbells go there
+      },
+    });
     assert.ok(res.totalBytes > 0);
+    assert.ok(opsAtStop > before, `I/O ran during pre-copy (${opsAtStop - before} ops)`);
+    t.diagnostic(`migration under I/O: rounds=${res.rounds} bytes=${res.totalBytes} (pre-copy ${res.precopyBytes}, stop-copy ${res.stopCopyBytes}) downtime=${res.downtimeMs.toFixed(2)} ms total=${res.totalMs.toFixed(2)} ms; ${expected.size} blocks verified`);
     const stateSrc = await srcClient.getDeviceState();
     assert.equal(stateSrc, 1, 'source stopped');
     gate = undefined;
