@@ -50,6 +50,10 @@ export interface ServerOptions {
   log?: (level: 'info' | 'warn' | 'debug', msg: string) => void;
 }
 
+/** commands that may wait behind a pending asynchronous one before the client is dropped */
+const MAX_QUEUED_COMMANDS = 4096;
+const MAX_QUEUED_BYTES = 64 * 1024 * 1024;
+
 const SERVER_MAJOR = 0;
 const SERVER_MINOR = 0;
 const PAGE = 4096;
@@ -77,6 +81,7 @@ export class Session {
   /** layout for DMA messages to this client */
   dmaLayout: 'spec' | 'qemu' = 'spec';
   private queue: Message[] = [];
+  private queuedBytes = 0;
   private busy = false;
   private closed = false;
 
@@ -112,6 +117,13 @@ export class Session {
   private onCommand(msg: Message): void {
     if (this.busy || this.queue.length) {
       // keep order: fds must be owned by us until the command runs
+      if (this.queue.length >= MAX_QUEUED_COMMANDS || this.queuedBytes + msg.payload.length > MAX_QUEUED_BYTES) {
+        // a client flooding us while a command waits (e.g. on its own DMA reply): drop it
+        this.server.log('warn', `client queued more than ${MAX_QUEUED_COMMANDS} commands or ${MAX_QUEUED_BYTES} bytes behind a pending one: disconnecting`);
+        this.conn.close();
+        return;
+      }
+      this.queuedBytes += msg.payload.length;
       this.queue.push(retain(msg));
       return;
     }
@@ -143,6 +155,7 @@ export class Session {
     this.busy = false;
     while (!this.busy && this.queue.length && !this.closed) {
       const m = this.queue.shift()!;
+      this.queuedBytes -= m.payload.length;
       this.run(m);
       if (m.fds.length) closeFds(takeFds(m));
     }

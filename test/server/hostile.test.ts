@@ -396,6 +396,23 @@ describe('hostile clients: in-process server', () => {
     });
   });
 
+  test('a client flooding commands while the device waits on its unanswered DMA: dropped, memory bounded', async () => {
+    await withServer(async ({ path, server }) => {
+      // a client that swallows the server's DMA_WRITE (never replies) and keeps sending
+      const conn = new Connection(connectPath(path), { onCommand: () => {} });
+      await conn.request(C.VERSION, P.encodeVersionRequest({ major: 0, minor: 0, capabilities: {} }));
+      await conn.request(C.DMA_MAP, P.encodeDmaMapRequest({ flags: 3, offset: 0n, address: 0x10000n, size: BigInt(PAGE) }));
+      await conn.request(C.REGION_WRITE, P.encodeRegionWriteRequest({ offset: 0x08, region: 0, data: u64(0x10000) }));
+      await conn.request(C.REGION_WRITE, P.encodeRegionWriteRequest({ offset: 0x10, region: 0, data: u32(64) }));
+      conn.post(C.REGION_WRITE, P.encodeRegionWriteRequest({ offset: 0x14, region: 0, data: u32(1) })); // device DMA: pending
+      const closed = new Promise((r) => (conn.onClose = r));
+      const read = P.encodeRegionReadRequest({ offset: 0, region: 0, count: 4 });
+      for (let i = 0; i < 6000 && !conn.isClosed; i++) conn.post(C.REGION_READ, read);
+      await closed;
+      await waitFor(() => server.session === undefined, 'flooding session dropped');
+    });
+  });
+
   test('a client that never reads its replies: no crash, bounded memory, next client served', async () => {
     await withServer(async ({ path, server }) => {
       const peer = new RawPeer(connectPath(path));
