@@ -439,6 +439,39 @@ typedef union {
   char buf[CMSG_SPACE(sizeof(int) * VFU_SCM_MAX_FD)];
 } fd_control;
 
+/*
+ * send(fd, buf, offset, length): one send(MSG_NOSIGNAL|MSG_DONTWAIT) of buf[offset, offset+length)
+ * without fds: the hot path for replies, with no array to unpack. Bytes sent, or -1 on EAGAIN.
+ */
+static napi_value js_send(napi_env env, napi_callback_info info) {
+  GET_ARGS(4);
+  int fd;
+  void* data;
+  size_t blen;
+  int64_t offset, length;
+  if (!get_fd(env, argv[0], "fd", &fd)) return NULL;
+  if (!get_view(env, argv[1], &data, &blen)) {
+    throw_type(env, "buf", "an ArrayBufferView");
+    return NULL;
+  }
+  if (!get_integer(env, argv[2], "offset", 0, (double)blen, &offset)) return NULL;
+  if (!get_integer(env, argv[3], "length", 1, (double)(blen - (size_t)offset), &length)) return NULL;
+  ssize_t r;
+  do {
+    r = send(fd, (char*)data + offset, (size_t)length, MSG_NOSIGNAL | MSG_DONTWAIT);
+  } while (r < 0 && errno == EINTR);
+  if (r < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) r = -1;
+    else {
+      throw_errno(env, errno, "send");
+      return NULL;
+    }
+  }
+  napi_value v;
+  NAPI_OK(napi_create_int64(env, (int64_t)r, &v));
+  return v;
+}
+
 static napi_value js_sendmsg(napi_env env, napi_callback_info info) {
   GET_ARGS(3);
   int fd;
@@ -1229,6 +1262,7 @@ NAPI_MODULE_INIT() {
       METHOD("dup", js_dup),
       METHOD("memfdCreate", js_memfd_create),
       METHOD("ftruncate", js_ftruncate),
+      METHOD("send", js_send),
       METHOD("sealShrink", js_seal_shrink),
       METHOD("fstat", js_fstat),
       METHOD("mmap", js_mmap),

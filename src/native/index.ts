@@ -63,6 +63,11 @@ export interface NativeAddon {
    */
   sendmsg(fd: number, bufs: ArrayBufferView[], fds: number[] | null): number;
   /**
+   * send(MSG_NOSIGNAL|MSG_DONTWAIT) of buf[offset, offset+length) without fds (a reply's hot
+   * path: no array to unpack). Returns bytes sent, or -1 on EAGAIN.
+   */
+  send(fd: number, buf: ArrayBufferView, offset: number, length: number): number;
+  /**
    * recvmsg(MSG_CMSG_CLOEXEC|MSG_DONTWAIT) into buf[offset, offset+length) (length >= 1).
    * Received fds are stored at fdsOut[1..n] with n in fdsOut[0] (fdsOut must hold
    * at least 1+253 entries). Returns bytes read, 0 at EOF, -1 on EAGAIN.

@@ -186,6 +186,9 @@ export class Connection {
   private readonly scratch = new Uint8Array(SCRATCH_SIZE);
   private readonly scratchView = new DataView(this.scratch.buffer);
   private readonly iov1: Uint8Array[] = [this.scratch];
+  /** marks "the first scratchLen bytes of scratch" in iov1 (sent with send(), no subarray) */
+  private readonly scratchMsg = new Uint8Array(0);
+  private scratchLen = 0;
 
   constructor(fd: number, opts: ConnectionOptions = {}) {
     this.fd = fd;
@@ -462,7 +465,12 @@ export class Connection {
       const sc = this.scratch;
       writeHeader(this.scratchView, header, size);
       if (plen) sc.set(payload!, HEADER_SIZE);
-      this.iov1[0] = sc.subarray(0, size);
+      if (fdList) {
+        this.iov1[0] = sc.subarray(0, size);
+      } else {
+        this.scratchLen = size;
+        this.iov1[0] = this.scratchMsg;
+      }
       bufs = this.iov1;
     } else {
       writeHeader(this.hdrView, header, size);
@@ -478,7 +486,7 @@ export class Connection {
     }
     // queue the rest; fds go along only if nothing was sent yet
     const whole = new Uint8Array(size);
-    whole.set(bufs[0]!, 0);
+    whole.set(bufs[0] === this.scratchMsg ? this.scratch.subarray(0, size) : bufs[0]!, 0);
     if (bufs.length > 1 && plen) whole.set(payload!, HEADER_SIZE);
     const rest = sent ? whole.subarray(sent) : whole;
     const ownFds = sent === 0 && fdList ? fdList.map((fd) => native.dup(fd)) : null;
@@ -498,7 +506,9 @@ export class Connection {
    */
   private trySend(bufs: Uint8Array[], fds: number[] | null): number | VfioUserError {
     try {
-      return native.sendmsg(this.fd, bufs, fds);
+      return fds === null && bufs.length === 1 && bufs[0] === this.scratchMsg
+        ? native.send(this.fd, this.scratch, 0, this.scratchLen)
+        : native.sendmsg(this.fd, bufs, fds);
     } catch (e) {
       const err = e as { code?: string; errno?: number; message?: string };
       const ve = new VfioUserError('VFU_DISCONNECTED', `sendmsg: ${err.message ?? String(e)}`, err.errno ?? 0);
@@ -656,7 +666,8 @@ export class Connection {
     dv.setUint32(4, size, true);
     dv.setUint32(8, MSG_TYPE_REPLY, true);
     dv.setUint32(12, 0, true);
-    this.iov1[0] = this.scratch.subarray(0, size);
+    this.scratchLen = size;
+    this.iov1[0] = this.scratchMsg;
     const sent = this.trySend(this.iov1, null);
     if (typeof sent !== 'number') return true; // the peer is gone: the reply is dropped (see reply())
     if (sent === size) return true;
