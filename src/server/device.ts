@@ -149,6 +149,12 @@ export class PciDevice {
     this.config.events.onFlr = () => {
       this.flrRequested = true;
     };
+    // MSI per-vector masks live in config space: unmasking there delivers what is pending, and
+    // the capability's pending bits mirror ours
+    this.config.events.onMsi = (st) => {
+      for (let v = 0; v < this.irqs.count(IrqIndex.MSI); v++) if (!((st.maskBits >>> v) & 1)) this.irqs.deviceUnmasked(IrqIndex.MSI, v);
+    };
+    this.irqs.onPendingChange = (index, v, on) => this.pendingChanged(index, v, on);
     this.irqs.deviceMasked = (index, v) => {
       if (index === IrqIndex.MSIX && this.msixTable) {
         // A client like QEMU emulates the MSI-X table itself and never forwards table
@@ -196,10 +202,12 @@ export class PciDevice {
     // the table calls onUnmask for pending vectors that its function state unmasks
     this.config.events.onMsix = (s) => table.setFunctionState(s.enabled, s.functionMask);
     table.onUnmask = (v) => this.irqs.deviceUnmasked(IrqIndex.MSIX, v);
-    this.irqs.onPendingChange = (index, v, on) => {
-      if (index === IrqIndex.MSIX) table.setPending(v, on);
-    };
     return off;
+  }
+
+  private pendingChanged(index: number, v: number, on: boolean): void {
+    if (index === IrqIndex.MSIX) this.msixTable?.setPending(v, on);
+    else if (index === IrqIndex.MSI && this.config.msi()?.perVectorMask) this.config.setMsiPending(v, on);
   }
 
   /** If [offset, offset+length) of a BAR is the MSI-X table or PBA, handles it and returns true. */
