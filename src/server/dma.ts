@@ -4,9 +4,10 @@
  *
  * - IOVAs are JS numbers: every map must end at or below 2^53 (EINVAL otherwise).
  * - Each distinct file (device + inode) is mapped once, in windows of WINDOW bytes, and the
- *   windows are shared by every DMA map of that file; they are unmapped when the last map
- *   using the file goes away. A guest IOMMU's map/unmap churn therefore costs one fstat and
- *   one close per map, never an mmap.
+ *   windows are shared by every DMA map of that file. When the last map using a file goes,
+ *   its mapping is kept (up to MAX_IDLE_FILES such files) until unmap-all or disconnect. A
+ *   guest IOMMU's map/unmap churn therefore costs an fstat, fcntl and close per map, never
+ *   an mmap.
  * - The table is a sorted array searched by binary search: lookups stay O(log n) at the
  *   65,535 maps a guest IOMMU may create.
  * - Every access is checked against the table; nothing outside what the client mapped, with
@@ -17,6 +18,8 @@ import { VfioUserError, Errno } from '../errors.js';
 
 export const WINDOW = 1 << 30; // 1 GiB windows: an ArrayBuffer can hold at most 4 GiB - 1
 const MAX_IOVA = Number.MAX_SAFE_INTEGER;
+/** files kept mapped after their last DMA map goes, so map/unmap churn costs no mmap */
+const MAX_IDLE_FILES = 8;
 
 export class DmaError extends VfioUserError {
   constructor(message: string, errno: number = Errno.EFAULT) {
@@ -101,6 +104,8 @@ interface DirtyLog {
 export class DmaController {
   private regions: DmaRegion[] = [];
   private readonly files = new Map<string, MappedFile>();
+  /** mapped files no DMA map uses (least recently used first), kept for reuse */
+  private readonly idle = new Set<MappedFile>();
   private messenger: DmaMessenger | undefined;
   readonly maxMaps: number;
   private dirty: DirtyLog | undefined;
@@ -119,9 +124,9 @@ export class DmaController {
     return this.regions.length;
   }
 
-  /** number of distinct client files currently mapped (for tests and stats) */
+  /** number of distinct client files that DMA maps use (for tests and stats) */
   get fileCount(): number {
-    return this.files.size;
+    return this.files.size - this.idle.size;
   }
 
   setMessenger(m: DmaMessenger | undefined): void {
@@ -168,6 +173,7 @@ export class DmaController {
         const key = `${st.dev}:${st.ino}:${prot & PROT_WRITE ? 'w' : 'r'}`;
         file = this.files.get(key);
         if (file) {
+          this.idle.delete(file);
           native.close(fd);
           fd = undefined;
         } else {
@@ -221,15 +227,36 @@ export class DmaController {
       this.dropFile(r);
       this.onChange?.('unmap', r.iova, r.size);
     }
+    this.releaseIdle();
   }
 
   private dropFile(r: DmaRegion): void {
     const f = r.file;
     if (!f) return;
     if (--f.refs === 0) {
+      // keep the mapping for a while: a guest IOMMU maps and unmaps the same file all the time
+      this.idle.add(f);
+      if (this.idle.size > MAX_IDLE_FILES) {
+        const oldest = this.idle.values().next().value!;
+        this.idle.delete(oldest);
+        this.files.delete(oldest.key);
+        oldest.release();
+      }
+    }
+  }
+
+  /** Unmaps the files no DMA map uses any more (their mappings were kept for reuse). */
+  releaseIdle(): void {
+    for (const f of this.idle) {
       this.files.delete(f.key);
       f.release();
     }
+    this.idle.clear();
+  }
+
+  /** client files kept mapped with no DMA map using them */
+  get idleFileCount(): number {
+    return this.idle.size;
   }
 
   private insertionPoint(iova: number): number {

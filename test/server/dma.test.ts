@@ -45,6 +45,11 @@ test('maps of one file share one mapping, released with the last map; fds are no
   assert.equal(dma.fileCount, 1);
   await dma.unmap(15 * 0x10000, 0x10000);
   assert.equal(dma.fileCount, 0);
+  assert.equal(dma.idleFileCount, 1, 'the mapping is kept for the next map of the same file');
+  dma.map(0, 0x10000, 3, native.dup(fd), 0);
+  assert.equal(dma.idleFileCount, 0, 'and reused');
+  await dma.unmapAll();
+  assert.equal(dma.idleFileCount, 0, 'unmap-all releases everything');
   native.close(fd);
   assert.equal(openFds(), before);
 });
