@@ -116,6 +116,21 @@ export async function serverBench(n: number): Promise<Record<string, number>> {
     mem.free();
     s2.kill('SIGTERM');
   }
+  // map+unmap churn of one page of one file, in the controller (what the server does per pair)
+  {
+    const dma = new DmaController();
+    const fd = native.memfdCreate('bench-churn');
+    native.ftruncate(fd, 1 << 30);
+    const m = 20000;
+    const t0 = process.hrtime.bigint();
+    for (let i = 0; i < m; i++) {
+      dma.map(0x1000 * (i % 1000), 4096, 3, native.dup(fd), 4096 * (i % 1000));
+      await dma.unmap(0x1000 * (i % 1000), 4096);
+    }
+    out.controller_map_unmap_us = Number(process.hrtime.bigint() - t0) / 1000 / m;
+    await dma.unmapAll();
+    native.close(fd);
+  }
   // translate cost at 65,535 maps (in-process controller over one memfd)
   {
     const dma = new DmaController();
