@@ -211,6 +211,8 @@ describe('nvme: bring-up, identify, features, logs', () => {
     assert.equal(r.d.at(fw, 1)[0], 1, 'active slot 1');
     assert.equal(Buffer.from(r.d.at(fw + 8, 8)).toString().trim(), '0.1.0');
     assert.equal(sc(await r.d.submit(ADMIN, { opc: 0x02, prp1: fw, cdw10: (127 << 16) | 0x42 })), 0x109, 'invalid log page');
+    // a 16 GiB log page request (NUMD all ones) is refused, not allocated
+    assert.equal(sc(await r.d.submit(ADMIN, { opc: 0x02, prp1: fw, cdw10: (0xffff << 16) | 0x02, cdw11: 0xffff })), 0x02, 'invalid field');
   });
 
   test('abort and keep alive complete; unknown admin opcode is rejected', async () => {

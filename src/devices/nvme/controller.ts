@@ -714,10 +714,12 @@ export class NvmeDevice extends PciDevice {
   private async getLogPage(sq: SubQueue, sqe: Uint8Array, cdw10: number, lpol: number, lpou: number, cdw11: number): Promise<Result> {
     const lid = cdw10 & 0xff;
     const rae = (cdw10 >> 15) & 1;
-    const numd = ((cdw10 >>> 16) | ((cdw11 & 0xffff) << 16)) + 1;
+    const numd = (((cdw10 >>> 16) | ((cdw11 & 0xffff) << 16)) >>> 0) + 1; // unsigned: NUMDU can set bit 31
     const len = numd * 4;
     const offset = lpol + lpou * 2 ** 32;
     if (offset % 4) return { status: Status.INVALID_FIELD | DNR };
+    // a guest-chosen length: never larger than a transfer may be (MDTS)
+    if (len > 4096 * 2 ** MDTS) return { status: Status.INVALID_FIELD | DNR };
     let page: Uint8Array;
     switch (lid) {
       case LogPage.ERROR:
