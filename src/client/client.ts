@@ -511,6 +511,31 @@ export class VfioUserClient extends EventEmitter {
     this.maps = this.maps.filter((m) => !(m.iova === iova && m.size === size));
   }
 
+  /**
+   * Unmaps [iova, iova+size) and returns its dirty bitmap at pageSize (bit i = page i), the
+   * DMA_UNMAP GET_DIRTY_BITMAP form libvfio-user servers (and ours) support; DMA logging
+   * must be started.
+   */
+  async dmaUnmapDirty(iova: number, size: number, pageSize: number): Promise<Uint8Array> {
+    const bytes = Math.ceil(size / pageSize / 64) * 8; // whole u64 words, as vfio and libvfio-user expect
+    const m = await this.req(
+      P.Command.DMA_UNMAP,
+      P.encodeDmaUnmapRequest({
+        argsz: 24 + 16 + bytes,
+        flags: P.DmaUnmapFlags.GET_DIRTY_BITMAP,
+        address: BigInt(iova),
+        size: BigInt(size),
+        bitmap: { pgsize: BigInt(pageSize), size: BigInt(bytes) },
+      }),
+    );
+    const rep = P.decodeDmaUnmapReply(m.payload);
+    this.maps = this.maps.filter((x) => !(x.iova === iova && x.size === size));
+    if (!rep.bitmap?.data || rep.bitmap.data.length !== bytes) {
+      throw new VfioUserError('VFU_PROTOCOL', 'DMA_UNMAP reply without the dirty bitmap asked for', Errno.EPROTO);
+    }
+    return rep.bitmap.data;
+  }
+
   async dmaUnmapAll(): Promise<void> {
     await this.req(P.Command.DMA_UNMAP, P.encodeDmaUnmapRequest({ flags: P.DmaUnmapFlags.ALL, address: 0n, size: 0n }));
     this.maps = [];

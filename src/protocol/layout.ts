@@ -24,6 +24,13 @@ export const DMA_MAP = struct(32, { argsz: 0, flags: 4, offset: 8, address: 16, 
 /** VFIO_USER_DMA_UNMAP request and reply (vfio_iommu_type1_dma_unmap; address = iova). */
 export const DMA_UNMAP = struct(24, { argsz: 0, flags: 4, address: 8, size: 16 });
 
+/**
+ * With DMA_UNMAP's GET_DIRTY_BITMAP flag, this follows the unmap struct in the request, and in
+ * the reply with `size` bytes of bitmap at `data` (libvfio-user's struct vfio_user_bitmap:
+ * the kernel's struct vfio_bitmap without its user pointer).
+ */
+export const DMA_UNMAP_BITMAP = struct(16, { pgsize: 0, size: 8, data: 16 });
+
 /** VFIO_USER_DEVICE_GET_INFO (vfio_device_info without the kernel's cap_offset). */
 export const DEVICE_INFO = struct(16, { argsz: 0, flags: 4, num_regions: 8, num_irqs: 12 });
 
@@ -132,6 +139,7 @@ export const LAYOUTS = Object.freeze({
   VERSION,
   DMA_MAP,
   DMA_UNMAP,
+  DMA_UNMAP_BITMAP,
   DEVICE_INFO,
   REGION_INFO,
   CAP_HEADER,

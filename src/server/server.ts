@@ -297,8 +297,24 @@ export class Session {
     const F = P.DmaUnmapFlags;
     if (req.flags & ~(F.GET_DIRTY_BITMAP | F.ALL)) fail(Errno.EINVAL, `bad DMA_UNMAP flags 0x${req.flags.toString(16)}`);
     if (req.flags & F.GET_DIRTY_BITMAP) {
-      // dirty bitmaps come from DEVICE_FEATURE DMA_LOGGING_REPORT in this protocol version
-      fail(Errno.ENOTSUP, 'DMA_UNMAP dirty bitmap: use DMA_LOGGING_REPORT');
+      // libvfio-user's form: the region's dirty bitmap (from DMA logging), then the unmap
+      const bm = req.bitmap!;
+      const iova = toSafe(req.address);
+      const size = toSafe(req.size);
+      const pgsize = toSafe(bm.pgsize);
+      const bytes = toSafe(bm.size);
+      if (!dma.loggingActive) fail(Errno.EINVAL, 'DMA_UNMAP dirty bitmap requested but DMA logging is not started');
+      if (!(pgsize > 0) || size % pgsize) fail(Errno.EINVAL, `DMA_UNMAP bitmap page size ${pgsize} does not divide ${size}`);
+      const need = Math.ceil(size / pgsize / 8);
+      if (bytes < need || bytes > this.clientMaxDataXfer) fail(Errno.EINVAL, `DMA_UNMAP bitmap of ${bytes} bytes, ${need} needed`);
+      if (req.argsz < 24 + 16 + bytes) fail(Errno.EINVAL, `DMA_UNMAP argsz ${req.argsz} too small for the bitmap`);
+      const region = dma.regionAt(iova);
+      if (!region || region.iova !== iova || region.size !== size) fail(Errno.ENOENT, `no DMA map at [0x${iova.toString(16)}, +0x${size.toString(16)})`);
+      const data = new Uint8Array(bytes);
+      data.set(dma.report(iova, size, pgsize).subarray(0, need));
+      await dma.unmap(iova, size);
+      this.conn.reply(msg.header, P.encodeDmaUnmapReply({ flags: req.flags, address: req.address, size: req.size, bitmap: { pgsize: bm.pgsize, size: BigInt(bytes), data } }));
+      return;
     }
     if (req.flags & F.ALL) {
       if (req.address !== 0n || req.size !== 0n) fail(Errno.EINVAL, 'DMA_UNMAP ALL needs address and size 0');

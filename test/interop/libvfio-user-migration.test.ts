@@ -52,3 +52,22 @@ test('our client migrates libvfio-user sample server state between two of its pr
     b.kill('SIGKILL');
   }
 });
+
+test('DMA_UNMAP with GET_DIRTY_BITMAP against libvfio-user sample server', { skip: samples ? false : 'VFU_LIBVFIO_USER_SAMPLES not set', timeout: 60000 }, async () => {
+  const { GuestMemory } = await import('../../src/client/client.js');
+  const p = sockPath('lvu-dirty');
+  const s = await startSample(p);
+  try {
+    const c = await VfioUserClient.connect(p, { timeout: 10000 });
+    const mem = new GuestMemory(1 << 16);
+    await c.dmaMap(mem, 0x10000);
+    await c.dmaLoggingStart(4096, [{ iova: 0x10000, length: 1 << 16 }]);
+    const bm = await c.dmaUnmapDirty(0x10000, 1 << 16, 4096);
+    assert.equal(bm.length, 8, '16 pages in one u64 word, as the library expects');
+    assert.equal(c.dmaMaps.length, 0);
+    c.close();
+    mem.free();
+  } finally {
+    s.kill('SIGKILL');
+  }
+});

@@ -205,6 +205,27 @@ export const FIXTURES: Fixture[] = [
     msg: { argsz: 24, flags: P.DmaUnmapFlags.ALL, address: 0n, size: 0n },
   },
   {
+    name: 'DMA_UNMAP request (GET_DIRTY_BITMAP)',
+    command: C.DMA_UNMAP,
+    direction: 'request',
+    //           argsz    flags    address          size             pgsize           bitmap size
+    bytes: h('30000000 01000000 0000000001000000 0000010000000000 0010000000000000 0800000000000000'),
+    msg: { argsz: 48, flags: P.DmaUnmapFlags.GET_DIRTY_BITMAP, address: 0x1_0000_0000n, size: 0x10000n, bitmap: { pgsize: 4096n, size: 8n } },
+  },
+  {
+    name: 'DMA_UNMAP reply (GET_DIRTY_BITMAP, with the bitmap)',
+    command: C.DMA_UNMAP,
+    direction: 'reply',
+    bytes: h('30000000 01000000 0000000001000000 0000010000000000 0010000000000000 0800000000000000 0580000000000000'),
+    msg: {
+      argsz: 48,
+      flags: P.DmaUnmapFlags.GET_DIRTY_BITMAP,
+      address: 0x1_0000_0000n,
+      size: 0x10000n,
+      bitmap: { pgsize: 4096n, size: 8n, data: h('0580000000000000') },
+    },
+  },
+  {
     name: 'DMA_UNMAP reply (echo)',
     command: C.DMA_UNMAP,
     direction: 'reply',

@@ -104,6 +104,8 @@ const STRUCTS: { ours: P.LayoutName; kernel: string; fields: Record<string, stri
     fields: { argsz: 'argsz', flags: 'flags', address: 'iova', size: 'size' },
     size: 'equal',
   },
+  // the kernel's vfio_bitmap carries a user pointer at `data`; on the wire the bitmap itself starts there
+  { ours: 'DMA_UNMAP_BITMAP', kernel: 'vfio_bitmap', fields: { pgsize: 'pgsize', size: 'size', data: 'data' }, size: { endsAt: 'data' } },
 ];
 
 /** Our constant tables -> kernel macro names. */

@@ -91,7 +91,12 @@ function writeMulti(r: Rng): P.RegionWriteMultiRequest {
 const REQUESTS: Record<P.Command, Gen> = {
   [C.VERSION]: () => undefined, // see the dedicated test below
   [C.DMA_MAP]: (r) => ({ argsz: 32, flags: r.int(4), offset: r.u64(), address: r.u64(), size: r.u64() }),
-  [C.DMA_UNMAP]: (r) => ({ argsz: 24 + r.int(100), flags: r.int(2), address: r.u64(), size: r.u64() }),
+  [C.DMA_UNMAP]: (r) => {
+    const flags = r.int(3); // 0, GET_DIRTY_BITMAP (with its bitmap struct) or ALL
+    return flags === 1
+      ? { argsz: 40 + r.int(100), flags, address: r.u64(), size: r.u64(), bitmap: { pgsize: r.u64(), size: r.u64() } }
+      : { argsz: 24 + r.int(100), flags, address: r.u64(), size: r.u64() };
+  },
   [C.DEVICE_GET_INFO]: (r) => ({ argsz: 16 + r.int(100), flags: 0, numRegions: 0, numIrqs: 0 }),
   [C.DEVICE_GET_REGION_INFO]: (r) => ({ argsz: 32 + r.int(1000), flags: 0, index: r.int(12), capOffset: 0, size: 0n, offset: 0n }),
   [C.DEVICE_GET_REGION_IO_FDS]: (r) => ({ argsz: 16 + r.int(1000), flags: 0, index: r.int(9), count: 0 }),
@@ -120,7 +125,12 @@ const REQUESTS: Record<P.Command, Gen> = {
 const REPLIES: Record<P.Command, Gen> = {
   [C.VERSION]: () => undefined,
   [C.DMA_MAP]: () => ({}),
-  [C.DMA_UNMAP]: (r) => ({ argsz: 24, flags: r.int(2), address: r.u64(), size: r.u64() }),
+  [C.DMA_UNMAP]: (r) => {
+    const flags = r.int(3);
+    if (flags !== 1) return { argsz: 24, flags, address: r.u64(), size: r.u64() };
+    const data = r.bytes(r.int(40));
+    return { argsz: 40 + data.length, flags, address: r.u64(), size: r.u64(), bitmap: { pgsize: r.u64(), size: BigInt(data.length), data } };
+  },
   [C.DEVICE_GET_INFO]: (r) => ({ argsz: 16, flags: r.int(256), numRegions: r.int(20), numIrqs: r.int(6) }),
   [C.DEVICE_GET_REGION_INFO]: regionInfoReply,
   [C.DEVICE_GET_REGION_IO_FDS]: ioFdsReply,

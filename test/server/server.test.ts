@@ -452,7 +452,20 @@ describe('server: DMA', () => {
       await c.write(0, 0x14, u32(3));
       const coarse = await c.dmaLoggingReport(0x100000, 1 << 20, 16384);
       assert.equal(coarse[0], 0b10, "pages 5 and 6 fold into 16K page 1");
+      // DMA_UNMAP with GET_DIRTY_BITMAP (libvfio-user's form): the region's bitmap, then the unmap
+      await c.write(0, 0x08, u64(0x101000));
+      await c.write(0, 0x10, u32(1));
+      await c.write(0, 0x14, u32(3));
+      const mem2 = new GuestMemory(1 << 16);
+      await c.dmaMap(mem2, 0x300000);
+      await assert.rejects(c.dmaUnmapDirty(0x300000, 1 << 16, 4096), (e) => remoteErrno(e) === 22, 'outside the logged range');
+      const unmapped = await c.dmaUnmapDirty(0x100000, 1 << 20, 4096);
+      assert.equal(unmapped.length, 32, '256 pages in u64 words');
+      assert.equal(unmapped[0], 0b10, 'page 1 dirty');
+      assert.equal(dev.dma.regionAt(0x100000), undefined, 'and unmapped');
       await c.dmaLoggingStop();
+      await assert.rejects(c.dmaUnmapDirty(0x300000, 1 << 16, 4096), (e) => remoteErrno(e) === 22, 'logging stopped');
+      mem2.free();
       await assert.rejects(c.dmaLoggingReport(0x100000, 4096, 4096), (e) => remoteErrno(e) === 22);
       assert.equal(dev.dma.loggingActive, false);
       c.close();

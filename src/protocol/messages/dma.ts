@@ -19,7 +19,7 @@
  */
 import { DmaUnmapFlags } from '../constants.js';
 import { ProtocolError } from '../errors.js';
-import { DMA_ACCESS, DMA_ACCESS_QEMU, DMA_MAP, DMA_UNMAP, DMA_WRITE_REPLY } from '../layout.js';
+import { DMA_ACCESS, DMA_ACCESS_QEMU, DMA_MAP, DMA_UNMAP, DMA_UNMAP_BITMAP, DMA_WRITE_REPLY } from '../layout.js';
 import {
   EMPTY,
   type Init,
@@ -89,27 +89,49 @@ export function decodeDmaMapReply(_payload: Uint8Array): DmaMapReply {
 
 // ---------------------------------------------------------------- DMA_UNMAP
 
+export interface DmaUnmapBitmap {
+  /** page size of one bit */
+  pgsize: bigint;
+  /** bytes of bitmap */
+  size: bigint;
+  /** reply only: the bitmap (zero-copy when decoded) */
+  data?: Uint8Array;
+}
+
 export interface DmaUnmapRequest {
-  /** Request: maximum reply size (>= 24). Reply: size of the reply (24). */
+  /** Request: maximum reply size (>= 24). Reply: size of the reply (24, or more with a bitmap). */
   argsz: number;
   /** DmaUnmapFlags; ALL unmaps everything (address and size 0). */
   flags: number;
   address: bigint;
   size: bigint;
+  /** with GET_DIRTY_BITMAP: the bitmap wanted (request) or returned (reply) */
+  bitmap?: DmaUnmapBitmap;
 }
 
-/** The server echoes the request's structure. */
+/** The server echoes the request's structure (plus the bitmap's data with GET_DIRTY_BITMAP). */
 export type DmaUnmapReply = DmaUnmapRequest;
 
 export function encodeDmaUnmapRequest(msg: Init<DmaUnmapRequest, 'argsz'>): Uint8Array {
   const F = DMA_UNMAP.fields;
+  const B = DMA_UNMAP_BITMAP.fields;
   const flags = checkU32(msg.flags, 'flags');
   checkUnmapFlags(flags);
-  const { buf, dv } = newPayload(DMA_UNMAP.size);
-  dv.setUint32(F.argsz, checkU32(msg.argsz ?? DMA_UNMAP.size, 'argsz'), true);
+  const withBitmap = (flags & DmaUnmapFlags.GET_DIRTY_BITMAP) !== 0;
+  if (withBitmap && !msg.bitmap) throw new ProtocolError('VFU_BAD_VALUE', 'DMA_UNMAP GET_DIRTY_BITMAP needs a bitmap');
+  const data = withBitmap ? msg.bitmap!.data : undefined;
+  const len = DMA_UNMAP.size + (withBitmap ? DMA_UNMAP_BITMAP.size + (data?.length ?? 0) : 0);
+  const { buf, dv } = newPayload(len);
+  dv.setUint32(F.argsz, checkU32(msg.argsz ?? len, 'argsz'), true);
   dv.setUint32(F.flags, flags, true);
   dv.setBigUint64(F.address, checkU64(msg.address, 'address'), true);
   dv.setBigUint64(F.size, checkU64(msg.size, 'size'), true);
+  if (withBitmap) {
+    const at = DMA_UNMAP.size;
+    dv.setBigUint64(at + B.pgsize, checkU64(msg.bitmap!.pgsize, 'bitmap.pgsize'), true);
+    dv.setBigUint64(at + B.size, checkU64(data ? BigInt(data.length) : msg.bitmap!.size, 'bitmap.size'), true);
+    if (data) buf.set(data, at + B.data);
+  }
   return buf;
 }
 
@@ -130,11 +152,33 @@ export function decodeDmaUnmapRequest(payload: Uint8Array): DmaUnmapRequest {
   }
   const flags = dv.getUint32(F.flags, true);
   checkUnmapFlags(flags);
-  return { argsz, flags, address: dv.getBigUint64(F.address, true), size: dv.getBigUint64(F.size, true) };
+  const out: DmaUnmapRequest = { argsz, flags, address: dv.getBigUint64(F.address, true), size: dv.getBigUint64(F.size, true) };
+  if (flags & DmaUnmapFlags.GET_DIRTY_BITMAP) {
+    need(payload, DMA_UNMAP.size + DMA_UNMAP_BITMAP.size, 'DMA_UNMAP with GET_DIRTY_BITMAP');
+    const B = DMA_UNMAP_BITMAP.fields;
+    const at = DMA_UNMAP.size;
+    out.bitmap = { pgsize: dv.getBigUint64(at + B.pgsize, true), size: dv.getBigUint64(at + B.size, true) };
+  }
+  return out;
 }
 
-export const encodeDmaUnmapReply: (msg: Init<DmaUnmapReply, 'argsz'>) => Uint8Array = encodeDmaUnmapRequest;
-export const decodeDmaUnmapReply: (payload: Uint8Array) => DmaUnmapReply = decodeDmaUnmapRequest;
+export function encodeDmaUnmapReply(msg: Init<DmaUnmapReply, 'argsz'>): Uint8Array {
+  return encodeDmaUnmapRequest(msg);
+}
+
+/** Decodes a reply; with GET_DIRTY_BITMAP the bitmap's `size` bytes of data must follow. */
+export function decodeDmaUnmapReply(payload: Uint8Array): DmaUnmapReply {
+  const out = decodeDmaUnmapRequest(payload);
+  if (out.bitmap) {
+    const at = DMA_UNMAP.size + DMA_UNMAP_BITMAP.fields.data;
+    const n = out.bitmap.size;
+    if (n > BigInt(payload.length - at)) {
+      throw new ProtocolError('VFU_BAD_COUNT', `DMA_UNMAP reply: bitmap of ${n} bytes exceeds the ${payload.length - at} bytes sent`);
+    }
+    out.bitmap.data = payload.subarray(at, at + Number(n));
+  }
+  return out;
+}
 
 // ---------------------------------------------------------------- DMA_READ / DMA_WRITE
 
