@@ -19,7 +19,9 @@ if (chosen.length === 0) {
   console.error('run-tests: no test files found');
   process.exit(1);
 }
-const r = spawnSync(process.execPath, ['--test', '--test-concurrency=2', '--test-reporter=spec', ...chosen], {
+// --test-force-exit: a failed test that leaves a socket open must fail the run, not hang it;
+// --test-timeout bounds every test (the slowest, QEMU interop, sets its own longer limit).
+const r = spawnSync(process.execPath, ['--test', '--test-concurrency=2', '--test-force-exit', '--test-timeout=180000', '--test-reporter=spec', ...chosen], {
   stdio: 'inherit',
 });
 process.exit(r.status ?? 1);

@@ -34,7 +34,12 @@ export function validRequest(r: Rng): { command: number; payload: Uint8Array; fd
     case 2:
       return {
         command: C.DMA_UNMAP,
-        payload: P.encodeDmaUnmapRequest({ flags: r.pick([0, 0, 2, 1]), address: u64(), size: r.pick([0n, 4096n, u64()]) }),
+        payload: P.encodeDmaUnmapRequest({
+          flags: r.pick([0, 0, 2, 1]),
+          address: u64(),
+          size: r.pick([0n, 4096n, u64()]),
+          bitmap: { pgsize: r.pick([0n, 4096n, 1n, u64()]), size: r.pick([0n, 8n, 1n, u64()]) },
+        }),
         fds: 0,
       };
     case 3:
