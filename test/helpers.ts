@@ -84,3 +84,65 @@ export async function serveChild(device: string, extra: string[] = [], opts: { t
 export function delay(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
+
+/** Little-endian byte helpers for register accesses. */
+export function u32(v: number): Uint8Array {
+  const b = new Uint8Array(4);
+  new DataView(b.buffer).setUint32(0, v, true);
+  return b;
+}
+export function u64(v: number): Uint8Array {
+  const b = new Uint8Array(8);
+  new DataView(b.buffer).setBigUint64(0, BigInt(v), true);
+  return b;
+}
+export function rd32(b: Uint8Array): number {
+  return new DataView(b.buffer, b.byteOffset, b.byteLength).getUint32(0, true);
+}
+
+export function concat(...parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let off = 0;
+  for (const p of parts) {
+    out.set(p, off);
+    off += p.length;
+  }
+  return out;
+}
+
+/** Small, fast, seedable PRNG (mulberry32) for fuzz and round-trip tests. */
+export class Rng {
+  private s: number;
+  constructor(seed: number) {
+    this.s = seed >>> 0;
+  }
+  /** Uniform u32. */
+  u32(): number {
+    this.s = (this.s + 0x6d2b79f5) >>> 0;
+    let t = this.s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return (t ^ (t >>> 14)) >>> 0;
+  }
+  /** Integer in [0, n). */
+  int(n: number): number {
+    return n <= 0 ? 0 : this.u32() % n;
+  }
+  bool(): boolean {
+    return (this.u32() & 1) === 1;
+  }
+  chance(p: number): boolean {
+    return this.u32() / 0x100000000 < p;
+  }
+  pick<T>(xs: readonly T[]): T {
+    return xs[this.int(xs.length)]!;
+  }
+  u64(): bigint {
+    return (BigInt(this.u32()) << 32n) | BigInt(this.u32());
+  }
+  bytes(n: number): Uint8Array {
+    const b = new Uint8Array(n);
+    for (let i = 0; i < n; i++) b[i] = this.u32() & 0xff;
+    return b;
+  }
+}

@@ -7,19 +7,7 @@ import { VfioUserError, type VfioUserErrorCode } from '../../src/errors.js';
 import { TestDevice } from '../server/testdev.js';
 import { sockPath } from '../helpers.js';
 
-export function u32(v: number): Uint8Array {
-  const b = new Uint8Array(4);
-  new DataView(b.buffer).setUint32(0, v, true);
-  return b;
-}
-export function u64(v: number): Uint8Array {
-  const b = new Uint8Array(8);
-  new DataView(b.buffer).setBigUint64(0, BigInt(v), true);
-  return b;
-}
-export function rd32(b: Uint8Array): number {
-  return new DataView(b.buffer, b.byteOffset, b.byteLength).getUint32(0, true);
-}
+export { u32, u64, rd32 } from '../helpers.js';
 
 export async function withServer<T>(fn: (s: VfioUserServer, dev: TestDevice, path: string) => Promise<T>, opts: ServerOptions = {}): Promise<T> {
   const dev = new TestDevice();

@@ -510,3 +510,16 @@ export function sglDesc(iova: number, len: number, type: number): Uint8Array {
   d[15] = type;
   return d;
 }
+
+/** A deterministic byte pattern for a block range (data verification). */
+export function pattern(len: number, seed: number): Uint8Array {
+  const b = new Uint8Array(len);
+  let x = (seed * 2654435761) >>> 0 || 1;
+  for (let i = 0; i < len; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    b[i] = x & 0xff;
+  }
+  return b;
+}

@@ -13,20 +13,9 @@ import { VfioUserServer } from '../../src/server/server.js';
 import { VfioUserClient } from '../../src/client/client.js';
 import { migrate } from '../../src/client/migrate.js';
 import { NvmeDevice } from '../../src/devices/nvme/index.js';
-import { NvmeDriver, GUARD } from './driver.js';
+import { NvmeDriver, GUARD, pattern } from './driver.js';
 import { sockPath } from '../helpers.js';
 
-function pattern(len: number, seed: number): Uint8Array {
-  const b = new Uint8Array(len);
-  let x = (seed * 2654435761) >>> 0 || 1;
-  for (let i = 0; i < len; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    b[i] = x & 0xff;
-  }
-  return b;
-}
 
 function serve(image: string): { dev: NvmeDevice; server: VfioUserServer; path: string } {
   const dev = new NvmeDevice({ image, size: 32 << 20, serial: 'MIGRATE1', log: () => {} });

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { VfioUserServer } from '../../src/server/server.js';
 import { VfioUserClient } from '../../src/client/client.js';
 import { NvmeDevice, type NvmeOptions } from '../../src/devices/nvme/index.js';
-import { NvmeDriver, ADMIN, sc, sglDesc, setU64, GUARD } from './driver.js';
+import { NvmeDriver, ADMIN, sc, sglDesc, setU64, GUARD, pattern } from './driver.js';
 import { sockPath, serveChild } from '../helpers.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'vfu-nvme-'));
@@ -53,18 +53,6 @@ async function rig(devOpts: Partial<NvmeOptions> = {}, drvOpts: Parameters<typeo
   };
 }
 
-/** deterministic pattern for a block range */
-function pattern(len: number, seed: number): Uint8Array {
-  const b = new Uint8Array(len);
-  let x = (seed * 2654435761) >>> 0 || 1;
-  for (let i = 0; i < len; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    b[i] = x & 0xff;
-  }
-  return b;
-}
 
 /** allocates n pages in reverse order (not contiguous in IOVA order) */
 function scatteredPages(d: NvmeDriver, n: number): number[] {

@@ -13,7 +13,7 @@ import { VfioUserClient } from '../../src/client/client.js';
 import { connectPath } from '../../src/transport/socket.js';
 import { closeFds } from '../../src/transport/connection.js';
 import { TestDevice } from './testdev.js';
-import { sockPath } from '../helpers.js';
+import { sockPath, u32 } from '../helpers.js';
 import { Rng, fuzzSeed, openFds, fdsBackTo, waitFor } from '../transport/util.js';
 import { hostileStream, sendWrites } from '../transport/gen.js';
 
@@ -44,11 +44,6 @@ function drain(fd: number): void {
   }
 }
 
-function u32(v: number): Uint8Array {
-  const b = new Uint8Array(4);
-  new DataView(b.buffer).setUint32(0, v >>> 0, true);
-  return b;
-}
 
 test(`server fuzz: hostile sessions against a running server (seed ${SEED})`, async () => {
   const uncaught: unknown[] = [];

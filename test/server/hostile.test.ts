@@ -16,25 +16,12 @@ import { connectPath } from '../../src/transport/socket.js';
 import { VfioUserError } from '../../src/errors.js';
 import * as P from '../../src/protocol/index.js';
 import { TestDevice } from './testdev.js';
-import { sockPath, serveChild, delay } from '../helpers.js';
+import { sockPath, serveChild, delay, u32, u64, rd32 } from '../helpers.js';
 import { RawPeer, frame, openFds, fdsBackTo, waitFor, concat } from '../transport/util.js';
 
 const C = P.Command;
 const PAGE = 4096;
 
-function u32(v: number): Uint8Array {
-  const b = new Uint8Array(4);
-  new DataView(b.buffer).setUint32(0, v >>> 0, true);
-  return b;
-}
-function u64(v: number): Uint8Array {
-  const b = new Uint8Array(8);
-  new DataView(b.buffer).setBigUint64(0, BigInt(v), true);
-  return b;
-}
-function rd32(b: Uint8Array): number {
-  return new DataView(b.buffer, b.byteOffset, b.byteLength).getUint32(0, true);
-}
 
 function remoteErrno(e: unknown): number {
   assert.ok(e instanceof VfioUserError, `expected VfioUserError, got ${String(e)}`);

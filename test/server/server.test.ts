@@ -10,21 +10,8 @@ import { VfioUserError } from '../../src/errors.js';
 import * as P from '../../src/protocol/index.js';
 import { native } from '../../src/native/index.js';
 import { TestDevice } from './testdev.js';
-import { sockPath, delay } from '../helpers.js';
+import { sockPath, delay, u32, u64, rd32 } from '../helpers.js';
 
-function u32(v: number): Uint8Array {
-  const b = new Uint8Array(4);
-  new DataView(b.buffer).setUint32(0, v, true);
-  return b;
-}
-function u64(v: number): Uint8Array {
-  const b = new Uint8Array(8);
-  new DataView(b.buffer).setBigUint64(0, BigInt(v), true);
-  return b;
-}
-function rd32(b: Uint8Array): number {
-  return new DataView(b.buffer, b.byteOffset, b.byteLength).getUint32(0, true);
-}
 
 async function withServer<T>(fn: (s: VfioUserServer, dev: TestDevice, path: string) => Promise<T>, opts = {}): Promise<T> {
   const dev = new TestDevice();

@@ -6,9 +6,10 @@
 import { readdirSync, readlinkSync } from 'node:fs';
 import { native, type NativePoller } from '../../src/native/index.js';
 import { HEADER_SIZE, encodeHeader, type Header } from '../../src/protocol/header.js';
-import { openFds } from '../helpers.js';
+import { openFds, concat } from '../helpers.js';
 
 export { openFds };
+export { concat, Rng } from '../helpers.js';
 
 /** One turn of the event loop (the poll phase runs, so a Connection reads what is queued). */
 export function tick(): Promise<void> {
@@ -56,15 +57,6 @@ export function frame(h: Partial<Header> & { command: number }, payload: Uint8Ar
   return out;
 }
 
-export function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let off = 0;
-  for (const p of parts) {
-    out.set(p, off);
-    off += p.length;
-  }
-  return out;
-}
 
 /** A memfd whose size (pages * 4096) identifies it after it crossed a socket. */
 export function taggedFd(tag: number): number {
@@ -222,36 +214,6 @@ export class RawPeer {
     this.waiters = [];
     native.close(this.fd);
     for (const fd of this.takeStrayFds()) native.close(fd);
-  }
-}
-
-/** Small seedable PRNG (mulberry32). */
-export class Rng {
-  private s: number;
-  constructor(seed: number) {
-    this.s = seed >>> 0;
-  }
-  u32(): number {
-    this.s = (this.s + 0x6d2b79f5) >>> 0;
-    let t = this.s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (t ^ (t >>> 14)) >>> 0;
-  }
-  /** integer in [0, n) */
-  int(n: number): number {
-    return n <= 0 ? 0 : this.u32() % n;
-  }
-  chance(p: number): boolean {
-    return this.u32() / 0x100000000 < p;
-  }
-  pick<T>(a: readonly T[]): T {
-    return a[this.int(a.length)]!;
-  }
-  bytes(n: number): Uint8Array {
-    const b = new Uint8Array(n);
-    for (let i = 0; i < n; i++) b[i] = this.u32() & 0xff;
-    return b;
   }
 }
 
