@@ -14,7 +14,7 @@ import { EventEmitter } from 'node:events';
 import { native, PROT_READ, PROT_WRITE } from '../native/index.js';
 import * as P from '../protocol/index.js';
 import { HEADER_SIZE } from '../protocol/header.js';
-import { Connection, takeFds, closeFds, type Message } from '../transport/connection.js';
+import { Connection, takeFds, closeFds, retain, type Message } from '../transport/connection.js';
 import { connectPath, adoptFd } from '../transport/socket.js';
 import { VfioUserError, Errno } from '../errors.js';
 import { ProtocolError } from '../protocol/errors.js';
@@ -31,6 +31,13 @@ export interface ClientOptions {
   negotiateTimeout?: number;
   /** version minor to propose (default 0) */
   minor?: number;
+  /**
+   * Called before a DMA_READ or DMA_WRITE from the server is served from unshared guest
+   * memory; the answer waits for a returned promise. Tools use it to trace server DMA, tests
+   * to play a VMM whose main loop is busy (QEMU answers DMA requests in its main loop,
+   * after interrupts that may already be waiting there).
+   */
+  beforeDma?: (kind: 'read' | 'write', iova: number, length: number) => void | Promise<void>;
 }
 
 /** Guest memory backed by a memfd. */
@@ -561,6 +568,31 @@ export class VfioUserClient extends EventEmitter {
    * spec's layout (u64 count, data at 16): this client never presents itself like QEMU.
    */
   private onServerCommand(m: Message, conn: Connection): void {
+    const hook = this.opts.beforeDma;
+    if (hook && (m.header.command === P.Command.DMA_READ || m.header.command === P.Command.DMA_WRITE)) {
+      // the payload is only valid during this call: keep a copy for the delayed answer
+      const held = retain(m);
+      closeFds(takeFds(held));
+      let wait: void | Promise<void>;
+      try {
+        const req = m.header.command === P.Command.DMA_READ ? P.decodeDmaReadRequest(m.payload) : P.decodeDmaWriteRequest(m.payload, 'spec');
+        wait = hook(m.header.command === P.Command.DMA_READ ? 'read' : 'write', Number(req.address), req.count);
+      } catch {
+        wait = undefined; // a malformed request: answered with an error below, at once
+      }
+      if (wait) {
+        void wait.then(
+          () => this.serveDma(held, conn),
+          () => this.serveDma(held, conn),
+        );
+        return;
+      }
+    }
+    this.serveDma(m, conn);
+  }
+
+  private serveDma(m: Message, conn: Connection): void {
+    if (conn.isClosed) return;
     try {
       const limit = this.opts.maxDataXferSize ?? DEFAULT_XFER;
       if (m.header.command === P.Command.DMA_READ) {

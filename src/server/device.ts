@@ -230,14 +230,31 @@ export class PciDevice {
     return false;
   }
 
-  /** Raises an interrupt (edge): delivered now, or left pending while masked. */
+  /**
+   * Raises an interrupt (edge): delivered now, or left pending while masked. While DMA
+   * writes by message (guest memory not shared) are still unanswered, the interrupt waits
+   * for them, so it never reaches the guest before the data it announces; it then counts
+   * as delivered (true).
+   */
   trigger(index: number = IrqIndex.INTX, vector = 0): boolean {
-    return this.irqs.trigger(index, vector);
+    this.checkVector(index, vector);
+    let delivered = true;
+    this.dma.writeOrder.after(() => {
+      delivered = this.irqs.trigger(index, vector);
+    });
+    return delivered;
   }
 
-  /** Sets the level of a level-triggered interrupt (INTx). */
+  /** Sets the level of a level-triggered interrupt (INTx), in order after pending DMA writes as trigger() does. */
   setIrqLevel(high: boolean, vector = 0): void {
-    this.irqs.setLevel(IrqIndex.INTX, vector, high);
+    this.checkVector(IrqIndex.INTX, vector);
+    this.dma.writeOrder.after(() => this.irqs.setLevel(IrqIndex.INTX, vector, high));
+  }
+
+  private checkVector(index: number, vector: number): void {
+    if (!(vector >= 0 && vector < this.irqs.count(index))) {
+      throw new VfioUserError('VFU_INVALID_ARGUMENT', `no IRQ vector ${index}/${vector}`, Errno.EINVAL);
+    }
   }
 
   /**

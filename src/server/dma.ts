@@ -13,6 +13,7 @@
  * - Every access is checked against the table; nothing outside what the client mapped, with
  *   the permissions it gave, is ever touched.
  */
+import { WriteOrder } from './write-order.js';
 import { native, PROT_READ, PROT_WRITE } from '../native/index.js';
 import { VfioUserError, Errno } from '../errors.js';
 
@@ -107,6 +108,8 @@ export class DmaController {
   /** mapped files no DMA map uses (least recently used first), kept for reuse */
   private readonly idle = new Set<MappedFile>();
   private messenger: DmaMessenger | undefined;
+  /** message-based writes in flight, for ordering interrupts after them */
+  readonly writeOrder = new WriteOrder();
   readonly maxMaps: number;
   private dirty: DirtyLog | undefined;
   /** called after every successful map/unmap with the change */
@@ -131,6 +134,7 @@ export class DmaController {
 
   setMessenger(m: DmaMessenger | undefined): void {
     this.messenger = m;
+    if (!m) this.writeOrder.clear();
   }
 
   list(): readonly DmaRegion[] {
@@ -445,6 +449,7 @@ export class DmaController {
     const segs = this.segments(iova, data.length, true);
     if (segs.every((s) => s.r.file)) return this.writeSync(iova, data);
     const pin = this.pin(iova, data.length, true);
+    const ticket = this.writeOrder.begin();
     try {
       let pos = 0;
       for (const s of segs) {
@@ -465,6 +470,7 @@ export class DmaController {
       }
     } finally {
       pin.release();
+      this.writeOrder.end(ticket);
     }
   }
 
