@@ -373,9 +373,11 @@ export class Session {
         if (r.type) caps.push({ kind: 'type', version: 1, type: r.type.type, subtype: r.type.subtype });
       }
     }
-    const payload = P.encodeRegionInfoReply({ flags, index: idx, size: BigInt(size), offset: 0n, caps }, req.argsz);
     const complete = P.regionInfoReplySize(caps) <= req.argsz;
-    // the fd goes along only with a complete reply (the client asks again with a larger argsz)
+    // the fd goes along only with a complete reply (the client asks again with a larger
+    // argsz), and the MMAP flag only with the fd, as the spec says
+    if (!complete) flags &= ~F.MMAP;
+    const payload = P.encodeRegionInfoReply({ flags, index: idx, size: BigInt(size), offset: 0n, caps }, req.argsz);
     this.conn.reply(msg.header, payload, complete ? fds : []);
   }
 

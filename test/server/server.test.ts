@@ -9,6 +9,7 @@ import { decodeConfig } from '../../src/client/pci-decode.js';
 import { VfioUserError } from '../../src/errors.js';
 import * as P from '../../src/protocol/index.js';
 import { native } from '../../src/native/index.js';
+import { closeFds } from '../../src/transport/connection.js';
 import { TestDevice } from './testdev.js';
 import { sockPath, delay, u32, u64, rd32 } from '../helpers.js';
 
@@ -135,6 +136,17 @@ describe('server: device description', () => {
     const info = P.decodeRegionInfoReply(m.payload);
     assert.ok(info.argsz > 32);
     assert.ok(info.truncated);
+    // as QEMU asks first (argsz 32): no CAPS flag without the caps, no MMAP flag without the fd
+    assert.equal(info.flags & P.RegionInfoFlags.CAPS, 0, 'no CAPS flag in a short reply');
+    assert.equal(info.capOffset, 0);
+    assert.equal(info.flags & P.RegionInfoFlags.MMAP, 0, 'no MMAP flag without the fd');
+    // then with the size the reply asked for: everything, and the fd
+    const full = await c.conn.request(P.Command.DEVICE_GET_REGION_INFO, P.encodeRegionInfoRequest({ argsz: info.argsz, index: 1 }), { expectFds: true });
+    const fi = P.decodeRegionInfoReply(full.payload);
+    assert.equal(full.fds.length, 1);
+    assert.ok(fi.flags & P.RegionInfoFlags.MMAP && fi.flags & P.RegionInfoFlags.CAPS);
+    assert.ok(fi.capOffset >= 32 && fi.capOffset < fi.argsz);
+    closeFds(full.fds);
   });
 
   test('mmap of sparse areas shares memory with the device', async () => {

@@ -6,9 +6,11 @@
  * argsz (spec "Message sizes"): the request's argsz is the largest reply the client accepts;
  * the reply's argsz is the size of the FULL reply (struct + caps). When that exceeds the
  * client's argsz the full payload is not included: the encoder then sends only the 32-byte
- * struct, with argsz = the needed size, the CAPS flag set and cap_offset 0 (the kernel's
- * convention for short buffers), and the client retries with a larger argsz. The decoder
- * reports such a reply as `truncated` (any argsz larger than the payload) with no caps.
+ * struct, with argsz = the needed size, no CAPS flag and cap_offset 0, and the client retries
+ * with a larger argsz. (Linux keeps CAPS set in a short reply; QEMU's vfio-user client
+ * rejects a reply whose CAPS flag comes with a cap_offset outside the data, so we do not.)
+ * The decoder reports such a reply as `truncated` (any argsz larger than the payload) with
+ * no caps.
  *
  * Capabilities are laid out back to back after the struct, each starting 8-byte aligned
  * (unknown capability data is zero-padded to a multiple of 8).
@@ -145,7 +147,7 @@ export function encodeRegionInfoReply(msg: RegionInfoReplyInit, clientArgsz?: nu
   const F = REGION_INFO.fields;
   const { buf, dv } = newPayload(truncated ? REGION_INFO.size : needed);
   let flags = checkU32(msg.flags, 'flags') & ~RegionInfoFlags.CAPS;
-  if (caps.length > 0) flags |= RegionInfoFlags.CAPS;
+  if (caps.length > 0 && !truncated) flags |= RegionInfoFlags.CAPS;
   dv.setUint32(F.argsz, checkU32(needed, 'argsz'), true);
   dv.setUint32(F.flags, flags >>> 0, true);
   dv.setUint32(F.index, checkU32(msg.index, 'index'), true);
