@@ -232,6 +232,11 @@ export class VfioUserClient extends EventEmitter {
     const m = await this.req(P.Command.VERSION, P.encodeVersionRequest({ major: 0, minor: this.opts.minor ?? 0, capabilities: ours }), {
       expectFds: true,
       timeout: this.opts.negotiateTimeout ?? this.opts.timeout ?? 10000,
+    }).catch((e: unknown) => {
+      if (e instanceof VfioUserError && e.code === 'VFU_REMOTE_ERROR' && e.errno === Errno.EBUSY) {
+        throw new VfioUserError('VFU_REMOTE_ERROR', `the server is serving another client (EBUSY)${this.path ? `: ${this.path}` : ''}`, Errno.EBUSY, { cause: e });
+      }
+      throw e;
     });
     const fds = takeFds(m);
     try {

@@ -46,9 +46,21 @@ export interface ServerOptions {
    * with a warning. QEMU's memory-backend-memfd is sealed already.
    */
   requireSealedDmaFiles?: boolean;
+  /**
+   * How long a client may take to complete VERSION after it connects (ms, default 5000);
+   * a client that has not by then is disconnected, so a silent or trickling peer cannot
+   * hold the device.
+   */
+  handshakeTimeoutMs?: number;
   /** log function (default: none) */
   log?: (level: 'info' | 'warn' | 'debug', msg: string) => void;
 }
+
+/**
+ * Clients that may wait while the previous one is torn down (or while a live one is served,
+ * until their VERSION gets the busy answer); more are closed at once.
+ */
+const MAX_WAITING_CLIENTS = 16;
 
 /** commands that may wait behind a pending asynchronous one before the client is dropped */
 const MAX_QUEUED_COMMANDS = 4096;
@@ -84,9 +96,17 @@ export class Session {
   private queuedBytes = 0;
   private busy = false;
   private closed = false;
+  /**
+   * false while this client waits for the previous one to be torn down: its commands are
+   * queued, and a VERSION that arrives while another client is being served gets EBUSY
+   */
+  private active: boolean;
+  private handshakeTimer: NodeJS.Timeout | undefined;
 
-  constructor(server: VfioUserServer, fd: number) {
+  constructor(server: VfioUserServer, fd: number, active: boolean) {
     this.server = server;
+    this.active = active;
+    this.busy = !active;
     this.conn = new Connection(fd, {
       maxMessageSize: HEADER_SIZE + server.maxDataXferSize + 4096,
       maxFdsPerMessage: server.maxMsgFds,
@@ -96,15 +116,31 @@ export class Session {
       onClose: (err) => this.onClose(err),
     });
     this.toClient = this.conn;
+    this.handshakeTimer = setTimeout(() => {
+      this.server.log('warn', `client did not complete VERSION within ${server.handshakeTimeoutMs} ms: disconnecting`);
+      this.conn.close();
+    }, server.handshakeTimeoutMs);
+    this.handshakeTimer.unref();
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
   }
 
   close(): void {
     this.conn.close();
   }
 
+  /** The previous client is gone: this one is served from now on (its queued commands first). */
+  activate(): void {
+    this.active = true;
+    this.next();
+  }
+
   private onClose(err: VfioUserError | undefined): void {
     if (this.closed) return;
     this.closed = true;
+    clearTimeout(this.handshakeTimer);
     if (err) this.server.log('warn', `client connection failed: ${err.code} ${err.message}`);
     this.twin?.close();
     for (const m of this.queue) closeFds(m.fds);
@@ -115,6 +151,13 @@ export class Session {
   // ------------------------------------------------------------ dispatch
 
   private onCommand(msg: Message): void {
+    if (!this.active && msg.header.command === P.Command.VERSION && this.server.serving) {
+      // another client is being served (not just leaving): say so, clearly, and hang up
+      this.server.log('info', 'refusing a client while another one is served (EBUSY)');
+      this.conn.replyError(msg.header, Errno.EBUSY);
+      this.conn.close();
+      return;
+    }
     if (this.busy || this.queue.length) {
       // keep order: fds must be owned by us until the command runs
       if (this.queue.length >= MAX_QUEUED_COMMANDS || this.queuedBytes + msg.payload.length > MAX_QUEUED_BYTES) {
@@ -152,6 +195,7 @@ export class Session {
   }
 
   private next(): void {
+    if (!this.active) return;
     this.busy = false;
     while (!this.busy && this.queue.length && !this.closed) {
       const m = this.queue.shift()!;
@@ -253,6 +297,7 @@ export class Session {
     }
     const payload = P.encodeVersionReply({ major: SERVER_MAJOR, minor: Math.min(req.minor, SERVER_MINOR), capabilities: reply });
     this.negotiated = true;
+    clearTimeout(this.handshakeTimer);
     try {
       this.conn.reply(msg.header, payload, fds);
     } finally {
@@ -684,9 +729,15 @@ export class VfioUserServer extends EventEmitter {
   readonly migration: Migration | undefined;
   readonly dmaLayout: 'auto' | 'spec' | 'qemu';
   readonly dmaTimeoutMs: number;
+  readonly handshakeTimeoutMs: number;
   private readonly logFn: ServerOptions['log'];
   private listener: Listener | undefined;
+  /** the client being served (or torn down: see `serving`) */
   session: Session | undefined;
+  /** clients that connected while another was served or torn down */
+  private readonly waiting: Session[] = [];
+  /** the previous client's teardown (unmapping its DMA) is still running */
+  private tearingDown = false;
   private closed = false;
 
   constructor(device: PciDevice, opts: ServerOptions = {}) {
@@ -699,6 +750,7 @@ export class VfioUserServer extends EventEmitter {
     this.maxDmaMaps = opts.maxDmaMaps ?? 65535;
     this.twinSocket = opts.twinSocket ?? true;
     this.writeMultiple = opts.writeMultiple ?? true;
+    this.handshakeTimeoutMs = opts.handshakeTimeoutMs ?? 5000;
     this.logFn = opts.log;
     this.migration = device.migratable ? new Migration(device) : undefined;
     (device.dma as { maxMaps: number }).maxMaps = this.maxDmaMaps;
@@ -723,18 +775,41 @@ export class VfioUserServer extends EventEmitter {
     return this;
   }
 
+  /** true while a client is connected and not leaving */
+  get serving(): boolean {
+    return this.session !== undefined;
+  }
+
   private accept(fd: number): void {
     if (this.closed) {
       native.close(fd);
       return;
     }
-    if (this.session) {
-      this.log('warn', 'refusing a second client while one is connected');
+    if (!this.session && !this.tearingDown) {
+      this.session = new Session(this, fd, true);
+      this.log('info', 'client connected');
+      return;
+    }
+    if (this.waiting.length >= MAX_WAITING_CLIENTS) {
+      this.log('warn', `more than ${MAX_WAITING_CLIENTS} clients waiting: closing a new one`);
       native.close(fd);
       return;
     }
-    this.session = new Session(this, fd);
-    this.log('info', 'client connected');
+    // it waits: served when the current client has gone and been torn down, or told EBUSY
+    // at its VERSION if the current client is still there then
+    this.waiting.push(new Session(this, fd, false));
+  }
+
+  /** Serves the oldest waiting client once nobody else is served or torn down. */
+  private admit(): void {
+    while (!this.session && !this.tearingDown && !this.closed) {
+      const s = this.waiting.shift();
+      if (!s) return;
+      if (s.isClosed) continue;
+      this.session = s;
+      this.log('info', 'client connected');
+      s.activate();
+    }
   }
 
   /** called by a session after VERSION */
@@ -746,20 +821,29 @@ export class VfioUserServer extends EventEmitter {
 
   /** called by a session when its client is gone: unmap, close IRQ fds, keep device state. */
   sessionEnded(s: Session): void {
+    const w = this.waiting.indexOf(s);
+    if (w >= 0) this.waiting.splice(w, 1);
     if (this.session !== s) return;
     this.session = undefined;
+    this.tearingDown = true;
     this.device.dma.setMessenger(undefined);
     this.device.irqs.clientGone();
-    void this.device.dma.unmapAll().then(
-      () => {
-        this.migration?.clientGone();
-        if (this.device.dma.loggingActive) this.device.dma.stopLogging();
-        this.device.onDetach?.();
-        this.log('info', 'client disconnected');
-        this.emit('disconnect');
-      },
-      (e) => this.emit('error', e),
-    );
+    void this.device.dma
+      .unmapAll()
+      .then(
+        () => {
+          this.migration?.clientGone();
+          if (this.device.dma.loggingActive) this.device.dma.stopLogging();
+          this.device.onDetach?.();
+          this.log('info', 'client disconnected');
+          this.emit('disconnect');
+        },
+        (e) => this.emit('error', e),
+      )
+      .finally(() => {
+        this.tearingDown = false;
+        this.admit();
+      });
   }
 
   /** Stops listening and disconnects the client. */
@@ -769,5 +853,6 @@ export class VfioUserServer extends EventEmitter {
     this.listener?.close();
     this.listener = undefined;
     this.session?.close();
+    for (const w of this.waiting.splice(0)) w.close();
   }
 }

@@ -242,7 +242,9 @@ export class Connection {
     }
     if (events & native.POLL_WRITABLE) this.flush();
     if (this.closed) return;
-    if (events & (native.POLL_READABLE | native.POLL_DISCONNECT)) this.readAvailable();
+    // the peer has hung up: read to the end now, so the hang-up is seen in this same turn
+    // (a server deciding whether a newcomer must wait or be told it is busy relies on it)
+    if (events & (native.POLL_READABLE | native.POLL_DISCONNECT)) this.readAvailable((events & native.POLL_DISCONNECT) !== 0);
   }
 
   /** drain: read until EAGAIN/EOF even after a short read (the poll will not fire again) */

@@ -9,7 +9,7 @@ import { decodeConfig } from '../../src/client/pci-decode.js';
 import { VfioUserError } from '../../src/errors.js';
 import * as P from '../../src/protocol/index.js';
 import { native } from '../../src/native/index.js';
-import { closeFds } from '../../src/transport/connection.js';
+import { Connection, closeFds } from '../../src/transport/connection.js';
 import { TestDevice } from './testdev.js';
 import { sockPath, delay, u32, u64, rd32 } from '../helpers.js';
 
@@ -550,13 +550,70 @@ describe('server: sessions', () => {
     });
   });
 
-  test('a second client is refused while one is connected', async () => {
+  test('a second client gets EBUSY at its VERSION while one is served', async () => {
     await withServer(async (_s, _d, path) => {
       const c = await VfioUserClient.connect(path);
-      await assert.rejects(VfioUserClient.connect(path, { timeout: 2000 }), (e) => e instanceof VfioUserError && e.code === 'VFU_DISCONNECTED');
-      assert.equal(rd32(await c.read(0, 0, 4)), 0);
+      await assert.rejects(
+        VfioUserClient.connect(path, { timeout: 2000 }),
+        (e) => e instanceof VfioUserError && e.code === 'VFU_REMOTE_ERROR' && e.errno === 16 && /serving another client \(EBUSY\)/.test(e.message),
+      );
+      assert.equal(rd32(await c.read(0, 0, 4)), 0, 'the first client is still served');
       c.close();
     });
+  });
+
+  test('a client that connects while the previous one is torn down is served when teardown ends', async () => {
+    await withServer(async (s, dev, path) => {
+      const c = await VfioUserClient.connect(path);
+      const mem = new GuestMemory(1 << 16);
+      await c.dmaMap(mem, 0);
+      // hold the teardown: a DMA pin keeps the unmap waiting
+      const pin = dev.dma.pin(0, 4096, false);
+      c.close();
+      await new Promise<void>((r) => {
+        const poll = (): void => (s.serving ? void setImmediate(poll) : r());
+        poll();
+      });
+      const next = VfioUserClient.connect(path, { timeout: 5000 });
+      let connected = false;
+      void next.then(() => (connected = true), () => undefined);
+      await delay(50);
+      assert.equal(connected, false, 'not served while the previous client is torn down');
+      pin.release();
+      const c2 = await next;
+      assert.equal(dev.dma.count, 0, "the new client does not see the old client's maps");
+      await c2.write(0, 0, u32(5));
+      assert.equal(dev.scratch, 5);
+      c2.close();
+      mem.free();
+    });
+  });
+
+  test('a client that does not complete VERSION in time is disconnected', async () => {
+    await withServer(
+      async (_s, _d, path) => {
+        const fd = native.connect(path);
+        const t0 = Date.now();
+        let gone = false;
+        const conn = new Connection(fd, { onClose: () => (gone = true) });
+        // a byte every 50 ms: never a whole header
+        for (let i = 0; i < 40 && !gone; i++) {
+          try {
+            native.send(fd, Uint8Array.of(0), 0, 1);
+          } catch {
+            gone = true;
+          }
+          await delay(50);
+        }
+        assert.ok(gone, 'the server hung up');
+        assert.ok(Date.now() - t0 < 1500, 'within the handshake timeout');
+        conn.close();
+        // and the next client is served
+        const c = await VfioUserClient.connect(path);
+        c.close();
+      },
+      { handshakeTimeoutMs: 300 },
+    );
   });
 
   test('serves an inherited fd (--fd convention)', async () => {
