@@ -4,7 +4,8 @@
  *    our GPIO device, at depth 1 and 16; against libvfio-user's gpio sample in the same run
  *    when VFU_LIBVFIO_USER_SAMPLES points at its built samples;
  *  - posted (NO_REPLY) REGION_WRITE rate from our client;
- *  - DMA map+unmap rate, and translate (views) cost at 65,535 maps;
+ *  - DMA map+unmap rate (plain, and in vIOMMU mode: 64-bit IOVAs after QEMU's range unmaps),
+ *    and translate (views) cost at 65,535 maps, below 2^53 (numbers) and above (bigints);
  *  - idle server RSS.
  *
  * Usage: node dist/bench/server.js [N]
@@ -96,6 +97,13 @@ export async function serverBench(n: number): Promise<Record<string, number>> {
   }
   srv.kill('SIGTERM');
   ref?.kill('SIGINT');
+  Object.assign(out, await dmaBench(n));
+  return out;
+}
+
+/** DMA: map+unmap rates over the protocol and in the controller, translate cost (also: `server.js N --dma`). */
+export async function dmaBench(n: number): Promise<Record<string, number>> {
+  const out: Record<string, number> = {};
   // DMA map + unmap through the protocol, shared memory (the guest-IOMMU pattern: same file)
   {
     const null1 = join(tmpdir(), `vfu-bench-null-${process.pid}.sock`);
@@ -112,6 +120,34 @@ export async function serverBench(n: number): Promise<Record<string, number>> {
     }
     const us = Number(process.hrtime.bigint() - t0) / 1000;
     out.dma_map_unmap_pairs_per_sec = Math.round(m / (us / 1e6));
+    c.close();
+    mem.free();
+    s2.kill('SIGTERM');
+  }
+  // vIOMMU mode (QEMU with intel-iommu, strict): the switch (range unmaps covering every map,
+  // or none), then one-page maps at 64-bit IOVAs that come and go while 256 others stay
+  {
+    const sock = join(tmpdir(), `vfu-bench-viommu-${process.pid}.sock`);
+    const s2 = start([process.execPath, CLI, 'serve', 'null', `--socket-path=${sock}`, '-q'], sock);
+    await waitSocket(sock, s2);
+    const c = await VfioUserClient.connect(sock, { twinSocket: false });
+    const mem = new GuestMemory(1 << 24);
+    await c.dmaMap(mem, 0, { offset: 0, size: 0xa0000 });
+    await c.dmaMap(mem, 0x100000, { offset: 0x100000, size: mem.size - 0x100000 });
+    await c.dmaUnmap(0, 0xfee00000);
+    await c.dmaUnmap(0xfef00000n, 2n ** 64n - 0xfef00000n);
+    const hi = 0xffffffff01100000n;
+    for (let i = 0; i < 256; i++) await c.dmaMap(mem, hi - BigInt((i + 1) * 4096), { offset: i * 4096, size: 4096, prot: i % 2 ? 1 : 3 });
+    const m = Math.min(n, 20000);
+    const t0 = process.hrtime.bigint();
+    for (let i = 0; i < m; i++) {
+      const off = (i % 4096) * 4096;
+      const iova = hi + BigInt(off);
+      await c.dmaMap(mem, iova, { offset: off, size: 4096, prot: i % 2 ? 1 : 3 });
+      await c.dmaUnmap(iova, 4096);
+    }
+    const us = Number(process.hrtime.bigint() - t0) / 1000;
+    out.viommu_map_unmap_pairs_per_sec = Math.round(m / (us / 1e6));
     c.close();
     mem.free();
     s2.kill('SIGTERM');
@@ -151,11 +187,28 @@ export async function serverBench(n: number): Promise<Record<string, number>> {
     await dma.unmapAll();
     native.close(fd);
   }
+  // the same above 2^53, addresses as bigints (the exact path a device takes up there)
+  {
+    const dma = new DmaController();
+    const fd = native.memfdCreate('bench');
+    native.ftruncate(fd, 65535 * 4096);
+    const hi = 0xffff000000000000n;
+    for (let i = 0; i < 65535; i++) dma.map(hi + BigInt(i * 8192), 4096, 3, native.dup(fd), i * 4096);
+    const addrs = Array.from({ length: 4096 }, (_, i) => hi + BigInt(((i * 7919) % 65535) * 8192 + 128));
+    let x = 0;
+    const lookups = 1_000_000;
+    const t1 = process.hrtime.bigint();
+    for (let i = 0; i < lookups; i++) x += dma.views(addrs[i & 4095]!, 64)[0]!.length;
+    out.translate_ns_at_65535_bigint_high = Number(process.hrtime.bigint() - t1) / lookups;
+    if (x !== lookups * 64) throw new Error('translate bench: wrong view sizes');
+    await dma.unmapAll();
+    native.close(fd);
+  }
   return out;
 }
 
 if (process.argv[1] === new URL(import.meta.url).pathname) {
   const n = Number(process.argv[2] ?? 100000);
-  const r = await serverBench(n);
+  const r = process.argv.includes('--dma') ? await dmaBench(n) : await serverBench(n);
   for (const [k, v] of Object.entries(r)) console.log(`${k.padEnd(32)} ${Number.isInteger(v) ? v : v.toFixed(3)}`);
 }

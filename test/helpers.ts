@@ -91,7 +91,7 @@ export function u32(v: number): Uint8Array {
   new DataView(b.buffer).setUint32(0, v, true);
   return b;
 }
-export function u64(v: number): Uint8Array {
+export function u64(v: number | bigint): Uint8Array {
   const b = new Uint8Array(8);
   new DataView(b.buffer).setBigUint64(0, BigInt(v), true);
   return b;

@@ -66,7 +66,11 @@ export class GuestMemory {
 }
 
 interface ClientMap {
-  iova: number;
+  /** as the caller gave it */
+  iova: number | bigint;
+  /** [start, end) as u64 */
+  start: bigint;
+  end: bigint;
   size: number;
   mem: GuestMemory;
   offset: number;
@@ -172,6 +176,14 @@ function decoded<T>(what: string, f: () => T): T {
 function dmaWriteReply(address: bigint, count: number): Uint8Array {
   const b = new Uint8Array(16);
   b.set(P.encodeDmaWriteReply({ address, count }), 0);
+  return b;
+}
+
+/** an IOVA as a u64 (EINVAL for what is not one) */
+function u64(v: number | bigint): bigint {
+  if (typeof v === 'number' && !Number.isSafeInteger(v)) throw new VfioUserError('VFU_INVALID_ARGUMENT', `IOVA ${v} is not a safe integer: use a bigint`, Errno.EINVAL);
+  const b = BigInt(v);
+  if (b < 0n || b >= 1n << 64n) throw new VfioUserError('VFU_INVALID_ARGUMENT', `IOVA 0x${b.toString(16)} is not a u64`, Errno.EINVAL);
   return b;
 }
 
@@ -503,24 +515,52 @@ export class VfioUserClient extends EventEmitter {
    * Maps guest memory [offset, offset+size) of mem at iova. shared (default true) passes the fd;
    * otherwise the server must use DMA_READ/WRITE messages, answered here.
    */
-  async dmaMap(mem: GuestMemory, iova: number, opts: { offset?: number; size?: number; prot?: number; shared?: boolean } = {}): Promise<void> {
+  async dmaMap(mem: GuestMemory, iova: number | bigint, opts: { offset?: number; size?: number; prot?: number; shared?: boolean } = {}): Promise<void> {
     const offset = opts.offset ?? 0;
     const size = opts.size ?? mem.size - offset;
     const prot = opts.prot ?? PROT_READ | PROT_WRITE;
     const shared = opts.shared ?? true;
     if (offset < 0 || size <= 0 || offset + size > mem.size) throw new VfioUserError('VFU_INVALID_ARGUMENT', 'map outside guest memory', Errno.EINVAL);
+    const start = u64(iova);
     const flags = (prot & PROT_READ ? P.DmaMapFlags.READ : 0) | (prot & PROT_WRITE ? P.DmaMapFlags.WRITE : 0);
     await this.req(
       P.Command.DMA_MAP,
-      P.encodeDmaMapRequest({ flags, offset: BigInt(shared ? offset : 0), address: BigInt(iova), size: BigInt(size) }),
+      P.encodeDmaMapRequest({ flags, offset: BigInt(shared ? offset : 0), address: start, size: BigInt(size) }),
       { fds: shared ? [mem.fd] : [] },
     );
-    this.maps.push({ iova, size, mem, offset, prot, shared });
+    const m: ClientMap = { iova, start, end: start + BigInt(size), size, mem, offset, prot, shared };
+    this.maps.splice(this.mapIndex(start), 0, m);
   }
 
-  async dmaUnmap(iova: number, size: number): Promise<void> {
-    await this.req(P.Command.DMA_UNMAP, P.encodeDmaUnmapRequest({ flags: 0, address: BigInt(iova), size: BigInt(size) }));
-    this.maps = this.maps.filter((m) => !(m.iova === iova && m.size === size));
+  /**
+   * Unmaps every map inside [iova, iova+size) (the server refuses a range that cuts a map in
+   * two, as Linux VFIO does; a range covering no map is not an error).
+   */
+  async dmaUnmap(iova: number | bigint, size: number | bigint): Promise<void> {
+    const start = u64(iova);
+    const len = u64(size);
+    await this.req(P.Command.DMA_UNMAP, P.encodeDmaUnmapRequest({ flags: 0, address: start, size: len }));
+    this.dropMaps(start, start + len);
+  }
+
+  /** index of the first map starting at or after iova */
+  private mapIndex(iova: bigint): number {
+    let lo = 0;
+    let hi = this.maps.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (this.maps[mid]!.start < iova) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+
+  /** forgets the maps inside [start, end) */
+  private dropMaps(start: bigint, end: bigint): void {
+    const first = this.mapIndex(start);
+    let last = first;
+    while (last < this.maps.length && this.maps[last]!.end <= end) last++;
+    this.maps.splice(first, last - first);
   }
 
   /**
@@ -528,20 +568,20 @@ export class VfioUserClient extends EventEmitter {
    * DMA_UNMAP GET_DIRTY_BITMAP form libvfio-user servers (and ours) support; DMA logging
    * must be started.
    */
-  async dmaUnmapDirty(iova: number, size: number, pageSize: number): Promise<Uint8Array> {
+  async dmaUnmapDirty(iova: number | bigint, size: number, pageSize: number): Promise<Uint8Array> {
     const bytes = Math.ceil(size / pageSize / 64) * 8; // whole u64 words, as vfio and libvfio-user expect
     const m = await this.req(
       P.Command.DMA_UNMAP,
       P.encodeDmaUnmapRequest({
         argsz: 24 + 16 + bytes,
         flags: P.DmaUnmapFlags.GET_DIRTY_BITMAP,
-        address: BigInt(iova),
+        address: u64(iova),
         size: BigInt(size),
         bitmap: { pgsize: BigInt(pageSize), size: BigInt(bytes) },
       }),
     );
     const rep = P.decodeDmaUnmapReply(m.payload);
-    this.maps = this.maps.filter((x) => !(x.iova === iova && x.size === size));
+    this.dropMaps(u64(iova), u64(iova) + BigInt(size));
     if (!rep.bitmap?.data || rep.bitmap.data.length !== bytes) {
       throw new VfioUserError('VFU_PROTOCOL', 'DMA_UNMAP reply without the dirty bitmap asked for', Errno.EPROTO);
     }
@@ -554,16 +594,15 @@ export class VfioUserClient extends EventEmitter {
   }
 
   /** the client's map table (what a reconnect re-establishes) */
-  get dmaMaps(): readonly { iova: number; size: number; shared: boolean }[] {
+  get dmaMaps(): readonly { iova: number | bigint; size: number; shared: boolean }[] {
     return this.maps;
   }
 
-  private findMap(iova: number, length: number, write: boolean): { map: ClientMap; off: number } {
-    for (const m of this.maps) {
-      if (iova >= m.iova && iova + length <= m.iova + m.size && length >= 0) {
-        if (!(m.prot & (write ? PROT_WRITE : PROT_READ))) break;
-        return { map: m, off: m.offset + (iova - m.iova) };
-      }
+  private findMap(iova: bigint, length: number, write: boolean): { map: ClientMap; off: number } {
+    const i = this.mapIndex(iova + 1n) - 1; // the last map starting at or before iova
+    const m = this.maps[i];
+    if (m && iova >= m.start && iova + BigInt(length) <= m.end && m.prot & (write ? PROT_WRITE : PROT_READ)) {
+      return { map: m, off: m.offset + Number(iova - m.start) };
     }
     throw new VfioUserError('VFU_DMA', `server DMA ${write ? 'write' : 'read'} of [0x${iova.toString(16)}, +${length}) is outside the maps`, Errno.EFAULT);
   }
@@ -603,13 +642,13 @@ export class VfioUserClient extends EventEmitter {
       if (m.header.command === P.Command.DMA_READ) {
         const req = P.decodeDmaReadRequest(m.payload);
         if (req.count > limit) throw new VfioUserError('VFU_DMA', `DMA_READ of ${req.count} bytes exceeds our max_data_xfer_size`, Errno.EINVAL);
-        const { map, off } = this.findMap(Number(req.address), req.count, false);
+        const { map, off } = this.findMap(req.address, req.count, false);
         const data = map.mem.bytes.subarray(off, off + req.count);
         conn.reply(m.header, P.encodeDmaReadReply({ address: req.address, data, layout: 'spec' }));
       } else if (m.header.command === P.Command.DMA_WRITE) {
         const req = P.decodeDmaWriteRequest(m.payload, 'spec');
         if (req.count > limit) throw new VfioUserError('VFU_DMA', `DMA_WRITE of ${req.count} bytes exceeds our max_data_xfer_size`, Errno.EINVAL);
-        const { map, off } = this.findMap(Number(req.address), req.count, true);
+        const { map, off } = this.findMap(req.address, req.count, true);
         map.mem.bytes.set(req.data, off);
         conn.reply(m.header, dmaWriteReply(req.address, req.count));
       } else {
@@ -823,7 +862,7 @@ export class VfioUserClient extends EventEmitter {
   async adoptMaps(src: VfioUserClient): Promise<number> {
     let n = 0;
     for (const m of src.maps) {
-      if (this.maps.some((x) => x.iova === m.iova && x.size === m.size)) continue;
+      if (this.maps.some((x) => x.start === m.start && x.size === m.size)) continue;
       await this.dmaMap(m.mem, m.iova, { offset: m.offset, size: m.size, prot: m.prot, shared: m.shared });
       n++;
     }

@@ -16,7 +16,7 @@ import { Connection, takeFds, closeFds, retain, type Message } from '../transpor
 import { Listener, adoptFd } from '../transport/socket.js';
 import { VfioUserError, Errno } from '../errors.js';
 import { PciDevice, RegionIndex, type Region } from './device.js';
-import { DmaError, type DmaMessenger } from './dma.js';
+import { DmaController, DmaError, type DmaMessenger } from './dma.js';
 import { IRQ_INDEX_COUNT } from './irq.js';
 import { Migration } from './migration.js';
 
@@ -321,17 +321,14 @@ export class Session {
       closeFds(fds);
       fail(Errno.EINVAL, `bad DMA_MAP flags 0x${req.flags.toString(16)}`);
     }
-    const iova = toSafe(req.address, fds);
-    const size = toSafe(req.size, fds);
-    const off = toSafe(req.offset, fds);
-    if (iova % PAGE || size % PAGE) {
+    if ((req.address | req.size) & BigInt(PAGE - 1)) {
       // honour the pgsizes we advertised
       closeFds(fds);
-      fail(Errno.EINVAL, `DMA_MAP [0x${iova.toString(16)}, +0x${size.toString(16)}) is not aligned to ${PAGE}`);
+      fail(Errno.EINVAL, `DMA_MAP [0x${req.address.toString(16)}, +0x${req.size.toString(16)}) is not aligned to ${PAGE}`);
     }
-    const region = dma.map(iova, size, prot, fds[0], off);
+    const region = dma.map(req.address, req.size, prot, fds[0], req.offset); // full 64-bit; closes the fd on failure
     if (!region.sealed) {
-      this.server.log('warn', `DMA map at 0x${iova.toString(16)}: its file cannot be sealed against shrinking; a client truncating it would crash this server`);
+      this.server.log('warn', `DMA map at 0x${region.iova.toString(16)}: its file cannot be sealed against shrinking; a client truncating it would crash this server`);
     }
     this.conn.reply(msg.header, null);
   }
@@ -344,8 +341,7 @@ export class Session {
     if (req.flags & F.GET_DIRTY_BITMAP) {
       // libvfio-user's form: the region's dirty bitmap (from DMA logging), then the unmap
       const bm = req.bitmap!;
-      const iova = toSafe(req.address);
-      const size = toSafe(req.size);
+      const { iova, size } = DmaController.range(req.address, req.size, 'DMA_UNMAP range');
       const pgsize = toSafe(bm.pgsize);
       const bytes = toSafe(bm.size);
       if (!dma.loggingActive) fail(Errno.EINVAL, 'DMA_UNMAP dirty bitmap requested but DMA logging is not started');
@@ -365,7 +361,9 @@ export class Session {
       if (req.address !== 0n || req.size !== 0n) fail(Errno.EINVAL, 'DMA_UNMAP ALL needs address and size 0');
       await dma.unmapAll();
     } else {
-      await dma.unmap(toSafe(req.address), toSafe(req.size));
+      // as Linux VFIO type1: every map inside the range goes, none is fine, cutting one is EINVAL
+      if ((req.address | req.size) & BigInt(PAGE - 1)) fail(Errno.EINVAL, `DMA_UNMAP range is not aligned to ${PAGE}`);
+      await dma.unmap(req.address, req.size);
     }
     this.conn.reply(msg.header, P.encodeDmaUnmapReply({ flags: req.flags, address: req.address, size: req.size }));
   }
@@ -624,7 +622,7 @@ export class Session {
         const s = P.decodeFeatureDmaLoggingControl(req.data);
         dev.dma.startLogging(
           toSafe(s.pageSize),
-          s.ranges.map((r) => ({ iova: toSafe(r.iova), length: toSafe(r.length) })),
+          s.ranges.map((r) => ({ iova: r.iova, length: r.length })),
         );
         return replyData(null);
       }
@@ -638,7 +636,7 @@ export class Session {
         supported(true, false);
         if (op & F.PROBE) return;
         const r = P.decodeFeatureDmaLoggingReportRequest(req.data);
-        const bitmap = dev.dma.report(toSafe(r.iova), toSafe(r.length), toSafe(r.pageSize));
+        const bitmap = dev.dma.report(r.iova, r.length, toSafe(r.pageSize));
         if (HEADER_SIZE + 8 + 24 + bitmap.length > HEADER_SIZE + this.clientMaxDataXfer + 4096) {
           fail(Errno.EINVAL, 'dirty bitmap too large for one message');
         }
@@ -675,22 +673,22 @@ export class Session {
     return {
       maxTransfer,
       read: async (iova, length) => {
-        const m = await this.toClient.request(P.Command.DMA_READ, P.encodeDmaReadRequest({ address: BigInt(iova), count: length }), {
+        const m = await this.toClient.request(P.Command.DMA_READ, P.encodeDmaReadRequest({ address: iova, count: length }), {
           timeout: this.server.dmaTimeoutMs,
         });
         const rep = P.decodeDmaReadReply(m.payload, length, this.dmaLayout);
-        if (rep.address !== BigInt(iova) || rep.data.length !== length) {
+        if (rep.address !== iova || rep.data.length !== length) {
           throw new DmaError(`bad DMA_READ reply for 0x${iova.toString(16)}+${length}`, Errno.EIO);
         }
         return rep.data;
       },
       write: async (iova, data) => {
-        const m = await this.toClient.request(P.Command.DMA_WRITE, P.encodeDmaWriteRequest({ address: BigInt(iova), data, layout: this.dmaLayout }), {
+        const m = await this.toClient.request(P.Command.DMA_WRITE, P.encodeDmaWriteRequest({ address: iova, data, layout: this.dmaLayout }), {
           timeout: this.server.dmaTimeoutMs,
         });
         const rep = P.decodeDmaWriteReply(m.payload);
         // QEMU answers with an empty payload; a spec reply must match the request
-        if (rep.address !== undefined && (rep.address !== BigInt(iova) || rep.count !== data.length)) {
+        if (rep.address !== undefined && (rep.address !== iova || rep.count !== data.length)) {
           throw new DmaError(`bad DMA_WRITE reply for 0x${iova.toString(16)}+${data.length}`, Errno.EIO);
         }
       },

@@ -163,3 +163,66 @@ test('mapped memfds are sealed against shrinking; unsealable files are flagged o
   rmSync(path);
   native.close(fd);
 });
+
+test('64-bit IOVAs: maps up to 2^64, bigint accesses with byte offsets, messages, dirty logging', async () => {
+  const fd = memfd(1 << 20);
+  const dma = new DmaController();
+  const hi = 0xffffffff01100000n;
+  dma.map(hi, 0x10000, 3, native.dup(fd), 0x10000);
+  dma.map(hi + 0x10000n, 0x10000, 3, native.dup(fd), 0x40000); // adjacent, elsewhere in the file
+  dma.map(2n ** 64n - 0x2000n, 0x2000, 3, undefined, 0); // message-only, ends at 2^64
+  assert.throws(() => dma.map(2n ** 64n - 0x1000n, 0x2000, 3, undefined, 0), (e) => e instanceof DmaError && e.errno === 22, 'past 2^64');
+  assert.throws(() => dma.map(2n ** 60n + 1n, 0x1000, 3, undefined, 0), (e) => e instanceof DmaError && e.errno === 22, 'unaligned above 2^53');
+  const across = dma.map(2 ** 53 - 0x1000, 0x3000, 3, undefined, 0); // crossing 2^53 is fine when aligned
+  assert.equal(dma.regionAt(2n ** 53n + 5n), across);
+  assert.equal(dma.regionAt(2 ** 53 - 1), across);
+  // a write across the two maps, at a byte offset: two views, two places in the file
+  dma.writeSync(hi + 0xfffdn, Uint8Array.of(1, 2, 3, 4, 5, 6));
+  assert.deepEqual([...dma.readSync(hi + 0xfffdn, 6)], [1, 2, 3, 4, 5, 6]);
+  const check = new DmaController();
+  check.map(0, 1 << 20, 1, native.dup(fd), 0);
+  assert.deepEqual([...check.readSync(0x1fffd, 3)], [1, 2, 3]);
+  assert.deepEqual([...check.readSync(0x40000, 3)], [4, 5, 6]);
+  await check.unmapAll();
+  assert.equal(dma.regionAt(hi + 0x10000n)!.fileOffset, 0x40000);
+  assert.equal(dma.regionAt(hi - 1n), undefined);
+  // numbers above 2^53 are not exact addresses: refused, never rounded
+  assert.throws(() => dma.views(Number(hi) + 5, 1), (e) => e instanceof DmaError && e.errno === 14);
+  assert.throws(() => dma.views(2n ** 64n, 1), (e) => e instanceof DmaError && e.errno === 14);
+  assert.throws(() => dma.views(hi + 0x20000n - 2n, 4), (e) => e instanceof DmaError && e.errno === 14, 'runs past the maps');
+  // message-only memory at the top: the messenger gets exact bigint addresses
+  const seen: bigint[] = [];
+  dma.setMessenger({
+    maxTransfer: 4096,
+    read: async (iova, n) => (seen.push(iova), new Uint8Array(n).fill(7)),
+    write: async (iova) => void seen.push(iova),
+  });
+  assert.deepEqual([...(await dma.read(2n ** 64n - 0x1003n, 3))], [7, 7, 7]);
+  await dma.write(2n ** 64n - 0x2000n + 0xffen, new Uint8Array(4)); // split at maxTransfer
+  assert.deepEqual(seen, [2n ** 64n - 0x1003n, 2n ** 64n - 0x2000n + 0xffen]);
+  // dirty logging of a range above 2^53
+  dma.startLogging(4096, [{ iova: hi, length: 0x20000n }]);
+  dma.writeSync(hi + 0x10ffen, Uint8Array.of(1, 1, 1, 1)); // pages 0x10 and 0x11
+  const bm = dma.report(hi, 0x20000n, 4096);
+  assert.deepEqual([...bm], [0, 0, 0b11, 0, 0, 0, 0, 0], 'pages 16 and 17 dirty, nothing else');
+  dma.stopLogging();
+  await dma.unmapAll();
+  native.close(fd);
+});
+
+test('unmap ranges as Linux VFIO type1: several maps, none, or refused when cutting one', async () => {
+  const fd = memfd(1 << 20);
+  const dma = new DmaController();
+  for (let i = 0; i < 8; i++) dma.map(0x100000 + i * 0x10000, 0x8000, 3, native.dup(fd), i * 0x8000);
+  assert.deepEqual((await dma.unmap(0, 0x100000)).length, 0, 'covering none');
+  await assert.rejects(dma.unmap(0x100000, 0x4000), (e) => e instanceof DmaError && e.errno === 22, 'cuts the first map');
+  await assert.rejects(dma.unmap(0x104000, 0x10000), (e) => e instanceof DmaError && e.errno === 22, 'starts inside a map');
+  await assert.rejects(dma.unmap(0x0f0000, 0x14000), (e) => e instanceof DmaError && e.errno === 22, 'ends inside a map');
+  assert.equal(dma.count, 8, 'a refused unmap removes nothing');
+  const gone = await dma.unmap(0x0f0000, 0x38000); // [0xf0000, 0x128000): the maps at 0x100000..0x120000
+  assert.deepEqual(gone.map((r) => r.iova), [0x100000, 0x110000, 0x120000]);
+  await dma.unmap(0, 2n ** 64n - 0x1000n);
+  assert.equal(dma.count, 0);
+  assert.equal(dma.fileCount, 0);
+  native.close(fd);
+});

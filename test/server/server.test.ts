@@ -392,11 +392,67 @@ describe('server: DMA', () => {
       await c.write(0, 0x10, u32(64));
       await c.write(0, 0x14, u32(1));
       assert.equal(rd32(await c.read(0, 0x18, 4)), 14);
+      // VFIO type1 unmap semantics: cutting a map in two is refused, covering none is fine
+      await assert.rejects(c.dmaUnmap(0x100000, 0x1000), (e) => remoteErrno(e) === 22);
+      await assert.rejects(c.dmaUnmap(0x0, 0x140000), (e) => remoteErrno(e) === 22);
+      await assert.rejects(c.dmaUnmap(0x140000, 0x100000), (e) => remoteErrno(e) === 22, "the end of one map and the start of the next");
+      assert.equal(dev.dma.count, 2);
       await c.dmaUnmap(0x100000, 0x80000);
-      await assert.rejects(c.dmaUnmap(0x100000, 0x80000), (e) => remoteErrno(e) === 2);
+      await c.dmaUnmap(0x100000, 0x80000);
+      assert.equal(dev.dma.count, 1);
       await c.dmaUnmapAll();
       assert.equal(dev.dma.count, 0);
       assert.equal(dev.dma.fileCount, 0);
+      c.close();
+      mem.free();
+    });
+  });
+
+  test('vIOMMU switch as QEMU does it: range unmaps, 64-bit IOVAs, and the old addresses are refused after', async () => {
+    await withServer(async (_s, dev, path) => {
+      const c = await VfioUserClient.connect(path);
+      const mem = new GuestMemory(1 << 20);
+      const dma = async (addr: number | bigint, len: number, cmd: number): Promise<number> => {
+        await c.write(0, 0x08, u64(addr));
+        await c.write(0, 0x10, u32(len));
+        await c.write(0, 0x14, u32(cmd));
+        return rd32(await c.read(0, 0x18, 4));
+      };
+      // no IOMMU: guest RAM is mapped at its physical addresses, in pieces (like QEMU's sections)
+      await c.dmaMap(mem, 0, { offset: 0, size: 0xa0000 });
+      await c.dmaMap(mem, 0xc0000, { offset: 0xc0000, size: 0x40000 });
+      dev.buffer.fill(0x11, 0, 16);
+      assert.equal(await dma(0x5000, 16, 1), 0, 'the device reaches guest page 5 before the switch');
+      assert.equal(mem.bytes[0x5000], 0x11);
+      // the guest turns its IOMMU on: QEMU unmaps big ranges covering several maps, or none
+      await c.dmaUnmap(0, 0xfee00000);
+      await c.dmaUnmap(0xfef00000n, 2n ** 64n - 0xfef00000n);
+      assert.equal(dev.dma.count, 0, 'every map inside the ranges is gone');
+      assert.equal(c.dmaMaps.length, 0, 'and the client forgot them too');
+      // then maps only what the guest's driver set up, at IOVAs anywhere in 64 bits
+      const hi = 0xffffffff01100000n;
+      await c.dmaMap(mem, hi, { offset: 0x8000, size: 0x2000 });
+      await c.dmaMap(mem, 2n ** 64n - 0x1000n, { offset: 0xa000, size: 0x1000, shared: false }); // ends at 2^64, by messages
+      assert.equal(dev.dma.count, 2);
+      // isolation: what was reachable before the switch is refused now, and nothing is written
+      mem.bytes.fill(0, 0x5000, 0x5010);
+      dev.buffer.fill(0x22, 0, 16);
+      assert.equal(await dma(0x5000, 16, 1), 14, 'EFAULT: page 5 is no longer mapped');
+      assert.equal(mem.bytes[0x5000], 0, 'nothing written');
+      assert.equal(await dma(hi - 0x1000n, 16, 2), 14, 'nor the page below the new map');
+      // the new maps work at full 64-bit addresses, byte offsets included, across a page
+      assert.equal(await dma(hi + 0x0ff8n, 16, 1), 0);
+      assert.deepEqual([...mem.bytes.subarray(0x8ff8, 0x9008)], new Array(16).fill(0x22));
+      mem.bytes.set([1, 2, 3], 0xa007);
+      assert.equal(await dma(2n ** 64n - 0x1000n + 7n, 3, 2), 0, 'DMA_READ at the top of the address space');
+      assert.deepEqual([...dev.buffer.subarray(0, 3)], [1, 2, 3]);
+      assert.equal(await dma(2n ** 64n - 3n, 4, 2), 14, 'past 2^64: refused');
+      // a range that would cut a map in two is refused and removes nothing
+      await assert.rejects(c.dmaUnmap(hi, 0x1000), (e) => remoteErrno(e) === 22);
+      assert.equal(dev.dma.count, 2);
+      await c.dmaUnmap(hi - 0x100000n, 0x200000n);
+      assert.equal(dev.dma.count, 1);
+      await c.dmaUnmapAll();
       c.close();
       mem.free();
     });

@@ -20,7 +20,7 @@ import { encodeState, decodeState } from '../../src/server/state.js';
 export class TestDevice extends PciDevice {
   scratch = 0;
   readonly buffer = new Uint8Array(256);
-  dmaAddr = 0;
+  dmaAddr: number | bigint = 0;
   dmaLen = 0;
   dmaResult = 0;
   asyncCounter = 0;
@@ -120,7 +120,7 @@ export class TestDevice extends PciDevice {
   private writeBar0(o: number, d: Uint8Array): void | Promise<void> {
     const dv = new DataView(d.buffer, d.byteOffset, d.byteLength);
     if (o === 0 && d.length === 4) this.scratch = dv.getUint32(0, true);
-    else if (o === 0x08 && d.length === 8) this.dmaAddr = Number(dv.getBigUint64(0, true));
+    else if (o === 0x08 && d.length === 8) this.dmaAddr = dv.getBigUint64(0, true); // full 64-bit
     else if (o === 0x10 && d.length === 4) this.dmaLen = dv.getUint32(0, true);
     else if (o === 0x14 && d.length === 4) return this.runDma(dv.getUint32(0, true));
     else if (o === 0x20 && d.length === 4) {
