@@ -5,6 +5,7 @@ import { existsSync } from 'node:fs';
 import { GpioDevice } from '../devices/gpio.js';
 import { NullDevice } from '../devices/null.js';
 import { NvmeDevice, parseSize } from '../devices/nvme/index.js';
+import { VirtioBlkDevice } from '../devices/virtio/index.js';
 import type { PciDevice } from '../server/device.js';
 
 export interface DeviceFactory {
@@ -46,6 +47,30 @@ export const DEVICES: Record<string, DeviceFactory> = {
         doorbells,
         serial: o.serial,
         log: (m) => process.stderr.write(`vfio-user[nvme] ${m}\n`),
+      });
+    },
+  },
+  'virtio-blk': {
+    description: 'virtio-blk disk (modern virtio-pci) over a raw image file (or memory)',
+    options: {
+      image: 'raw image file (created with --size when missing); without it the disk is in memory',
+      size: 'disk size, e.g. 64M, 1G (default 64M for new images and memory)',
+      'read-only': 'read-only disk (writes fail with VIRTIO_BLK_S_IOERR); the image must exist',
+      queues: 'request queues, 1..64 (default 1)',
+      serial: 'the disk ID (GET_ID; default: derived from the image path)',
+    },
+    create(o) {
+      const queues = o.queues ? Number(o.queues) : 1;
+      if (!Number.isInteger(queues) || queues < 1 || queues > 64) throw new Error('--queues must be 1..64');
+      const readOnly = o['read-only'] !== undefined && (o['read-only'] as unknown) !== false;
+      const size = o.size ? parseSize(o.size) : o.image ? undefined : 64 << 20;
+      return new VirtioBlkDevice({
+        image: o.image,
+        size: o.image && !size && !readOnly && !existsSync(o.image) ? 64 << 20 : size,
+        readOnly,
+        queues,
+        serial: o.serial,
+        log: (m) => process.stderr.write(`vfio-user[virtio-blk] ${m}\n`),
       });
     },
   },

@@ -28,6 +28,8 @@ export async function serve(argv: string[]): Promise<number> {
       'lba-size': { type: 'string' },
       doorbells: { type: 'string' },
       serial: { type: 'string' },
+      'read-only': { type: 'boolean' },
+      queues: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -36,7 +38,7 @@ export async function serve(argv: string[]): Promise<number> {
     process.stdout.write(
       'usage: vfio-user serve <device> (--socket-path=PATH | --fd=N) [options]\n\ndevices:\n' +
         Object.entries(DEVICES)
-          .map(([n, d]) => `  ${n.padEnd(8)} ${d.description}\n` + Object.entries(d.options).map(([o, h]) => `           --${o}: ${h}\n`).join(''))
+          .map(([n, d]) => `  ${n.padEnd(10)} ${d.description}\n` + Object.entries(d.options).map(([o, h]) => `             --${o}: ${h}\n`).join(''))
           .join('') +
         '\noptions:\n  -v, --verbose   log every command\n  -q, --quiet     no logs\n  --no-twin-socket  never offer twin-socket mode\n',
     );

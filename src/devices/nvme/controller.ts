@@ -33,6 +33,7 @@ import {
 } from './constants.js';
 import { prpSegments, sglSegments, u64, type Segment } from './dataptr.js';
 import { Namespace, FileBackend, MemoryBackend, type Backend } from './namespace.js';
+import { guestRead, toGuest, fromGuest, sgViews } from '../guest.js';
 import * as Id from './identify.js';
 
 export const NVME_VENDOR = 0x4e58; // "NX"
@@ -561,49 +562,20 @@ export class NvmeDevice extends PciDevice {
 
   /** Guest memory read: directly when shared, else by DMA_READ messages. */
   private guestRead(iova: number, len: number): Uint8Array | Promise<Uint8Array> {
-    try {
-      return this.dma.readSync(iova, len);
-    } catch (e) {
-      if (!(e instanceof DmaError)) throw e;
-      return this.dma.read(iova, len);
-    }
+    return guestRead(this.dma, iova, len);
   }
 
-  private async toGuest(segs: Segment[], data: Uint8Array): Promise<void> {
-    let p = 0;
-    for (const s of segs) {
-      if (p >= data.length) break;
-      const part = data.subarray(p, p + s.len);
-      try {
-        this.dma.writeSync(s.iova, part);
-      } catch (e) {
-        if (!(e instanceof DmaError)) throw e;
-        await this.dma.write(s.iova, part);
-      }
-      p += s.len;
-    }
+  private toGuest(segs: Segment[], data: Uint8Array): Promise<void> {
+    return toGuest(this.dma, segs, data);
   }
 
-  private async fromGuest(segs: Segment[], len: number): Promise<Uint8Array> {
-    const out = new Uint8Array(len);
-    let p = 0;
-    for (const s of segs) {
-      out.set(await this.guestRead(s.iova, s.len), p);
-      p += s.len;
-    }
-    return out;
+  private fromGuest(segs: Segment[], len: number): Promise<Uint8Array> {
+    return fromGuest(this.dma, segs, len);
   }
 
   /** zero-copy views of every segment, or undefined when some are not shared memory */
   private views(segs: Segment[], write: boolean): Uint8Array[] | undefined {
-    const out: Uint8Array[] = [];
-    try {
-      for (const s of segs) for (const v of this.dma.views(s.iova, s.len, write)) out.push(v);
-    } catch (e) {
-      if (!(e instanceof DmaError)) throw e;
-      return undefined; // the caller's message path reports real faults
-    }
-    return out;
+    return sgViews(this.dma, segs, write);
   }
 
   private async dataSegments(sq: SubQueue, sqe: Uint8Array, len: number): Promise<Segment[]> {

@@ -7,10 +7,9 @@
  */
 import { NvmeStatusError, Sgl, Status, DNR } from './constants.js';
 
-export interface Segment {
-  iova: number;
-  len: number;
-}
+import type { Segment } from '../guest.js';
+
+export type { Segment };
 
 /** Reads guest memory (the controller's DMA access, sync when shared, by message otherwise). */
 export interface GuestReader {
