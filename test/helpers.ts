@@ -6,6 +6,11 @@ import { mkdtempSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
+import assert from 'node:assert/strict';
+import { VfioUserServer } from '../src/server/server.js';
+import { VfioUserClient } from '../src/client/client.js';
+import { migrate } from '../src/client/migrate.js';
+import type { PciDevice } from '../src/server/device.js';
 
 export const CLI = new URL('../src/cli/main.js', import.meta.url).pathname;
 
@@ -144,5 +149,26 @@ export class Rng {
     const b = new Uint8Array(n);
     for (let i = 0; i < n; i++) b[i] = this.u32() & 0xff;
     return b;
+  }
+}
+
+/** A device served in this process on a fresh socket; close() stops the server and frees the device. */
+export function serveDevice<T extends PciDevice>(dev: T, name: string): { dev: T; server: VfioUserServer; path: string; close(): void } {
+  const server = new VfioUserServer(dev);
+  const path = sockPath(name);
+  server.listen(path);
+  return { dev, server, path, close: () => (server.close(), dev.destroy()) };
+}
+
+/** Migrating from one server to the other fails, and the source is back in RUNNING. */
+export async function assertMigrationRefused(srcPath: string, dstPath: string): Promise<void> {
+  const a = await VfioUserClient.connect(srcPath);
+  const b = await VfioUserClient.connect(dstPath);
+  try {
+    await assert.rejects(migrate(a, b));
+    assert.equal(await a.getDeviceState(), 2, 'source back to RUNNING');
+  } finally {
+    a.close();
+    b.close();
   }
 }

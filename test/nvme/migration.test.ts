@@ -14,7 +14,7 @@ import { VfioUserClient } from '../../src/client/client.js';
 import { migrate } from '../../src/client/migrate.js';
 import { NvmeDevice } from '../../src/devices/nvme/index.js';
 import { NvmeDriver, GUARD, pattern } from './driver.js';
-import { sockPath } from '../helpers.js';
+import { sockPath, serveDevice, assertMigrationRefused } from '../helpers.js';
 
 
 function serve(image: string): { dev: NvmeDevice; server: VfioUserServer; path: string } {
@@ -137,22 +137,13 @@ test('nvme: live migration under continuous I/O loses no writes', async (t) => {
 test('nvme: a destination with a different namespace refuses the state', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'vfu-nvme-mig-'));
   const src = serve(join(dir, 'a.img'));
-  const other = new NvmeDevice({ image: join(dir, 'b.img'), size: 8 << 20, serial: 'MIGRATE1', log: () => {} });
-  const server = new VfioUserServer(other);
-  const path = sockPath('nvme-mig');
-  server.listen(path);
-  const a = await VfioUserClient.connect(src.path);
-  const b = await VfioUserClient.connect(path);
+  const other = serveDevice(new NvmeDevice({ image: join(dir, 'b.img'), size: 8 << 20, serial: 'MIGRATE1', log: () => {} }), 'nvme-mig');
   try {
-    await assert.rejects(migrate(a, b));
-    assert.equal(await a.getDeviceState(), 2, 'source back to RUNNING');
+    await assertMigrationRefused(src.path, other.path);
   } finally {
-    a.close();
-    b.close();
     src.server.close();
-    server.close();
     src.dev.destroy();
-    other.destroy();
+    other.close();
     rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -18,7 +18,6 @@ import { VirtioDriver, BlkDriver } from './driver.js';
 import { serveChild, sockPath, CLI } from '../helpers.js';
 import { pattern } from '../nvme/driver.js';
 
-const TRANSPORT = bit(Feature.VERSION_1) | bit(Feature.RING_EVENT_IDX) | bit(Feature.RING_INDIRECT_DESC) | bit(Feature.ACCESS_PLATFORM);
 
 function tmp(): string {
   return mkdtempSync(join(tmpdir(), 'vfu-virtio-'));

@@ -451,13 +451,13 @@ export class VirtioDriver {
   }
 
   /** Adds a chain to queue `qi`, notifies, and waits for its used entry. */
-  async submit(qi: number, bufs: Buf[], opts: { indirect?: boolean; timeoutMs?: number } = {}): Promise<Used> {
+  async submit(qi: number, bufs: Buf[], opts: { indirect?: boolean; timeoutMs?: number; noNotify?: boolean } = {}): Promise<Used> {
     const q = this.queues[qi];
     if (!q) throw new Error(`no queue ${qi}`);
     const prev = q.availIdx;
     const { head, done } = q.add(bufs, opts);
     // a barrier is implied: the notification is a message after the stores
-    this.notify(q, false, prev);
+    if (!opts.noNotify) this.notify(q, false, prev);
     let t: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
       t = setTimeout(() => reject(new Error(`request ${head} on queue ${qi} timed out`)), opts.timeoutMs ?? 10000);
@@ -502,7 +502,7 @@ export class BlkDriver {
   }
 
   /** One request: header (type, sector), readable data, writable data, status. */
-  async request(q: number, type: number, sector: number, data: { out?: Buf[]; in?: Buf[] } = {}, opts: { indirect?: boolean } = {}): Promise<BlkResult> {
+  async request(q: number, type: number, sector: number, data: { out?: Buf[]; in?: Buf[] } = {}, opts: { indirect?: boolean; noNotify?: boolean } = {}): Promise<BlkResult> {
     const s = this.slot();
     try {
       const hv = new DataView(this.d.at(s, 16).buffer, this.d.at(s, 16).byteOffset, 16);
@@ -524,7 +524,7 @@ export class BlkDriver {
     return this.request(q, BlkType.IN, sector, { in: bufs }, opts);
   }
 
-  write(q: number, sector: number, bufs: Buf[], opts: { indirect?: boolean } = {}): Promise<BlkResult> {
+  write(q: number, sector: number, bufs: Buf[], opts: { indirect?: boolean; noNotify?: boolean } = {}): Promise<BlkResult> {
     return this.request(q, BlkType.OUT, sector, { out: bufs }, opts);
   }
 

@@ -469,6 +469,8 @@ export abstract class VirtioPciDevice extends PciDevice {
       }
     } finally {
       q.active = false;
+      // a notification that came during the last steps (after the final look at the ring)
+      if (q.kicked && gen === this.generation) this.kick(q);
       if (--this.inflight === 0) for (const w of this.idleWaiters.splice(0)) w();
     }
   }
