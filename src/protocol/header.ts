@@ -53,6 +53,21 @@ export function decodeHeader(buf: Uint8Array, offset = 0): Header {
   return h;
 }
 
+/**
+ * Why a message that is not a reply cannot be run as a command, or undefined when it can:
+ * reserved flag bits, the ERROR bit, a non-zero error field, or an unknown type. The framing
+ * of such a message is intact (its size is valid), so the receiver answers it with an error
+ * reply and goes on.
+ */
+export function commandHeaderProblem(h: Header): string | undefined {
+  const type = h.flags & MSG_TYPE_MASK;
+  if (type !== MSG_TYPE_COMMAND) return `unknown message type ${type}`;
+  if (h.flags & ~KNOWN_FLAGS) return `reserved header flags 0x${(h.flags & ~KNOWN_FLAGS).toString(16)} set`;
+  if (h.flags & FLAG_ERROR) return 'ERROR flag set on a command';
+  if (h.error !== 0) return `error field ${h.error} set on a command`;
+  return undefined;
+}
+
 export function encodeHeader(buf: Uint8Array, offset: number, h: Header): void {
   const dv = new DataView(buf.buffer, buf.byteOffset + offset, HEADER_SIZE);
   dv.setUint16(0, h.msgId, true);

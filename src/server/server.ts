@@ -114,6 +114,7 @@ export class Session {
       pauseReadsWhenBacklogged: true,
       onCommand: (msg) => this.onCommand(msg),
       onClose: (err) => this.onClose(err),
+      onBadHeader: (h, why) => this.server.log('warn', `command ${P.commandName(h.command)} id ${h.msgId} refused (EINVAL): ${why}`),
     });
     this.toClient = this.conn;
     this.handshakeTimer = setTimeout(() => {

@@ -26,10 +26,9 @@ import {
   MSG_TYPE_REPLY,
   MSG_TYPE_MASK,
   MSG_TYPE_COMMAND,
-  decodeHeader,
+  commandHeaderProblem,
   type Header,
 } from '../protocol/header.js';
-import { ProtocolError } from '../protocol/errors.js';
 import { VfioUserError, Errno, errnoName } from '../errors.js';
 
 export interface Message {
@@ -85,6 +84,8 @@ export interface ConnectionOptions {
   onRaw?: (msg: Message, conn: Connection) => void;
   /** the connection ended; err is undefined for a clean hang-up or local close */
   onClose?: (err: VfioUserError | undefined, conn: Connection) => void;
+  /** a command with a bad header (reserved flags, ERROR bit, error field, unknown type) was answered with EINVAL */
+  onBadHeader?: (header: Header, problem: string) => void;
 }
 
 export interface RequestOptions {
@@ -152,7 +153,6 @@ function writeHeader(dv: DataView, h: Header, size: number): void {
   dv.setUint32(12, h.error, true);
 }
 
-const KNOWN_HEADER_FLAGS = MSG_TYPE_MASK | FLAG_NO_REPLY | FLAG_ERROR;
 const FDS_OUT_LEN = 1 + 253;
 
 export class Connection {
@@ -165,6 +165,7 @@ export class Connection {
   onCommand: ((msg: Message, conn: Connection) => void) | undefined;
   onClose: ((err: VfioUserError | undefined, conn: Connection) => void) | undefined;
   private readonly onRaw: ((msg: Message, conn: Connection) => void) | undefined;
+  private readonly onBadHeader: ((header: Header, problem: string) => void) | undefined;
 
   private rbuf: Uint8Array;
   private rstart = 0; // first unconsumed byte in rbuf
@@ -199,6 +200,7 @@ export class Connection {
     this.onCommand = opts.onCommand;
     this.onClose = opts.onClose;
     this.onRaw = opts.onRaw;
+    this.onBadHeader = opts.onBadHeader;
     this.rbuf = new Uint8Array(Math.min(65536, this.maxMessageSize));
     this.poller = native.createPoller(fd, (status, events) => this.onPoll(status, events));
     this.watching = native.POLL_READABLE | native.POLL_DISCONNECT;
@@ -307,20 +309,15 @@ export class Connection {
 
   private parse(): void {
     while (!this.closed && this.rend - this.rstart >= HEADER_SIZE) {
-      // the header, read in place (decodeHeader only to describe a bad one)
+      // the header, read in place
       const b = this.rbuf;
       const o = this.rstart;
       const size = (b[o + 4]! | (b[o + 5]! << 8) | (b[o + 6]! << 16) | (b[o + 7]! << 24)) >>> 0;
       const flags = (b[o + 8]! | (b[o + 9]! << 8) | (b[o + 10]! << 16) | (b[o + 11]! << 24)) >>> 0;
       const type = flags & MSG_TYPE_MASK;
-      if (size < HEADER_SIZE || (type !== MSG_TYPE_COMMAND && type !== MSG_TYPE_REPLY) || (flags & ~KNOWN_HEADER_FLAGS) !== 0) {
-        let why = 'bad header';
-        try {
-          decodeHeader(b, o);
-        } catch (e) {
-          why = `bad header: ${(e as ProtocolError).message}`;
-        }
-        this.fail(new VfioUserError('VFU_PROTOCOL', why, Errno.EINVAL));
+      if (size < HEADER_SIZE) {
+        // the only header fault that breaks framing: nothing after it can be found
+        this.fail(new VfioUserError('VFU_PROTOCOL', `bad header: message size ${size} is smaller than the header`, Errno.EINVAL));
         return;
       }
       const header: Header = {
@@ -408,6 +405,7 @@ export class Connection {
     }
     const type = msg.header.flags & MSG_TYPE_MASK;
     if (type === MSG_TYPE_REPLY) {
+      // reserved flag bits in a reply are ignored
       const p = this.pending.get(msg.header.msgId);
       if (!p || p.command !== msg.header.command) {
         closeFds(msg.fds);
@@ -435,9 +433,12 @@ export class Connection {
       }
       return;
     }
-    if (type !== MSG_TYPE_COMMAND || !this.onCommand) {
-      closeFds(msg.fds);
-      if (!(msg.header.flags & FLAG_NO_REPLY)) this.replyError(msg.header, Errno.ENOSYS);
+    const problem = commandHeaderProblem(msg.header);
+    if (problem !== undefined || !this.onCommand) {
+      // framing is intact: answer (unless no reply is wanted) and go on
+      closeFds(takeFds(msg));
+      if (problem !== undefined) this.onBadHeader?.(msg.header, problem);
+      if (!(msg.header.flags & FLAG_NO_REPLY)) this.replyError(msg.header, problem !== undefined ? Errno.EINVAL : Errno.ENOSYS);
       return;
     }
     try {

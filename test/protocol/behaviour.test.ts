@@ -53,6 +53,11 @@ test('VERSION: malformed capability JSON is VFU_BAD_VERSION', () => {
   for (const json of bad) throwsCode(() => P.decodeVersionRequest(version(json)), 'VFU_BAD_VERSION');
   throwsCode(() => P.decodeVersionRequest(version(h('7b ff fe 7d'))), 'VFU_BAD_VERSION'); // invalid UTF-8
   throwsCode(() => P.decodeVersionRequest(h('0100')), 'VFU_SHORT_MESSAGE');
+  // the spec requires the NUL after the JSON
+  const noNul = concat(h('0000 0000'), new TextEncoder().encode('{"capabilities":{}}'));
+  throwsCode(() => P.decodeVersionRequest(noNul), 'VFU_BAD_VERSION');
+  assert.deepEqual(P.decodeVersionRequest(concat(noNul, h('00'))).major, 0);
+  assert.deepEqual(P.decodeVersionRequest(h('0000 0000')).capabilities, { raw: {} }, 'no JSON at all is fine');
 });
 
 test('VERSION: defaults, absent members and unknown members', () => {

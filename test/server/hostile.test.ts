@@ -137,6 +137,12 @@ describe('hostile clients: in-process server', () => {
       new DataView(w.buffer).setUint32(12, 64, true);
       await assert.rejects(conn.request(C.REGION_WRITE, w), (e) => remoteErrno(e) === 22);
       assert.equal(dev.buffer[0x10], 0);
+      // and with a count smaller than the data: nothing written either
+      const before = dev.buffer.slice();
+      const w2 = P.encodeRegionWriteRequest({ offset: 0x100, region: 0, data: Uint8Array.of(0x39, 9, 9, 9, 9, 9, 9, 9) });
+      new DataView(w2.buffer).setUint32(12, 4, true);
+      await assert.rejects(conn.request(C.REGION_WRITE, w2), (e) => remoteErrno(e) === 22);
+      assert.deepEqual(dev.buffer, before, 'nothing written');
       assert.equal(conn.isClosed, false);
       conn.close();
       await dev.dma.unmapAll();

@@ -6,7 +6,7 @@ import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { native } from '../../src/native/index.js';
 import { Connection, type Message } from '../../src/transport/connection.js';
-import { HEADER_SIZE, FLAG_NO_REPLY, MSG_TYPE_REPLY } from '../../src/protocol/header.js';
+import { HEADER_SIZE, FLAG_NO_REPLY, FLAG_ERROR, MSG_TYPE_REPLY } from '../../src/protocol/header.js';
 import { VfioUserError } from '../../src/errors.js';
 import { RawPeer, frame, concat, tick, waitFor, openFds, fdsBackTo } from './util.js';
 
@@ -155,14 +155,46 @@ describe('transport: framing', () => {
     });
   }
 
-  test('unknown message type or flags: VFU_PROTOCOL', async () => {
-    for (const flags of [2, 0xf, 1 << 6, 0x80000000]) {
-      const r = rig();
-      r.peer.send(frame({ command: 9, flags }));
-      await waitFor(() => r.closes.length === 1, 'close');
-      assert.equal(r.closes[0]?.code, 'VFU_PROTOCOL', `flags 0x${flags.toString(16)}`);
-      r.peer.close();
+  test('a command with an unknown type, reserved flags, the ERROR bit or an error field gets EINVAL; the connection goes on', async () => {
+    const cases: { flags: number; error?: number }[] = [
+      { flags: 2 },
+      { flags: 0xf },
+      { flags: 1 << 6 },
+      { flags: 0x80000000 },
+      { flags: FLAG_ERROR },
+      { flags: 0, error: 5 },
+    ];
+    const r = rig();
+    let id = 100;
+    for (const c of cases) {
+      r.peer.send(frame({ msgId: ++id, command: 9, flags: c.flags, error: c.error ?? 0 }, payloadOf(1, 8)));
+      const rep = await r.peer.recv();
+      assert.equal(rep?.header.msgId, id, `answered: flags 0x${c.flags.toString(16)}`);
+      assert.equal(rep?.header.flags, MSG_TYPE_REPLY | FLAG_ERROR);
+      assert.equal(rep?.header.error, 22);
     }
+    // nothing reached the command handler, and the connection still works
+    assert.equal(r.got.length, 0);
+    assert.equal(r.closes.length, 0);
+    r.peer.send(frame({ msgId: 1, command: 9, flags: FLAG_NO_REPLY }, payloadOf(2, 4)));
+    await waitFor(() => r.got.length === 1, 'a good command after the bad ones');
+    // a bad one with NO_REPLY is dropped without an answer
+    r.peer.send(frame({ msgId: 2, command: 9, flags: FLAG_NO_REPLY | (1 << 7) }));
+    await tick();
+    await tick();
+    assert.equal(r.peer.nothingQueued(), true);
+    assert.equal(r.got.length, 1);
+    done(r);
+  });
+
+  test('reserved flag bits in a reply are ignored', async () => {
+    const r = rig();
+    const p = r.conn.request(9, null);
+    const q = await r.peer.recv();
+    r.peer.send(frame({ msgId: q!.header.msgId, command: 9, flags: MSG_TYPE_REPLY | (1 << 9) }, payloadOf(3, 4)));
+    const rep = await p;
+    assert.deepEqual(rep.payload, payloadOf(3, 4));
+    done(r);
   });
 
   test('oversized send throws VFU_MESSAGE_TOO_LARGE and leaves the connection usable', async () => {

@@ -78,8 +78,9 @@ function u32le(b: Uint8Array, o: number): number {
 }
 
 function dataOf(payload: Uint8Array, count: number, what: string): Uint8Array {
-  if (count > payload.length - REGION_ACCESS.size) {
-    throw new ProtocolError('VFU_BAD_COUNT', `${what}: count ${count} exceeds the ${payload.length - REGION_ACCESS.size} data bytes`);
+  // exactly count bytes follow: a count that disagrees with the data is an error either way
+  if (count !== payload.length - REGION_ACCESS.size) {
+    throw new ProtocolError('VFU_BAD_COUNT', `${what}: count ${count} but ${payload.length - REGION_ACCESS.size} data bytes follow`);
   }
   return payload.subarray(F.data, F.data + count);
 }

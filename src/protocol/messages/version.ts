@@ -5,8 +5,8 @@
  *   2  u16 minor
  *   4  optional UTF-8 JSON {"capabilities": {...}}, NUL-terminated
  *
- * Decoding tolerates a missing NUL and bytes after the NUL (they are ignored). The encoder
- * always writes the JSON and its NUL (QEMU rejects a reply without the NUL).
+ * Decoding requires the NUL when there is JSON, as the spec does (bytes after it are
+ * ignored). The encoder always writes the JSON and its NUL (QEMU rejects a reply without it).
  */
 import { ProtocolError } from '../errors.js';
 import { VERSION } from '../layout.js';
@@ -230,6 +230,7 @@ export function decodeVersionRequest(payload: Uint8Array): VersionRequest {
   const minor = dv.getUint16(F.minor, true);
   const data = payload.subarray(F.data);
   const nul = data.indexOf(0);
+  if (nul < 0 && data.length > 0) throw new ProtocolError('VFU_BAD_VERSION', 'version data is not NUL-terminated');
   const jsonBytes = nul >= 0 ? data.subarray(0, nul) : data;
   if (jsonBytes.length === 0) return { major, minor, capabilities: { raw: {} } };
   let text: string;
