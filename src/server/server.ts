@@ -269,6 +269,9 @@ export class Session {
     const caps = req.capabilities;
     this.clientCaps = caps;
     this.clientMaxDataXfer = caps.maxDataXferSize ?? P.DEFAULT_CAPABILITIES.maxDataXferSize;
+    if (this.clientMaxDataXfer < P.MIN_DATA_XFER_SIZE) {
+      fail(Errno.EINVAL, `client max_data_xfer_size ${this.clientMaxDataXfer} is below the minimum ${P.MIN_DATA_XFER_SIZE}`);
+    }
     const raw = caps.raw ?? {};
     this.dmaLayout = s.dmaLayout !== 'auto' ? s.dmaLayout : 'write_multiple' in raw && !('twin_socket' in raw) ? 'qemu' : 'spec';
     const reply: P.VersionCapabilities = {

@@ -83,6 +83,23 @@ describe('server: negotiation', () => {
       conn.close();
     });
   });
+
+  test('a client max_data_xfer_size below a page is refused at VERSION (0 used to mean endless 0-byte DMA)', async () => {
+    await withServer(async (_s, _d, path) => {
+      for (const size of [0, 1, 4095]) {
+        const conn = new Connection(native.connect(path));
+        await assert.rejects(
+          conn.request(P.Command.VERSION, P.encodeVersionRequest({ major: 0, minor: 0, capabilities: { maxDataXferSize: size } })),
+          (e) => remoteErrno(e) === 22,
+          `max_data_xfer_size ${size}`,
+        );
+        // the same connection may try again with a usable value
+        await conn.request(P.Command.VERSION, P.encodeVersionRequest({ major: 0, minor: 0, capabilities: { maxDataXferSize: 4096 } }));
+        conn.close();
+        await new Promise((r) => setTimeout(r, 5));
+      }
+    });
+  });
 });
 
 describe('server: device description', () => {

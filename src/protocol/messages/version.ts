@@ -52,6 +52,12 @@ export interface VersionRequest {
 
 export type VersionReply = VersionRequest;
 
+/**
+ * The smallest max_data_xfer_size our server accepts from a client: below a page, every DMA
+ * by message splits into many tiny messages (0 would split forever).
+ */
+export const MIN_DATA_XFER_SIZE = 4096;
+
 /** The values a peer must assume for capabilities the other side did not send (spec). */
 export const DEFAULT_CAPABILITIES = Object.freeze({
   maxMsgFds: 1,
