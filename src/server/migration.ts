@@ -43,7 +43,18 @@ export interface MigrationHooks {
   load(state: Uint8Array, precopy: Uint8Array[]): void | Promise<void>;
   /** device activity follows the state: stop DMA and interrupts when not running */
   onStateChange?(from: number, to: number): void;
+  /**
+   * The most bytes of migration data this device takes when resuming (its pre-copy data and
+   * final state, plus a little framing); a stream beyond it is refused as it arrives.
+   * Default 64 MiB.
+   */
+  maxStateBytes?: number;
 }
+
+/** default bound on the migration data a destination buffers */
+export const DEFAULT_MAX_STATE_BYTES = 64 * 1024 * 1024;
+/** framing and the config space image, on top of the device's own bytes */
+const STREAM_OVERHEAD = 65536;
 
 const MAGIC = new TextEncoder().encode('VFUMIG01');
 const REC_PRECOPY = 1;
@@ -127,7 +138,7 @@ export class Migration {
   constructor(device: PciDevice, opts: { maxResumeBytes?: number } = {}) {
     this.device = device;
     this.hooks = device.migration!;
-    this.maxResumeBytes = opts.maxResumeBytes ?? 1 << 30;
+    this.maxResumeBytes = opts.maxResumeBytes ?? (this.hooks.maxStateBytes ?? DEFAULT_MAX_STATE_BYTES) + STREAM_OVERHEAD;
   }
 
   get flags(): bigint {
@@ -241,13 +252,7 @@ export class Migration {
       if (take === head.length) this.out.shift();
       else this.out[0] = head.subarray(take);
     }
-    const data = new Uint8Array(n);
-    let p = 0;
-    for (const x of parts) {
-      data.set(x, p);
-      p += x.length;
-    }
-    return data;
+    return concatBytes(parts);
   }
 
   /** Bytes the source has ready to read now (pre-copy estimate included). */
@@ -262,19 +267,40 @@ export class Migration {
   async write(data: Uint8Array): Promise<void> {
     if (this.state !== MigState.RESUMING) throw migError(`MIG_DATA_WRITE in state ${this.stateName}`);
     if (this.inBytes + data.length > this.maxResumeBytes) {
-      throw migError('migration data exceeds the resume limit', Errno.ENOSPC);
+      this.refuseStream();
+      throw migError(`migration data exceeds the ${this.maxResumeBytes} bytes this device takes: stream refused`, Errno.ENOSPC);
+    }
+    if (this.inBytes < MAGIC.length) {
+      // refuse a stream that is not ours at its first bytes, not after buffering it all
+      const head = this.inBytes === 0 ? data : concatBytes([...this.in, data]);
+      const n = Math.min(head.length, MAGIC.length);
+      for (let i = 0; i < n; i++) {
+        if (head[i] !== MAGIC[i]) {
+          this.refuseStream();
+          throw migError('migration data: bad magic: stream refused');
+        }
+      }
     }
     this.in.push(data.slice());
     this.inBytes += data.length;
   }
 
+  /** A refused stream: its buffered bytes are freed at once and the device goes to ERROR. */
+  private refuseStream(): void {
+    this.in = [];
+    this.inBytes = 0;
+    const from = this.state;
+    this.state = MigState.ERROR;
+    this.hooks.onStateChange?.(from, MigState.ERROR);
+  }
+
+  /** bytes buffered for resuming (for tests and stats) */
+  get resumeBytes(): number {
+    return this.inBytes;
+  }
+
   private async finishResume(): Promise<void> {
-    const all = new Uint8Array(this.inBytes);
-    let p = 0;
-    for (const x of this.in) {
-      all.set(x, p);
-      p += x.length;
-    }
+    const all = concatBytes(this.in);
     this.in = [];
     this.inBytes = 0;
     const { config, device, precopy } = parseStream(all);
@@ -315,6 +341,18 @@ export class Migration {
   get finalReady(): boolean {
     return this.finalQueued;
   }
+}
+
+function concatBytes(parts: readonly Uint8Array[]): Uint8Array {
+  let n = 0;
+  for (const x of parts) n += x.length;
+  const all = new Uint8Array(n);
+  let p = 0;
+  for (const x of parts) {
+    all.set(x, p);
+    p += x.length;
+  }
+  return all;
 }
 
 /** Parses and verifies a complete migration stream. Throws VfioUserError(EINVAL) if it is not one. */

@@ -259,3 +259,45 @@ describe('migrating a device', () => {
 });
 
 void GpioDevice;
+
+describe('migration data a destination buffers', () => {
+  test('bounded by what the device takes: past it the stream is refused and its memory freed at once', async () => {
+    const dev = new TestDevice();
+    dev.migration!.maxStateBytes = 100_000;
+    const server = new VfioUserServer(dev);
+    const path = sockPath('migbound');
+    server.listen(path);
+    try {
+      const c = await VfioUserClient.connect(path);
+      await c.setDeviceState(S.STOP);
+      await c.setDeviceState(S.RESUMING);
+      const chunk = new Uint8Array(65536);
+      chunk.set(new TextEncoder().encode('VFUMIG01'));
+      let writes = 0;
+      let refused: unknown;
+      for (; writes < 100; writes++) {
+        try {
+          await c.migDataWrite(chunk);
+        } catch (e) {
+          refused = e;
+          break;
+        }
+      }
+      assert.ok(refused instanceof VfioUserError && refused.errno === 28, `refused with ENOSPC, got ${String(refused)}`);
+      assert.ok(writes <= 3, `refused after ${writes} writes of 64 KiB (limit 100,000 + framing)`);
+      assert.equal(server.migration!.resumeBytes, 0, 'buffered data freed when the stream was refused');
+      assert.equal(await c.getDeviceState(), S.ERROR);
+      await c.reset();
+      // a stream that is not ours is refused at its first bytes
+      await c.setDeviceState(S.STOP);
+      await c.setDeviceState(S.RESUMING);
+      await assert.rejects(c.migDataWrite(new Uint8Array(4096).fill(0x41)), (e) => e instanceof VfioUserError && e.errno === 22);
+      assert.equal(server.migration!.resumeBytes, 0);
+      assert.equal(await c.getDeviceState(), S.ERROR);
+      c.close();
+    } finally {
+      server.close();
+      dev.destroy();
+    }
+  });
+});

@@ -147,3 +147,64 @@ test('nvme: a destination with a different namespace refuses the state', async (
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('nvme: crafted migration state that passes the CRC is refused field by field, nothing applied', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'vfu-nvme-state-'));
+  try {
+    const dev = new NvmeDevice({ image: join(dir, 'disk.img'), size: 8 << 20, serial: 'STATE1', log: () => {} });
+    const hooks = dev.migration!;
+    const good = await hooks.save();
+    const doc = JSON.parse(new TextDecoder().decode(good)) as { state: Record<string, unknown> };
+    const craft = (field: string, value: unknown): Uint8Array => {
+      const d = structuredClone(doc);
+      d.state[field] = value;
+      return new TextEncoder().encode(JSON.stringify(d));
+    };
+    const cq = (extra: Record<string, unknown>): string => JSON.stringify([{ id: 0, base: 0x1000, size: 16, head: 0, tail: 0, phase: 1, iv: 0, ien: true, backlog: [], ...extra }]);
+    const sq0 = JSON.stringify([{ id: 0, base: 0x2000, size: 16, head: 0, tail: 0, cqid: 0, prio: 0 }]);
+    const cases: [string, unknown][] = [
+      ['cqs', cq({ backlog: [{ sqid: 0, cid: 'x', status: 0, dw0: 0 }] })],
+      ['cqs', cq({ backlog: 'nope' })],
+      ['cqs', cq({ backlog: [{ sqid: 99, cid: 1, status: 0, dw0: 0 }] })],
+      ['cqs', cq({ head: 16 })],
+      ['cqs', cq({ iv: -1 })],
+      ['cqs', cq({ ien: 'yes' })],
+      ['cqs', '{'],
+      ['sqs', JSON.stringify([{ id: 0, base: 0x2000, size: 16, head: 0, tail: 0, cqid: 5, prio: 0 }])],
+      ['sqs', JSON.stringify(Array.from({ length: 100 }, () => null))],
+      ['features', JSON.stringify({ ...JSON.parse(doc.state.features as string), nsqa: 'x' })],
+      ['features', JSON.stringify({ ...JSON.parse(doc.state.features as string), nsqa: 1e9 })],
+      ['features', JSON.stringify({ ...JSON.parse(doc.state.features as string), ivConfig: { abc: 1 } })],
+      ['features', JSON.stringify({ arbitration: 0 })],
+      ['events', JSON.stringify([{ type: 1e9, info: 0, log: 0 }])],
+      ['events', JSON.stringify(Array.from({ length: 1000 }, () => ({ type: 0, info: 0, log: 0 })))],
+      ['events', '"str"'],
+      ['smart', JSON.stringify({ bytesRead: -1, bytesWritten: 0, readCommands: 0, writeCommands: 0 })],
+      ['smart', JSON.stringify({})],
+      ['aers', JSON.stringify([1, 2, 3, 4, 5])],
+      ['aers', JSON.stringify(['a'])],
+      ['cc', -1],
+      ['cc', 2 ** 40],
+      ['maskedEventTypes', 1e6],
+      ['doorbells', 'zz'],
+      ['namespaces', '[]'],
+    ];
+    for (const [field, value] of cases) {
+      await assert.rejects(
+        Promise.resolve().then(() => hooks.load(craft(field, value), [])),
+        (e: unknown) => e instanceof Error && /nvme state/.test(e.message),
+        `${field} = ${String(value).slice(0, 80)}`,
+      );
+    }
+    assert.deepEqual(await hooks.save(), good, 'nothing was applied');
+    // the good state still loads, and a consistent crafted queue set does too
+    await hooks.load(good, []);
+    const d = structuredClone(doc);
+    d.state.cqs = cq({});
+    d.state.sqs = sq0;
+    await hooks.load(new TextEncoder().encode(JSON.stringify(d)), []);
+    dev.destroy();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -590,8 +590,8 @@ describe('server: reset, features, migration', () => {
       assert.equal(await c.setDeviceState(S.RUNNING), S.RUNNING);
       assert.equal(await c.setDeviceState(S.PRE_COPY), S.PRE_COPY);
       assert.equal(await c.setDeviceState(S.RESUMING), S.RESUMING, 'PRE_COPY -> RUNNING -> STOP -> RESUMING');
-      await c.migDataWrite(Uint8Array.of(1, 2, 3));
-      await assert.rejects(c.setDeviceState(S.STOP), (e) => remoteErrno(e) === 22, 'garbage is refused');
+      await assert.rejects(c.migDataWrite(Uint8Array.of(1, 2, 3)), (e) => remoteErrno(e) === 22, 'garbage is refused as it arrives');
+      await assert.rejects(c.setDeviceState(S.STOP), (e) => remoteErrno(e) === 22, 'and the device stays in ERROR');
       assert.equal(await c.getDeviceState(), S.ERROR);
       await assert.rejects(c.setDeviceState(S.RUNNING), (e) => remoteErrno(e) === 22);
       await assert.rejects(c.setDeviceState(S.RUNNING_P2P), (e) => remoteErrno(e) === 22);

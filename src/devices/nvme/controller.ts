@@ -27,6 +27,7 @@ import { IrqIndex } from '../../server/irq.js';
 import { DmaError } from '../../server/dma.js';
 import { MigState } from '../../server/migration.js';
 import { encodeState, decodeState } from '../../server/state.js';
+import * as Check from './state-check.js';
 import {
   Reg, DOORBELL_BASE, CC, CSTS, AdminOp, IoOp, Status, DNR, Feature, LogPage, Identify,
   SQE_SIZE, CQE_SIZE, NvmeStatusError,
@@ -1020,58 +1021,67 @@ export class NvmeDevice extends PciDevice {
       sqs: 'string', cqs: 'string', features: 'string', aers: 'string', events: 'string',
       maskedEventTypes: 'number', errorCount: 'number', smart: 'string', namespaces: 'string', doorbells: 'string',
     });
-    const bad = (why: string): never => {
-      throw new NvmeStatusError(Status.INTERNAL_ERROR, `nvme state: ${why}`);
-    };
+    const { json, uint, u32 } = Check;
     // validate everything before applying anything
-    const ns = JSON.parse(s.namespaces as string) as { nsid: number; blocks: number; lbaSize: number; nguid: string }[];
-    for (const n of ns) {
-      const mine = this.namespaces.get(n.nsid);
-      if (!mine || mine.blocks !== n.blocks || mine.lbaSize !== n.lbaSize || hex(mine.nguid) !== n.nguid) bad(`namespace ${n.nsid} differs on this side`);
+    const nsList = json(s.namespaces, 'namespaces');
+    if (!Array.isArray(nsList)) Check.bad('namespaces must be an array');
+    if (nsList.length !== this.namespaces.size) Check.bad('namespace count differs');
+    for (const n of nsList as { nsid?: unknown; blocks?: unknown; lbaSize?: unknown; nguid?: unknown }[]) {
+      const mine = typeof n?.nsid === 'number' ? this.namespaces.get(n.nsid) : undefined;
+      if (!mine || mine.blocks !== n.blocks || mine.lbaSize !== n.lbaSize || hex(mine.nguid) !== n.nguid) Check.bad(`namespace ${String(n?.nsid)} differs on this side`);
     }
-    if (ns.length !== this.namespaces.size) bad('namespace count differs');
-    const num = (v: unknown, max: number): number => (typeof v === 'number' && Number.isSafeInteger(v) && v >= 0 && v <= max ? v : bad(`bad value ${String(v)}`));
-    const sqs = (JSON.parse(s.sqs as string) as (SubQueue | null)[]).map((q, i) => {
+    const queues = (text: unknown, what: string): (Record<string, unknown> | null)[] => {
+      const v = json(text, what);
+      if (!Array.isArray(v) || v.length > this.maxIoQueues + 1) Check.bad(`${what} must be an array of at most ${this.maxIoQueues + 1}`);
+      return v.map((q, i) => (q === null ? null : typeof q === 'object' && !Array.isArray(q) ? (q as Record<string, unknown>) : Check.bad(`${what}[${i}]`)));
+    };
+    const sqs = queues(s.sqs, 'sqs').map((q, i) => {
       if (!q) return undefined;
-      if (q.id !== i || i > this.maxIoQueues) bad('bad SQ');
-      const size = num(q.size, MQES + 1);
-      return { id: i, base: num(q.base, Number.MAX_SAFE_INTEGER), size, head: num(q.head, size - 1), tail: num(q.tail, size - 1), cqid: num(q.cqid, this.maxIoQueues), prio: num(q.prio, 3), active: false };
+      if (q.id !== i) Check.bad(`SQ ${i} has id ${String(q.id)}`);
+      const size = uint(q.size, MQES + 1, `SQ ${i} size`);
+      if (size < 2) Check.bad(`SQ ${i} size ${size}`);
+      return { id: i, base: uint(q.base, Number.MAX_SAFE_INTEGER, `SQ ${i} base`), size, head: uint(q.head, size - 1, `SQ ${i} head`), tail: uint(q.tail, size - 1, `SQ ${i} tail`), cqid: uint(q.cqid, this.maxIoQueues, `SQ ${i} cqid`), prio: uint(q.prio, 3, `SQ ${i} prio`), active: false };
     });
-    const cqs = (JSON.parse(s.cqs as string) as (CompQueue | null)[]).map((q, i) => {
+    const cqs = queues(s.cqs, 'cqs').map((q, i) => {
       if (!q) return undefined;
-      if (q.id !== i || i > this.maxIoQueues) bad('bad CQ');
-      const size = num(q.size, MQES + 1);
-      const cq = newCq(i, num(q.base, Number.MAX_SAFE_INTEGER), size, num(q.iv, this.maxIoQueues), q.ien === true);
-      cq.head = num(q.head, size - 1);
-      cq.tail = num(q.tail, size - 1);
-      cq.phase = num(q.phase, 1);
-      cq.backlog = Array.isArray(q.backlog) ? q.backlog : bad('bad backlog');
+      if (q.id !== i) Check.bad(`CQ ${i} has id ${String(q.id)}`);
+      const size = uint(q.size, MQES + 1, `CQ ${i} size`);
+      if (size < 2) Check.bad(`CQ ${i} size ${size}`);
+      if (typeof q.ien !== 'boolean') Check.bad(`CQ ${i} ien`);
+      const cq = newCq(i, uint(q.base, Number.MAX_SAFE_INTEGER, `CQ ${i} base`), size, uint(q.iv, 2047, `CQ ${i} iv`), q.ien);
+      cq.head = uint(q.head, size - 1, `CQ ${i} head`);
+      cq.tail = uint(q.tail, size - 1, `CQ ${i} tail`);
+      cq.phase = uint(q.phase, 1, `CQ ${i} phase`);
+      cq.backlog = Check.backlog(q.backlog, this.maxIoQueues, `CQ ${i} backlog`);
       return cq;
     });
-    const features = { ...defaultFeatures(this.maxIoQueues), ...(JSON.parse(s.features as string) as Partial<Features>) };
-    const aers = JSON.parse(s.aers as string) as number[];
-    if (!Array.isArray(aers) || aers.length > 4) bad('bad AER list');
-    const doorbells = s.doorbells as string;
+    for (const sq of sqs) if (sq && !cqs[sq.cqid]) Check.bad(`SQ ${sq.id} feeds CQ ${sq.cqid}, which does not exist`);
+    const features: Features = Check.features(json(s.features, 'features'), this.maxIoQueues);
+    const aers = Check.aers(json(s.aers, 'aers'), 4);
+    const events = Check.events(json(s.events, 'events'));
+    const smart = Check.smart(json(s.smart, 'smart'));
+    const regs = { cc: u32(s.cc, 'cc'), csts: u32(s.csts, 'csts'), aqa: u32(s.aqa, 'aqa'), asq: uint(s.asq, Number.MAX_SAFE_INTEGER, 'asq'), acq: uint(s.acq, Number.MAX_SAFE_INTEGER, 'acq'), intms: u32(s.intms, 'intms') };
+    const maskedEventTypes = uint(s.maskedEventTypes, 0xff, 'maskedEventTypes');
+    const errorCount = uint(s.errorCount, Number.MAX_SAFE_INTEGER, 'errorCount');
+    const doorbells = Check.hexBytes(s.doorbells, 0x1000, 'doorbells');
     // apply
     this.generation++;
-    this.cc = s.cc as number;
-    this.csts = s.csts as number;
-    this.aqa = s.aqa as number;
-    this.asq = s.asq as number;
-    this.acq = s.acq as number;
-    this.intms = s.intms as number;
+    this.cc = regs.cc;
+    this.csts = regs.csts;
+    this.aqa = regs.aqa;
+    this.asq = regs.asq;
+    this.acq = regs.acq;
+    this.intms = regs.intms;
     this.pageSize = 4096 * 2 ** ((this.cc >> CC.MPS_SHIFT) & 0xf);
     this.sqs = sqs;
     this.cqs = cqs;
     this.features = features;
     this.aers = aers;
-    this.events = JSON.parse(s.events as string);
-    this.maskedEventTypes = s.maskedEventTypes as number;
-    this.errorCount = s.errorCount as number;
-    this.smart = JSON.parse(s.smart as string);
-    if (this.bar0.memory && doorbells) {
-      this.bar0.memory.set(Buffer.from(doorbells, 'hex').subarray(0, 0x1000), DOORBELL_BASE);
-    }
+    this.events = events;
+    this.maskedEventTypes = maskedEventTypes;
+    this.errorCount = errorCount;
+    this.smart = smart;
+    if (this.bar0.memory && doorbells) this.bar0.memory.set(doorbells, DOORBELL_BASE);
     this.stopPolling();
     if (this.csts & CSTS.RDY) this.startPolling();
     if (this.lastDoorbells && this.bar0.memory) {
