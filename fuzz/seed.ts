@@ -1,0 +1,126 @@
+/**
+ * Writes the seed corpora fuzz/corpus/<target>/seed-* from the codec's byte fixtures
+ * (test/protocol/fixture-table.ts), a device's real migration streams and hand-made NVMe
+ * commands. Run by `npm run fuzz -- --seed`; files are named by content, so rerunning is
+ * harmless. Inputs found by campaigns (--save) sit beside them.
+ */
+import { createHash } from 'node:crypto';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { FIXTURES } from '../test/protocol/fixture-table.js';
+import { concat } from '../test/helpers.js';
+import * as P from '../src/protocol/index.js';
+import { codecInput } from './targets/codec.js';
+import { messageRecord } from './frames.js';
+import { GpioDevice } from '../src/devices/gpio.js';
+import { NvmeDevice } from '../src/devices/nvme/index.js';
+import { Migration, MigState } from '../src/server/migration.js';
+import type { PciDevice } from '../src/server/device.js';
+
+const root = new URL('../../fuzz/corpus/', import.meta.url).pathname;
+
+function put(target: string, bytes: Uint8Array): void {
+  const dir = join(root, target);
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(join(dir, `seed-${createHash('sha1').update(bytes).digest('hex').slice(0, 16)}`), bytes);
+}
+
+const cat = concat;
+
+// codec: every fixture in its direction
+for (const f of FIXTURES) put('codec', codecInput(f.command, f.direction, f.bytes));
+
+// server: a valid VERSION (added by the target) then one request fixture; and all of them
+const requests = FIXTURES.filter((f) => f.direction === 'request' && f.command !== P.Command.VERSION);
+for (const f of requests) put('server', cat(new Uint8Array([0]), messageRecord(f.command, f.bytes)));
+put('server', cat(new Uint8Array([0]), ...requests.map((f) => messageRecord(f.command, f.bytes))));
+// ... and a raw VERSION fixture first instead of the target's
+const versionReq = FIXTURES.find((f) => f.direction === 'request' && f.command === P.Command.VERSION)!;
+put('server', cat(new Uint8Array([1]), messageRecord(P.Command.VERSION, versionReq.bytes)));
+
+// client: the VERSION reply, then each reply fixture as the answer to the next request
+const replies = FIXTURES.filter((f) => f.direction === 'reply' && f.command !== P.Command.VERSION);
+const versionReps = FIXTURES.filter((f) => f.direction === 'reply' && f.command === P.Command.VERSION);
+for (const v of versionReps) {
+  put('client', cat(new Uint8Array([0]), messageRecord(0, v.bytes)));
+  for (const f of replies) put('client', cat(new Uint8Array([0]), messageRecord(0, v.bytes), messageRecord(0, f.bytes)));
+  put('client', cat(new Uint8Array([0]), messageRecord(0, v.bytes), ...replies.map((f) => messageRecord(0, f.bytes))));
+}
+
+// migration: real streams of both devices, raw and as framed records
+async function streamOf(dev: PciDevice): Promise<Uint8Array> {
+  const m = new Migration(dev);
+  await m.setState(MigState.STOP);
+  await m.setState(MigState.STOP_COPY);
+  const parts: Uint8Array[] = [];
+  for (;;) {
+    const d = await m.read(65536);
+    if (!d.length) break;
+    parts.push(d);
+  }
+  return cat(...parts);
+}
+const devices = [new GpioDevice(), new NvmeDevice({ size: 1 << 20, ioQueues: 2, log: () => {} })];
+for (let i = 0; i < devices.length; i++) {
+  const s = await streamOf(devices[i]!);
+  put('migration', cat(new Uint8Array([i]), s));
+  // framed: the records between the magic and the END record
+  const recs: Uint8Array[] = [];
+  const dv = new DataView(s.buffer, s.byteOffset, s.byteLength);
+  for (let p = 8; p < s.length && s[p] !== 0xff; p += 5 + dv.getUint32(p + 1, true)) {
+    const len = dv.getUint32(p + 1, true);
+    const r = new Uint8Array(3 + len);
+    r[0] = s[p]!;
+    new DataView(r.buffer).setUint16(1, len, true);
+    r.set(s.subarray(p + 5, p + 5 + len), 3);
+    recs.push(r);
+  }
+  put('migration', cat(new Uint8Array([i | 2]), ...recs));
+}
+for (const d of devices) d.destroy();
+
+// nvme: data pointers (PRP list, SGL segment) and controller commands
+{
+  const dp = (prp1: number, prp2: number, len: number, shift: number, sgl: number[], mem: Uint8Array): Uint8Array => {
+    const b = new Uint8Array(1 + 8 + 8 + 4 + 1 + 16);
+    const dv = new DataView(b.buffer);
+    dv.setBigUint64(1, BigInt(prp1), true);
+    dv.setBigUint64(9, BigInt(prp2), true);
+    dv.setUint32(17, len, true);
+    b[21] = shift;
+    b.set(sgl, 22);
+    return cat(b, mem);
+  };
+  const list = new Uint8Array(64);
+  new DataView(list.buffer).setBigUint64(0, 0x2000n, true);
+  new DataView(list.buffer).setBigUint64(8, 0x3000n, true);
+  put('nvme', dp(0x10, 0x0, 3 * 4096, 0, [], list));
+  put('nvme', dp(0x1000, 0x2000, 8192, 0, [], new Uint8Array(0)));
+  const seg = new Uint8Array(32);
+  const sv = new DataView(seg.buffer);
+  sv.setBigUint64(0, 0x1000n, true);
+  sv.setUint32(8, 512, true);
+  sv.setBigUint64(16, 0x2000n, true);
+  sv.setUint32(24, 512, true);
+  const first = new Array(16).fill(0);
+  first[8] = 32;
+  first[15] = 0x30; // last segment at address 0
+  put('nvme', dp(0, 0, 1024, 0, first, seg));
+  const cmd = (op: number, nsid: number, prp1: number, cdw10: number, cdw11 = 0, cdw12 = 0): Uint8Array => {
+    const c = new Uint8Array(64);
+    const dv = new DataView(c.buffer);
+    dv.setUint32(0, op | (7 << 16), true);
+    dv.setUint32(4, nsid, true);
+    dv.setBigUint64(24, BigInt(prp1), true);
+    dv.setUint32(40, cdw10, true);
+    dv.setUint32(44, cdw11, true);
+    dv.setUint32(48, cdw12, true);
+    return c;
+  };
+  const DATA = 0x100000 + 0x4000;
+  put('nvme', cat(new Uint8Array([1, 0]), cmd(0x06, 0, DATA, 1)));
+  put('nvme', cat(new Uint8Array([1, 2]), cmd(0x06, 1, DATA, 0), cmd(0x02, 0xffffffff, DATA, 0x7f0002), cmd(0x09, 0, 0, 7), cmd(0x0a, 0, 0, 7)));
+  put('nvme', cat(new Uint8Array([3, 1]), cmd(0x01, 1, DATA, 0, 0, 7), cmd(0x02, 1, DATA, 0, 0, 7)));
+  put('nvme', cat(new Uint8Array([3, 2]), cmd(0x00, 1, 0, 0), cmd(0x09, 1, DATA, 0, 4), cmd(0x08, 1, 0, 0, 0, 7)));
+}
+console.log(`seeds written under ${root}`);

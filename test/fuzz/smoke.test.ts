@@ -1,0 +1,31 @@
+/**
+ * CI run of every coverage-guided fuzz target (fuzz/targets, Jazzer.js): a few seconds each
+ * from the repo corpus. A finding fails the test with the runner's output (the input is in
+ * fuzz/findings/<target>/). Campaigns: `npm run fuzz -- <target> --time=S` (README, Tests).
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+
+const SCRIPT = new URL('../../../scripts/fuzz.mjs', import.meta.url).pathname;
+const SECONDS = Number(process.env.VFU_FUZZ_SECONDS ?? 3);
+
+function run(target: string): Promise<{ code: number | null; out: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [SCRIPT, target, `--time=${SECONDS}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (out += d));
+    child.on('exit', (code) => resolve({ code, out }));
+  });
+}
+
+for (const target of ['codec', 'server', 'nvme', 'migration', 'client']) {
+  test(`fuzz target ${target}: ${SECONDS} s of Jazzer.js without a finding`, { timeout: 120_000 }, async () => {
+    const { code, out } = await run(target);
+    assert.equal(code, 0, out.slice(-6000));
+    const m = new RegExp(`fuzz ${target}: ok, (\\d+) executions`).exec(out);
+    assert.ok(m, `no summary line:\n${out.slice(-3000)}`);
+    assert.ok(Number(m[1]) > 50, `only ${m[1]} executions`);
+  });
+}
