@@ -7,7 +7,8 @@
  *     target adds the magic and a correct END record (CRC), so the fuzzer reaches the device's
  *     load() instead of the checksum; bit 1 clear: the raw stream.
  *   bits 2-3: the stream is written in 1-4 MIG_DATA_WRITE chunks.
- * Loading may fail only with a VfioUserError, leaving the device in ERROR; a state that
+ * Loading (any write, or the final transition) may fail only with a VfioUserError, leaving
+ * the device in ERROR; a state that
  * loads must leave a device that saves again and runs (RUNNING) without an unexpected error.
  */
 import { GpioDevice } from '../../src/devices/gpio.js';
@@ -58,9 +59,10 @@ export async function fuzz(data: Buffer): Promise<void> {
   await m.setState(MigState.RESUMING);
   const chunks = 1 + ((opts >> 2) & 3);
   const step = Math.ceil(stream.length / chunks) || 1;
-  for (let p = 0; p < stream.length; p += step) await m.write(stream.subarray(p, p + step));
   let loaded = false;
   try {
+    // a stream may be refused at any write (not ours, too large) or at the final transition
+    for (let p = 0; p < stream.length; p += step) await m.write(stream.subarray(p, p + step));
     await m.setState(MigState.STOP);
     loaded = true;
   } catch (e) {
