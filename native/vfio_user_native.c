@@ -23,6 +23,9 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -30,11 +33,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <poll.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #define VFU_SCM_MAX_FD 253
@@ -46,6 +52,7 @@
 /* --------------------------------------------------------------------------------- state */
 
 typedef struct addon_state addon_state;
+typedef struct signal_guard signal_guard;
 
 typedef struct mapping {
   void* addr;
@@ -82,6 +89,7 @@ struct addon_state {
   mapping* maps[MAP_BUCKETS];
   poller* pollers[POLL_BUCKETS]; /* by fd */
   napi_async_cleanup_hook_handle cleanup;
+  signal_guard* guard; /* eventfdSignal's timer, created on first use */
   int tearing_down;
   int pending_closes;
 };
@@ -878,6 +886,201 @@ static napi_value js_eventfd_write(napi_env env, napi_callback_info info) {
   return make_bool(env, true);
 }
 
+/* Is fd an eventfd? /proc/self/fd/N of an eventfd reads "anon_inode:[eventfd]" (a file's link
+ * is an absolute path, a pipe's "pipe:[ino]", a socket's "socket:[ino]"). */
+static napi_value js_is_eventfd(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  int fd;
+  if (!get_fd(env, argv[0], "fd", &fd)) return NULL;
+  if (fd < 0) return make_bool(env, false);
+  char path[48], link[32];
+  snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+  ssize_t n = readlink(path, link, sizeof link - 1);
+  if (n < 0) {
+    throw_errno(env, errno == ENOENT ? EBADF : errno, "readlink");
+    return NULL;
+  }
+  link[n] = '\0';
+  return make_bool(env, strcmp(link, "anon_inode:[eventfd]") == 0);
+}
+
+/*
+ * eventfdSignal: adds to an eventfd counter without ever waiting.
+ *
+ * write() on an eventfd blocks while the counter cannot take the value (it is at most
+ * 2^64 - 2), unless the fd is O_NONBLOCK; that flag belongs to the open file description we
+ * share with the peer, which can clear it at any time, eventfds cannot be reopened (ENXIO)
+ * and pwritev2(RWF_NOWAIT) is not supported on them (EOPNOTSUPP). So a write that would block
+ * is cut short instead: a one-shot per-thread POSIX timer (SIGEV_THREAD_ID) delivers a
+ * real-time signal whose handler, when it lands inside our write, siglongjmps out of it; the
+ * kernel abandons a write interrupted while waiting, with nothing written. The timer is armed
+ * for GUARD_NS and only re-armed when less than GUARD_REARM_NS is left, so a stream of writes
+ * costs one clock_gettime (vDSO) each and a timer_settime every few milliseconds. When it
+ * expires outside a write the handler returns at once (SA_RESTART: an interrupted system call
+ * restarts, as with the signals libuv handles). The signal number is picked once per process
+ * (the highest real-time signal nobody handles) and its handler is process-wide; everything
+ * else is per env.
+ */
+#define GUARD_NS 2000000LL       /* a write that would block is cut short within 2 ms */
+#define GUARD_REARM_NS 1000000LL /* re-arm when less than this is left */
+
+struct signal_guard {
+  timer_t timer;
+  int64_t armed_until; /* CLOCK_MONOTONIC ns; the timer does not expire before */
+  volatile sig_atomic_t in_write;
+  sigjmp_buf jmp;
+};
+
+static pthread_once_t guard_once = PTHREAD_ONCE_INIT;
+static int guard_signo; /* set once by guard_install; 0 when no signal was free */
+
+static void guard_handler(int sig, siginfo_t* si, void* uc) {
+  (void)sig;
+  (void)uc;
+  if (si == NULL || si->si_code != SI_TIMER) return;
+  signal_guard* g = (signal_guard*)si->si_value.sival_ptr;
+  if (g != NULL && g->in_write) {
+    g->in_write = 0;
+    siglongjmp(g->jmp, 1);
+  }
+}
+
+static void guard_install(void) {
+  for (int s = SIGRTMAX - 1; s > SIGRTMIN + 2; s--) {
+    struct sigaction old;
+    if (sigaction(s, NULL, &old) < 0 || old.sa_handler != SIG_DFL) continue;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = guard_handler;
+    /* SA_NODEFER: the signal is not blocked in the handler, so jumping out of it (without
+     * restoring a signal mask, which would cost a system call per write) leaves it usable */
+    sa.sa_flags = SA_SIGINFO | SA_RESTART | SA_NODEFER;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(s, &sa, NULL) == 0) {
+      guard_signo = s;
+      return;
+    }
+  }
+}
+
+static signal_guard* guard_get(addon_state* st, int* err) {
+  if (st->guard != NULL) return st->guard;
+  pthread_once(&guard_once, guard_install);
+  if (guard_signo == 0) {
+    *err = EAGAIN;
+    return NULL;
+  }
+  signal_guard* g = (signal_guard*)calloc(1, sizeof *g);
+  if (g == NULL) {
+    *err = ENOMEM;
+    return NULL;
+  }
+  struct sigevent sev;
+  memset(&sev, 0, sizeof sev);
+  sev.sigev_notify = SIGEV_THREAD_ID;
+  sev.sigev_signo = guard_signo;
+  sev.sigev_value.sival_ptr = g;
+  sev._sigev_un._tid = (pid_t)syscall(SYS_gettid);
+  if (timer_create(CLOCK_MONOTONIC, &sev, &g->timer) < 0) {
+    *err = errno;
+    free(g);
+    return NULL;
+  }
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, guard_signo);
+  pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+  st->guard = g;
+  return g;
+}
+
+/* timer_delete discards a pending signal of the timer, so the handler never sees g again. */
+static void guard_free(signal_guard* g) {
+  if (g == NULL) return;
+  timer_delete(g->timer);
+  free(g);
+}
+
+static int64_t mono_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* One write attempt: 1 added; 0 cut short by the timer; 2 EAGAIN; -errno failed. */
+static int guarded_write_once(signal_guard* g, int fd, uint64_t v) {
+  if (sigsetjmp(g->jmp, 0) != 0) {
+    g->armed_until = 0; /* the timer has expired */
+    return 0;
+  }
+  g->in_write = 1;
+  int64_t now = mono_ns();
+  if (g->armed_until - now < GUARD_REARM_NS) {
+    struct itimerspec its;
+    memset(&its, 0, sizeof its);
+    its.it_value.tv_nsec = GUARD_NS;
+    if (timer_settime(g->timer, 0, &its, NULL) < 0) {
+      int e = errno;
+      g->in_write = 0;
+      return -e;
+    }
+    g->armed_until = now + GUARD_NS;
+  }
+  /* the raw system call: glibc's write() is a cancellation point whose bookkeeping a jump
+   * out of it would skip */
+  long n;
+  do {
+    n = syscall(SYS_write, fd, &v, sizeof v);
+  } while (n < 0 && errno == EINTR);
+  int e = errno;
+  g->in_write = 0;
+  if (n == (long)sizeof v) return 1;
+  if (n < 0 && (e == EAGAIN || e == EWOULDBLOCK)) return 2;
+  return n < 0 ? -e : -EIO;
+}
+
+/* 1: added; 0: the counter is full (it is then readable: the peer is signalled already);
+ * -errno: failed. A cut-short write counts as "full" only when poll() confirms the counter has
+ * no room; otherwise the timer merely expired at a bad moment (a preempted thread) and the
+ * write is tried again. */
+static int guarded_write(signal_guard* g, int fd, uint64_t v) {
+  for (int attempt = 0; attempt < 4; attempt++) {
+    int r = guarded_write_once(g, fd, v);
+    if (r == 1) return 1;
+    if (r == 2) return 0;
+    if (r < 0) return r;
+    struct pollfd p = {fd, POLLOUT, 0};
+    int k;
+    do {
+      k = poll(&p, 1, 0);
+    } while (k < 0 && errno == EINTR);
+    if (k < 0) return -errno;
+    if (k == 0 || !(p.revents & POLLOUT)) return 0;
+  }
+  return 0;
+}
+
+static napi_value js_eventfd_signal(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  int fd;
+  int64_t value;
+  if (!get_fd(env, argv[0], "fd", &fd) || !get_integer(env, argv[1], "value", 1, MAX_SAFE_INTEGER, &value)) {
+    return NULL;
+  }
+  int err = 0;
+  signal_guard* g = guard_get(st, &err);
+  if (g == NULL) {
+    throw_errno(env, err, "timer_create");
+    return NULL;
+  }
+  int r = guarded_write(g, fd, (uint64_t)value);
+  if (r < 0) {
+    throw_errno(env, -r, "write");
+    return NULL;
+  }
+  return make_bool(env, r == 1);
+}
+
 /* ------------------------------------------------------------------------------ pollers */
 
 static size_t poll_bucket(int fd) { return (unsigned)fd % POLL_BUCKETS; }
@@ -1210,6 +1413,7 @@ static void state_finalize(napi_env env, void* data, void* hint) {
     }
   }
   if (st->poller_ctor) napi_delete_reference(env, st->poller_ctor);
+  guard_free(st->guard);
   free(st);
 }
 
@@ -1270,6 +1474,8 @@ NAPI_MODULE_INIT() {
       METHOD("eventfd", js_eventfd),
       METHOD("eventfdRead", js_eventfd_read),
       METHOD("eventfdWrite", js_eventfd_write),
+      METHOD("eventfdSignal", js_eventfd_signal),
+      METHOD("isEventfd", js_is_eventfd),
       METHOD("createPoller", js_create_poller),
       {"POLL_READABLE", NULL, NULL, NULL, NULL, define_const(env, UV_READABLE), napi_enumerable, NULL},
       {"POLL_WRITABLE", NULL, NULL, NULL, NULL, define_const(env, UV_WRITABLE), napi_enumerable, NULL},

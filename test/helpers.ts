@@ -2,7 +2,7 @@
  * Shared test helpers: temp socket paths, serving a device in a child process, fd counts.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readdirSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -15,8 +15,14 @@ import type { PciDevice } from '../src/server/device.js';
 export const CLI = new URL('../src/cli/main.js', import.meta.url).pathname;
 
 let seq = 0;
-const dir = mkdtempSync(join(tmpdir(), 'vfu-test-'));
+let dir: string | undefined;
+/** A fresh socket path in this process's temp dir (made on first use, removed at exit). */
 export function sockPath(name = 'dev'): string {
+  if (!dir) {
+    const d = mkdtempSync(join(tmpdir(), 'vfu-test-'));
+    dir = d;
+    process.on('exit', () => rmSync(d, { recursive: true, force: true }));
+  }
   return join(dir, `${name}-${process.pid}-${seq++}.sock`);
 }
 
@@ -84,6 +90,16 @@ export async function serveChild(device: string, extra: string[] = [], opts: { t
     },
     stderr: () => err,
   };
+}
+
+/**
+ * Sets an eventfd's counter to its maximum (2^64 - 2): a write of 1 then fails with EAGAIN, or
+ * waits when the fd is blocking. The counter must be 0, or the fd non-blocking.
+ */
+export function fillEventfd(fd: number): void {
+  const max = Buffer.alloc(8);
+  max.writeBigUInt64LE(0xfffffffffffffffen);
+  writeSync(fd, max);
 }
 
 export function delay(ms: number): Promise<void> {

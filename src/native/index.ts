@@ -108,6 +108,17 @@ export interface NativeAddon {
   /** Adds value to the counter. Returns false on EAGAIN (counter would overflow). */
   eventfdWrite(fd: number, value: number): boolean;
   /**
+   * Adds value (>= 1) to an eventfd counter without ever waiting, whatever the fd's O_NONBLOCK
+   * flag (which a peer sharing the file can change at any time). Returns true when added,
+   * false when the counter is full: it is then readable, so whoever waits on it is woken
+   * already. A write that would block is cut short by a per-thread timer within about 2 ms
+   * (a real-time signal, process-wide handler; see the C source). Throws on other errors
+   * (EBADF, EINVAL for a non-eventfd...).
+   */
+  eventfdSignal(fd: number, value: number): boolean;
+  /** Whether fd is an eventfd (by its /proc/self/fd link); throws EBADF for a closed fd. */
+  isEventfd(fd: number): boolean;
+  /**
    * Creates a (stopped) libuv poll watcher on fd; callback(status, events) runs on the JS thread.
    * libuv makes the fd non-blocking. EEXIST if another poller is started on fd.
    */

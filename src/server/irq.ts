@@ -10,6 +10,13 @@
  * - DATA_EVENTFD + MASK/UNMASK registers fds signalled when the vector gets (un)masked.
  * INTx is level-triggered and automasked: each delivery masks it until the client unmasks;
  * a level still high at unmask is delivered again.
+ *
+ * The fds come from the client and are untrusted. Only eventfds are accepted (as Linux VFIO
+ * does): anything else (a pipe, a socket, a file) is refused with EINVAL when handed over.
+ * Signalling never waits, whatever the client does to its eventfd (a full counter, O_NONBLOCK
+ * cleared): native.eventfdSignal. A full counter is not an error (the eventfd is readable, the
+ * client is signalled already); a write that fails otherwise is the client's problem: it is
+ * counted (deliveryFailures), logged once per client, and the device goes on.
  */
 import { native } from '../native/index.js';
 import { VfioUserError, Errno } from '../errors.js';
@@ -59,6 +66,13 @@ function irqError(message: string, errno: number = Errno.EINVAL): VfioUserError 
 
 export class IrqController {
   private readonly lines: IrqLine[];
+  /** interrupt writes that failed (the client's eventfd refused it); the device goes on */
+  deliveryFailures = 0;
+  /** interrupt writes that found the client's eventfd counter full (already signalled) */
+  counterFull = 0;
+  private failureLogged = false;
+  /** where the first delivery failure of a client is reported */
+  log: ((level: 'warn', msg: string) => void) | undefined;
   /** the device's own masking (e.g. MSI per-vector mask or the MSI-X table); masked → pending */
   deviceMasked: ((index: number, vector: number) => boolean) | undefined;
   /** called when pending bits change (for a PBA) */
@@ -172,6 +186,7 @@ export class IrqController {
     if (data === DATA_EVENTFD && fds.length !== 0 && fds.length !== a.count) {
       throw irqError(`SET_IRQS DATA_EVENTFD with ${fds.length} fds for ${a.count} vectors`);
     }
+    for (const fd of fds) if (!isEventfd(fd)) throw irqError('SET_IRQS fds must be eventfds');
     if (a.index === IrqIndex.ERR || a.index === IrqIndex.REQ) {
       if (a.count > 1) throw irqError('ERR/REQ have a single vector');
     }
@@ -206,9 +221,22 @@ export class IrqController {
     }
     const fd = line.triggers[v]!;
     if (fd < 0) return false;
-    native.eventfdWrite(fd, 1);
+    this.deliver(fd, index, v);
     if (index === IrqIndex.INTX) this.mask(index, v); // automasked
     return true;
+  }
+
+  /** Signals a client eventfd without ever waiting or throwing. */
+  private deliver(fd: number, index: number, v: number): void {
+    try {
+      if (!native.eventfdSignal(fd, 1)) this.counterFull++;
+    } catch (e) {
+      this.deliveryFailures++;
+      if (!this.failureLogged) {
+        this.failureLogged = true;
+        this.log?.('warn', `interrupt ${index}/${v}: the client's eventfd refused the write (${(e as { code?: string }).code ?? 'error'}: ${(e as Error).message}); counting further failures silently`);
+      }
+    }
   }
 
   /**
@@ -239,7 +267,7 @@ export class IrqController {
     const line = this.lines[index]!;
     if (line.masked[v]) return;
     line.masked[v] = 1;
-    if (line.maskFds[v]! >= 0) native.eventfdWrite(line.maskFds[v]!, 1);
+    if (line.maskFds[v]! >= 0) this.deliver(line.maskFds[v]!, index, v);
   }
 
   unmask(index: number, v: number): void {
@@ -249,7 +277,7 @@ export class IrqController {
       return;
     }
     line.masked[v] = 0;
-    if (line.unmaskFds[v]! >= 0) native.eventfdWrite(line.unmaskFds[v]!, 1);
+    if (line.unmaskFds[v]! >= 0) this.deliver(line.unmaskFds[v]!, index, v);
     this.redeliver(line, index, v);
   }
 
@@ -279,6 +307,7 @@ export class IrqController {
       }
       line.masked.fill(0);
     }
+    this.failureLogged = false;
   }
 
   /** Device reset: everything off, masks cleared, nothing pending (fds stay assigned, as in vfio). */
@@ -289,6 +318,14 @@ export class IrqController {
       for (let v = 0; v < line.count; v++) this.setPending(line, i, v, false);
       line.level.fill(0);
     }
+  }
+}
+
+function isEventfd(fd: number): boolean {
+  try {
+    return native.isEventfd(fd);
+  } catch {
+    return false;
   }
 }
 

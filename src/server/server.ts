@@ -757,6 +757,7 @@ export class VfioUserServer extends EventEmitter {
     this.migration = device.migratable ? new Migration(device) : undefined;
     (device.dma as { maxMaps: number }).maxMaps = this.maxDmaMaps;
     device.dma.requireSealed = opts.requireSealedDmaFiles ?? false;
+    device.irqs.log = (level, msg) => this.log(level, msg);
   }
 
   log(level: 'info' | 'warn' | 'debug', msg: string): void {
