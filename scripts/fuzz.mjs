@@ -4,6 +4,7 @@
 //   --time=S   stop after S seconds (default 60; per target with "all")
 //   --runs=N   stop after N executions
 //   --save     keep new interesting inputs in fuzz/corpus/<target>/ (default: a temp dir)
+//   --work=DIR keep them in DIR/<target>/ instead (campaigns; merge the best into the repo later)
 // The repo corpus fuzz/corpus/<target>/ seeds every run. Findings (crash-*, timeout-*) go
 // to fuzz/findings/<target>/; the exit status is non-zero when there is one. Only dist/src/
 // is instrumented (coverage = edges of the library, not of the harness).
@@ -41,6 +42,7 @@ if (names.length !== 1 || !(names[0] === 'all' || names[0] in TARGETS)) {
 const time = Number(opt('time') ?? 60);
 const runs = opt('runs');
 const save = own.includes('--save');
+const workRoot = opt('work');
 
 function prepare() {
   const r = spawnSyncNode([join(root, 'scripts/jazzer-prebuild.mjs')]);
@@ -56,7 +58,8 @@ function runTarget(name) {
   mkdirSync(corpus, { recursive: true });
   const findings = join(root, 'fuzz/findings', name) + '/';
   mkdirSync(findings, { recursive: true });
-  const work = save ? corpus : mkdtempSync(join(tmpdir(), `vfu-fuzz-${name}-`));
+  const work = save ? corpus : workRoot ? join(workRoot, name) : mkdtempSync(join(tmpdir(), `vfu-fuzz-${name}-`));
+  mkdirSync(work, { recursive: true });
   const target = join(root, 'dist/fuzz/targets', `${name}.js`);
   if (!existsSync(target)) {
     console.error(`fuzz: ${target} missing (npm run fuzz compiles first)`);
@@ -94,7 +97,7 @@ function runTarget(name) {
       }
     });
     child.on('exit', (code, signal) => {
-      if (!save) rmSync(work, { recursive: true, force: true });
+      if (!save && !workRoot) rmSync(work, { recursive: true, force: true });
       const execs = /stat::number_of_executed_units:\s*(\d+)/.exec(tail)?.[1] ?? '?';
       const cov = /cov: (\d+) ft: (\d+)/.exec(last);
       const secs = ((Date.now() - started) / 1000).toFixed(1);

@@ -8,8 +8,8 @@
  *     load() instead of the checksum; bit 1 clear: the raw stream.
  *   bits 2-3: the stream is written in 1-4 MIG_DATA_WRITE chunks.
  * Loading (any write, or the final transition) may fail only with a VfioUserError, leaving
- * the device in ERROR; a state that
- * loads must leave a device that saves again and runs (RUNNING) without an unexpected error.
+ * the device in ERROR; a state that loads must leave a device that saves again and runs
+ * (RUNNING) without an unexpected error.
  */
 import { GpioDevice } from '../../src/devices/gpio.js';
 import { NvmeDevice } from '../../src/devices/nvme/index.js';
