@@ -49,8 +49,14 @@ test('VERSION: malformed capability JSON is VFU_BAD_VERSION', () => {
     '{"capabilities":{"s":"\\x"}}',
     '{"capabilities":{"s":"a\u0001b"}}',
     '{"a":' + '['.repeat(100) + ']'.repeat(100) + '}',
+    // a wrong-typed member holding a big integer (parsed as a bigint), found by the codec fuzz target
+    '{"capabilities":{"max_data_xfer_size":{"a":[1,"b",null,25077777777777777777777]}}}',
+    '{"capabilities":{"max_msg_fds":[18446744073709551615]}}',
   ];
-  for (const json of bad) throwsCode(() => P.decodeVersionRequest(version(json)), 'VFU_BAD_VERSION');
+  for (const json of bad) {
+    throwsCode(() => P.decodeVersionRequest(version(json)), 'VFU_BAD_VERSION');
+    assert.equal(typeof P.describePayload(P.Command.VERSION, version(json), 'reply'), 'string');
+  }
   throwsCode(() => P.decodeVersionRequest(version(h('7b ff fe 7d'))), 'VFU_BAD_VERSION'); // invalid UTF-8
   throwsCode(() => P.decodeVersionRequest(h('0100')), 'VFU_SHORT_MESSAGE');
   // the spec requires the NUL after the JSON

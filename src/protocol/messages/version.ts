@@ -124,7 +124,9 @@ function safeInt(o: Record<string, unknown>, k: string, path: string): number | 
   if (!has(o, k)) return undefined;
   const v = o[k];
   if (typeof v === 'number' && Number.isSafeInteger(v) && v >= 0) return v;
-  return badCap(path + k, `expected a non-negative integer, got ${typeof v === 'bigint' ? `${v}` : JSON.stringify(v) ?? typeof v}`);
+  // stringifyJson: the parsed value may hold bigints anywhere (JSON.stringify throws on them)
+  const got = stringifyJson(v);
+  return badCap(path + k, `expected a non-negative integer, got ${got.length > 64 ? `${got.slice(0, 64)}...` : got}`);
 }
 
 function u64Int(o: Record<string, unknown>, k: string, path: string): bigint | undefined {
