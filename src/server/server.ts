@@ -16,7 +16,8 @@ import { Connection, takeFds, closeFds, retain, type Message } from '../transpor
 import { Listener, adoptFd } from '../transport/socket.js';
 import { VfioUserError, Errno } from '../errors.js';
 import { PciDevice, RegionIndex, type Region } from './device.js';
-import { DmaController, DmaError, type DmaMessenger } from './dma.js';
+import { DmaController, type DmaMessenger } from './dma.js';
+import { ClientDmaMessenger, QEMU_DMA_READ_WINDOW } from './dma-messenger.js';
 import { IRQ_INDEX_COUNT } from './irq.js';
 import { Migration } from './migration.js';
 
@@ -39,6 +40,12 @@ export interface ServerOptions {
   dmaMessageLayout?: 'auto' | 'spec' | 'qemu';
   /** how long a DMA_READ/DMA_WRITE to the client may take before the access fails (ms, default 30000) */
   dmaTimeoutMs?: number;
+  /**
+   * Most bytes of DMA_READ data the client may owe at once (larger reads are split and
+   * queued). Default: 65536 for a client with QEMU's DMA layout, which loses the tail of a
+   * reply that does not fit its socket buffer (see dma-messenger.ts), no bound otherwise.
+   */
+  dmaReadWindow?: number;
   /**
    * Refuse DMA_MAP of files that cannot be sealed against shrinking (EPERM). Such a file
    * (a regular file, or a memfd without sealing) could be truncated by the client while we
@@ -673,30 +680,14 @@ export class Session {
   // ------------------------------------------------------------ server-to-client DMA
 
   messenger(): DmaMessenger {
-    const maxTransfer = Math.min(this.server.maxDataXferSize, this.clientMaxDataXfer);
-    return {
-      maxTransfer,
-      read: async (iova, length) => {
-        const m = await this.toClient.request(P.Command.DMA_READ, P.encodeDmaReadRequest({ address: iova, count: length }), {
-          timeout: this.server.dmaTimeoutMs,
-        });
-        const rep = P.decodeDmaReadReply(m.payload, length, this.dmaLayout);
-        if (rep.address !== iova || rep.data.length !== length) {
-          throw new DmaError(`bad DMA_READ reply for 0x${iova.toString(16)}+${length}`, Errno.EIO);
-        }
-        return rep.data;
-      },
-      write: async (iova, data) => {
-        const m = await this.toClient.request(P.Command.DMA_WRITE, P.encodeDmaWriteRequest({ address: iova, data, layout: this.dmaLayout }), {
-          timeout: this.server.dmaTimeoutMs,
-        });
-        const rep = P.decodeDmaWriteReply(m.payload);
-        // QEMU answers with an empty payload; a spec reply must match the request
-        if (rep.address !== undefined && (rep.address !== iova || rep.count !== data.length)) {
-          throw new DmaError(`bad DMA_WRITE reply for 0x${iova.toString(16)}+${data.length}`, Errno.EIO);
-        }
-      },
-    };
+    const s = this.server;
+    return new ClientDmaMessenger({
+      conn: this.toClient,
+      maxTransfer: Math.min(s.maxDataXferSize, this.clientMaxDataXfer),
+      layout: this.dmaLayout,
+      timeoutMs: s.dmaTimeoutMs,
+      readWindow: s.dmaReadWindow ?? (this.dmaLayout === 'qemu' ? QEMU_DMA_READ_WINDOW : Infinity),
+    });
   }
 }
 
@@ -731,6 +722,7 @@ export class VfioUserServer extends EventEmitter {
   readonly migration: Migration | undefined;
   readonly dmaLayout: 'auto' | 'spec' | 'qemu';
   readonly dmaTimeoutMs: number;
+  readonly dmaReadWindow: number | undefined;
   readonly handshakeTimeoutMs: number;
   private readonly logFn: ServerOptions['log'];
   private listener: Listener | undefined;
@@ -749,6 +741,7 @@ export class VfioUserServer extends EventEmitter {
     this.maxMsgFds = opts.maxMsgFds ?? 16;
     this.dmaLayout = opts.dmaMessageLayout ?? 'auto';
     this.dmaTimeoutMs = opts.dmaTimeoutMs ?? 30000;
+    this.dmaReadWindow = opts.dmaReadWindow;
     this.maxDmaMaps = opts.maxDmaMaps ?? 65535;
     this.twinSocket = opts.twinSocket ?? true;
     this.writeMultiple = opts.writeMultiple ?? true;
