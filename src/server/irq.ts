@@ -5,7 +5,8 @@
  * SET_IRQS semantics (spec "VFIO_USER_DEVICE_SET_IRQS", matching the reference C library):
  * - DATA_EVENTFD + TRIGGER with count fds assigns them; with no fds it de-assigns the range.
  * - DATA_NONE + TRIGGER with start = count = 0 disables the whole index.
- * - DATA_NONE/BOOL + TRIGGER fires the vectors (as the device would).
+ * - DATA_NONE/BOOL + TRIGGER is a loopback: it signals the vectors' eventfds whatever the mask
+ *   state, with no automask and no pending bit (as Linux VFIO and libvfio-user do).
  * - DATA_NONE/BOOL + MASK/UNMASK masks or unmasks; unmasking delivers what is pending.
  * - DATA_EVENTFD + MASK/UNMASK registers fds signalled when the vector gets (un)masked.
  * INTx is level-triggered and automasked: each delivery masks it until the client unmasks;
@@ -147,7 +148,11 @@ export class IrqController {
         }
         this.onTriggersChange?.(a.index);
       } else {
-        for (let j = 0; j < count; j++) if (sel(j)) this.signal(line, a.index, start + j);
+        // loopback: the eventfd is signalled whatever the masks; nothing gets masked or pending
+        for (let j = 0; j < count; j++) {
+          const fd = line.triggers[start + j]!;
+          if (sel(j) && fd >= 0) this.deliver(fd, a.index, start + j);
+        }
       }
       return;
     }

@@ -349,13 +349,21 @@ describe('server: interrupts', () => {
     });
   });
 
-  test('INTx is automasked and redelivered at unmask while the level is high', async () => {
+  test('INTx is automasked and redelivered at unmask while the level is high; the client trigger is a loopback', async () => {
     await withServer(async (_s, dev, path) => {
       const c = await VfioUserClient.connect(path);
       const irq = await c.enableIrqs(P.PciIrq.INTX, 1);
       dev.setIrqLevel(true);
       assert.equal(await irq.next(), 0);
       assert.equal(dev.irqs.isMasked(0, 0), true, 'automasked after delivery');
+      // SET_IRQS TRIGGER from the client (DATA_NONE, DATA_BOOL [1]) signals even while masked
+      const timeout = (what: string): Promise<never> => new Promise((_, rej) => setTimeout(() => rej(new Error(`${what}: no interrupt`)), 3000).unref());
+      await c.triggerIrq(P.PciIrq.INTX, 0);
+      assert.equal(await Promise.race([irq.next(), timeout('DATA_NONE')]), 0);
+      await c.setIrqs(P.PciIrq.INTX, P.SetIrqsFlags.DATA_BOOL | P.SetIrqsFlags.ACTION_TRIGGER, 0, 1, Uint8Array.of(1));
+      assert.equal(await Promise.race([irq.next(), timeout('DATA_BOOL')]), 0);
+      assert.equal(dev.irqs.isMasked(0, 0), true, 'still masked');
+      assert.equal(dev.irqs.isPending(0, 0), false);
       await c.unmaskIrq(P.PciIrq.INTX, 0);
       assert.equal(await irq.next(), 0, 'level still high: delivered again');
       dev.setIrqLevel(false);
