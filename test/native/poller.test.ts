@@ -106,6 +106,8 @@ test('the callback gets the poller as this; start/stop/close/ref/unref semantics
   p.ref();
   p.start(native.POLL_READABLE);
   p.start(native.POLL_READABLE | native.POLL_WRITABLE); // change events while started
+  // wait for the callback (a fixed sleep loses to a busy machine), then for a second one
+  for (let t = 0; n === 0 && t < 5000; t += 5) await sleep(5);
   await sleep(30);
   assert.ok(thisIsPoller);
   assert.equal(n, 1);
