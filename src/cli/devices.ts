@@ -32,6 +32,7 @@ export const DEVICES: Record<string, DeviceFactory> = {
       size: 'namespace size, e.g. 64M, 1G (default 64M for new images and memory)',
       'lba-size': '512 (default) or 4096',
       doorbells: 'trap (default: trapped REGION_WRITEs) or mmap (shared doorbell page, polled)',
+      'poll-us': 'keep polling shadow doorbells this many microseconds after the last I/O (default 50; 0: sleep at once)',
       serial: 'controller serial number (default: derived from the image path)',
     },
     create(o) {
@@ -44,6 +45,7 @@ export const DEVICES: Record<string, DeviceFactory> = {
         image: o.image,
         size: o.image && !size && !existsSync(o.image) ? 64 << 20 : size,
         lbaSize: lba,
+        pollUs: o['poll-us'] !== undefined ? pollUs(o['poll-us']) : undefined,
         doorbells,
         serial: o.serial,
         log: (m) => process.stderr.write(`vfio-user[nvme] ${m}\n`),
@@ -80,3 +82,9 @@ export const DEVICES: Record<string, DeviceFactory> = {
     create: () => new NullDevice(),
   },
 };
+
+function pollUs(v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0 || n > 1_000_000) throw new Error('--poll-us must be 0..1000000');
+  return n;
+}

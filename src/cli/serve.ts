@@ -27,6 +27,7 @@ export async function serve(argv: string[]): Promise<number> {
       size: { type: 'string' },
       'lba-size': { type: 'string' },
       doorbells: { type: 'string' },
+      'poll-us': { type: 'string' },
       serial: { type: 'string' },
       'read-only': { type: 'boolean' },
       queues: { type: 'string' },

@@ -5,6 +5,7 @@
  * driver would: reset, admin queue, Identify, I/O queues, then I/O with PRPs or SGLs.
  */
 import { VfioUserClient, GuestMemory, type IrqHandle } from '../../src/client/client.js';
+import { needEvent } from '../../src/devices/nvme/shadow.js';
 
 export const ADMIN = 0;
 
@@ -102,6 +103,12 @@ export class NvmeDriver {
   nsBlocks = 0;
   lbaSize = 512;
   identifyData: Uint8Array | undefined;
+  /** shadow doorbells (Doorbell Buffer Config), like Linux: I/O queues only */
+  private shadow: { db: Uint32Array; ei: Uint32Array; dbs: number; eis: number } | undefined;
+  /** test knob: a host that stops updating its shadow doorbells but rings every MMIO doorbell */
+  shadowFrozen = false;
+  /** doorbell writes sent (MMIO / REGION_WRITE or the mmap page), and ones the EventIdx let us skip */
+  readonly doorbellStats = { rung: 0, skipped: 0 };
 
   private constructor(client: VfioUserClient, mem: GuestMemory, iova: number, opts: DriverOptions) {
     this.client = client;
@@ -173,6 +180,17 @@ export class NvmeDriver {
   }
 
   private doorbell(index: number, value: number): void {
+    const sh = this.shadow;
+    if (sh && index >= 2 && !this.shadowFrozen) {
+      // Linux's nvme_dbbuf_update_and_check_event
+      const old = sh.db[index]!;
+      Atomics.store(sh.db, index, value);
+      if (!needEvent(Atomics.load(sh.ei, index), value, old)) {
+        this.doorbellStats.skipped++;
+        return;
+      }
+    }
+    this.doorbellStats.rung++;
     if (this.doorbellPage) {
       this.doorbellPage[index] = value;
       return;
@@ -332,9 +350,31 @@ export class NvmeDriver {
     return c;
   }
 
+  /**
+   * Doorbell Buffer Config: a shadow doorbell page and an EventIdx page (fresh ones, or the
+   * given IOVAs); from its success on, I/O queue doorbells go through the shadow.
+   */
+  async enableShadowDoorbells(at: { dbs?: number; eis?: number } = {}): Promise<Completion> {
+    const dbs = at.dbs ?? this.alloc(PAGE);
+    const eis = at.eis ?? this.alloc(PAGE);
+    const c = await this.submit(ADMIN, { opc: 0x7c, prp1: dbs, prp2: eis });
+    if (c.status === 0) {
+      const view = (iova: number): Uint32Array => new Uint32Array(this.mem.bytes.buffer, this.mem.bytes.byteOffset + iova - this.iova + GUARD, PAGE / 4);
+      this.shadow = { db: view(dbs), ei: view(eis), dbs, eis };
+    }
+    return c;
+  }
+
+  /** the shadow doorbell and EventIdx values of a doorbell slot (2 qid, 2 qid + 1) */
+  shadowSlot(index: number): { db: number; ei: number } | undefined {
+    const sh = this.shadow;
+    return sh && { db: Atomics.load(sh.db, index), ei: Atomics.load(sh.ei, index) };
+  }
+
   /** Resets and enables the controller with an admin queue of `depth` entries. */
   async enable(depth = 32): Promise<void> {
     await this.disable();
+    this.shadow = undefined;
     const acq = this.alloc(depth * 16);
     const asq = this.alloc(depth * 64);
     this.sqs.clear();
@@ -372,8 +412,8 @@ export class NvmeDriver {
     return { c, data: this.at(buf, 4096).slice() };
   }
 
-  /** Full bring-up: enable, identify, number of queues, I/O queue pairs 1..n. */
-  async init(o: { queues?: number; depth?: number } = {}): Promise<void> {
+  /** Full bring-up: enable, identify, number of queues, (shadow doorbells,) I/O queue pairs 1..n. */
+  async init(o: { queues?: number; depth?: number; shadow?: boolean } = {}): Promise<void> {
     await this.enable();
     const ctrl = await this.identify(1);
     if (ctrl.c.status) throw new Error('identify controller failed');
@@ -385,6 +425,10 @@ export class NvmeDriver {
     this.lbaSize = 2 ** ((dv.getUint32(128, true) >> 16) & 0xff);
     const n = o.queues ?? 1;
     await this.ok(ADMIN, { opc: 0x09, cdw10: 0x07, cdw11: ((n - 1) << 16) | (n - 1) });
+    if (o.shadow) {
+      const c = await this.enableShadowDoorbells();
+      if (c.status) throw new Error(`Doorbell Buffer Config failed: 0x${c.status.toString(16)}`);
+    }
     for (let q = 1; q <= n; q++) await this.createQueuePair(q, o.depth ?? 64, q);
   }
 

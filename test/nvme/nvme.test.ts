@@ -6,53 +6,11 @@
  */
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { VfioUserServer } from '../../src/server/server.js';
+import { readFileSync, statSync } from 'node:fs';
 import { VfioUserClient } from '../../src/client/client.js';
-import { NvmeDevice, type NvmeOptions } from '../../src/devices/nvme/index.js';
 import { NvmeDriver, ADMIN, sc, sglDesc, setU64, GUARD, pattern } from './driver.js';
-import { sockPath, serveChild } from '../helpers.js';
-
-const dir = mkdtempSync(join(tmpdir(), 'vfu-nvme-'));
-after(() => rmSync(dir, { recursive: true, force: true }));
-let imageSeq = 0;
-function imagePath(): string {
-  return join(dir, `disk${imageSeq++}.img`);
-}
-
-interface Rig {
-  dev: NvmeDevice;
-  server: VfioUserServer;
-  client: VfioUserClient;
-  d: NvmeDriver;
-  close(): Promise<void>;
-}
-
-async function rig(devOpts: Partial<NvmeOptions> = {}, drvOpts: Parameters<typeof NvmeDriver.attach>[1] = {}, init: { queues?: number; depth?: number } | false = {}): Promise<Rig> {
-  const dev = new NvmeDevice({ image: imagePath(), size: 16 << 20, log: () => {}, ...devOpts });
-  const server = new VfioUserServer(dev);
-  const path = sockPath('nvme');
-  server.listen(path);
-  const client = await VfioUserClient.connect(path);
-  const d = await NvmeDriver.attach(client, drvOpts);
-  if (init) await d.init(init);
-  return {
-    dev,
-    server,
-    client,
-    d,
-    close: async () => {
-      d.close();
-      client.close();
-      server.close();
-      dev.destroy();
-      d.mem.free();
-    },
-  };
-}
-
+import { serveChild } from '../helpers.js';
+import { rig, imagePath, type Rig } from './rig.js';
 
 /** allocates n pages in reverse order (not contiguous in IOVA order) */
 function scatteredPages(d: NvmeDriver, n: number): number[] {

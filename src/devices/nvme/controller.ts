@@ -36,6 +36,8 @@ import { prpSegments, sglSegments, u64, type Segment } from './dataptr.js';
 import { Namespace, FileBackend, MemoryBackend, type Backend } from './namespace.js';
 import { guestRead, toGuest, fromGuest, sgViews } from '../guest.js';
 import * as Id from './identify.js';
+import { DoorbellBuffers, DoorbellTracker } from './shadow.js';
+import { Poller } from './poller.js';
 
 export const NVME_VENDOR = 0x4e58; // "NX"
 export const NVME_DEVICE = 0x0002;
@@ -51,6 +53,8 @@ export interface NvmeOptions {
   ioQueues?: number;
   /** doorbell mechanism (default 'trap') */
   doorbells?: 'trap' | 'mmap';
+  /** keep polling the shadow doorbells (and the mmap page) this long after the last I/O (microseconds, default 50) */
+  pollUs?: number;
   /** log function for unexpected errors */
   log?: (msg: string) => void;
 }
@@ -72,6 +76,8 @@ interface SubQueue {
   prio: number;
   /** a worker is fetching from this queue */
   active: boolean;
+  /** shadow doorbell state (Doorbell Buffer Config) */
+  db?: DoorbellTracker;
 }
 
 interface CompQueue {
@@ -88,6 +94,8 @@ interface CompQueue {
   /** completions that did not fit (only asynchronous ones: AERs) */
   backlog: { sqid: number; cid: number; status: number; dw0: number }[];
   irqPending: boolean;
+  /** shadow doorbell state (Doorbell Buffer Config) */
+  db?: DoorbellTracker;
 }
 
 interface Result {
@@ -138,14 +146,17 @@ export class NvmeDevice extends PciDevice {
   private errorCount = 0;
   private smart = { bytesRead: 0, bytesWritten: 0, readCommands: 0, writeCommands: 0 };
   private readonly started = Date.now();
-  private dbbuf: { shadow: number; eventIdx: number } | undefined;
+  /** Doorbell Buffer Config: shadow doorbells and EventIdx in guest memory */
+  private dbbuf: DoorbellBuffers | undefined;
   /** bumped by every controller reset: work started before it is dropped */
   private generation = 0;
   /** false while migration has the device stopped */
   private running = true;
   private inflight = 0;
   private idleWaiters: (() => void)[] = [];
-  private pollTimer: NodeJS.Immediate | NodeJS.Timeout | undefined;
+  /** polls the shadow doorbells (and the mmap doorbell page) while I/O flows */
+  private readonly poller: Poller;
+  private mmapDoorbells: Uint32Array | undefined;
   private lastDoorbells: Uint32Array | undefined;
 
   constructor(o: NvmeOptions) {
@@ -176,6 +187,13 @@ export class NvmeDevice extends PciDevice {
     this.serial = o.serial ?? serialFrom(identity);
     this.namespaces.set(1, new Namespace(1, backend, { lbaSize: o.lbaSize, identity: this.serial }));
     this.features = defaultFeatures(ioQueues);
+    this.poller = new Poller({
+      step: () => this.scanDoorbells(),
+      arm: () => this.armEventIdx(),
+      spinUs: o.pollUs ?? 50,
+      // the doorbell page is written without any notification: never fully asleep
+      idleMs: this.doorbellMode === 'mmap' ? 1 : 0,
+    });
 
     const access = {
       read: (off: number, len: number) => this.readBar(off, len),
@@ -202,7 +220,7 @@ export class NvmeDevice extends PciDevice {
   }
 
   override destroy(): void {
-    this.stopPolling();
+    this.poller.stop();
     for (const ns of this.namespaces.values()) ns.backend.close();
     super.destroy();
   }
@@ -336,6 +354,12 @@ export class NvmeDevice extends PciDevice {
     this.startPolling();
   }
 
+  /** poller statistics (wake-ups from sleep, polling turns) */
+  get pollStats(): { wakeups: number; turns: number; polling: boolean; pending: boolean } {
+    const p = this.poller;
+    return { wakeups: p.wakeups, turns: p.turns, polling: p.polling, pending: p.pending };
+  }
+
   /** CC.EN 1 -> 0: every queue is deleted, outstanding commands are dropped, features return to defaults. */
   private controllerReset(): void {
     this.generation++;
@@ -348,7 +372,7 @@ export class NvmeDevice extends PciDevice {
     this.features = defaultFeatures(this.maxIoQueues);
     this.intms = 0;
     this.csts &= ~(CSTS.RDY | CSTS.CFS);
-    this.stopPolling();
+    this.poller.stop();
     this.updateIntx();
   }
 
@@ -377,14 +401,26 @@ export class NvmeDevice extends PciDevice {
     if (idx & 1) {
       const cq = this.cqs[qid];
       if (!cq || value >= cq.size) return; // invalid doorbell: ignored
-      cq.head = value;
+      if (cq.db) {
+        // with shadows, a ring may be older than what the shadow already told us
+        const shadow = this.readShadow(idx);
+        const moved = shadow !== undefined && this.cqHeadFromShadow(cq, shadow);
+        const h = cq.db?.fromMmio(value, cq.head, cq.size, moved, (cq.tail - cq.head + cq.size) % cq.size) ?? -1;
+        if (h >= 0) cq.head = h;
+      } else cq.head = value;
       this.cqHeadMoved(cq);
     } else {
       const sq = this.sqs[qid];
       if (!sq || value >= sq.size) return;
-      sq.tail = value;
+      if (sq.db) {
+        const shadow = this.readShadow(idx);
+        const moved = shadow !== undefined && this.sqTailFromShadow(sq, shadow);
+        const t = sq.db?.fromMmio(value, sq.tail, sq.size, moved, (sq.head - 1 - sq.tail + 2 * sq.size) % sq.size) ?? -1;
+        if (t >= 0) sq.tail = t;
+      } else sq.tail = value;
       if (this.running) void this.runSq(sq);
     }
+    if (this.dbbuf) this.poller.kick();
   }
 
   private cqHeadMoved(cq: CompQueue): void {
@@ -399,40 +435,177 @@ export class NvmeDevice extends PciDevice {
     this.flushIrqs();
   }
 
-  /** doorbells in the shared page (mmap mode): polled while the controller is enabled */
+  /** (re)starts the poller at enable: asleep until a doorbell, or on a slow timer in mmap mode */
   private startPolling(): void {
     const mem = this.bar0.memory;
-    if (!mem || this.pollTimer) return;
-    const dbs = new Uint32Array(mem.buffer, mem.byteOffset + DOORBELL_BASE, 2 * (this.maxIoQueues + 1));
-    this.lastDoorbells = new Uint32Array(dbs.length);
-    dbs.fill(0);
-    let idle = 0;
-    const poll = (): void => {
-      this.pollTimer = undefined;
-      if (!(this.csts & CSTS.RDY)) return;
-      let seen = false;
-      const last = this.lastDoorbells!;
+    if (mem) {
+      this.mmapDoorbells = new Uint32Array(mem.buffer, mem.byteOffset + DOORBELL_BASE, 2 * (this.maxIoQueues + 1));
+      this.mmapDoorbells.fill(0);
+      this.lastDoorbells = new Uint32Array(this.mmapDoorbells.length);
+    }
+    this.poller.start();
+    if (mem) this.poller.kick();
+  }
+
+  /** One poll: the mmap doorbell page, then the shadow doorbells. True when something moved. */
+  private scanDoorbells(): boolean {
+    if (!(this.csts & CSTS.RDY) || !this.running) return false;
+    let moved = false;
+    const dbs = this.mmapDoorbells;
+    const last = this.lastDoorbells;
+    if (dbs && last) {
       for (let i = 0; i < dbs.length; i++) {
         const v = dbs[i]!;
         if (v !== last[i]) {
           last[i] = v;
-          seen = true;
-          if (this.running) this.doorbell(DOORBELL_BASE + 4 * i, v);
+          moved = true;
+          this.doorbell(DOORBELL_BASE + 4 * i, v);
         }
       }
-      idle = seen ? 0 : idle + 1;
-      // busy while doorbells keep coming, then back off to a 1 ms timer
-      this.pollTimer = idle < 2000 ? setImmediate(poll) : setTimeout(poll, 1);
-      if (idle >= 2000) this.pollTimer.unref();
-    };
-    this.pollTimer = setImmediate(poll);
+    }
+    if (this.dbbuf) moved = this.scanShadows() || moved;
+    return moved;
   }
 
-  private stopPolling(): void {
-    if (!this.pollTimer) return;
-    clearImmediate(this.pollTimer as NodeJS.Immediate);
-    clearTimeout(this.pollTimer as NodeJS.Timeout);
-    this.pollTimer = undefined;
+  /** Applies every shadow doorbell that changed; while polling, tells the host not to ring. */
+  private scanShadows(): boolean {
+    const b = this.dbbuf;
+    if (!b) return false;
+    let db: Uint32Array;
+    try {
+      db = b.shadowView();
+    } catch (e) {
+      this.shadowFault(e);
+      return false;
+    }
+    let moved = false;
+    // CQ heads first: they free room for the SQs
+    for (const cq of this.cqs) {
+      if (cq?.db && this.cqHeadFromShadow(cq, Atomics.load(db, 2 * cq.id + 1))) {
+        moved = true;
+        this.cqHeadMoved(cq);
+      }
+    }
+    let ei: Uint32Array | undefined;
+    for (const sq of this.sqs) {
+      if (!sq?.db || !this.sqTailFromShadow(sq, Atomics.load(db, 2 * sq.id))) continue;
+      moved = true;
+      if (this.poller.polling) {
+        // polling: an EventIdx just behind the tail, which the host cannot cross
+        try {
+          ei ??= b.eventIdxView();
+        } catch (e) {
+          this.shadowFault(e);
+          return false;
+        }
+        this.publishEventIdx(ei, 2 * sq.id, sq.db, (sq.tail + sq.size - 1) % sq.size);
+      }
+      if (this.running) void this.runSq(sq);
+    }
+    return moved;
+  }
+
+  private sqTailFromShadow(sq: SubQueue, s: number): boolean {
+    const t = sq.db!.fromShadow(s, sq.tail, sq.size);
+    if (t < 0) return false;
+    sq.tail = t;
+    return true;
+  }
+
+  private cqHeadFromShadow(cq: CompQueue, s: number): boolean {
+    const h = cq.db!.fromShadow(s, cq.head, cq.size);
+    if (h < 0) return false;
+    cq.head = h;
+    return true;
+  }
+
+  private publishEventIdx(ei: Uint32Array, slot: number, t: DoorbellTracker, v: number): void {
+    if (t.eventIdx === v) return;
+    t.eventIdx = v;
+    Atomics.store(ei, slot, v);
+  }
+
+  /** One shadow doorbell slot (undefined, and the controller fails, when the buffer is gone). */
+  private readShadow(slot: number): number | undefined {
+    try {
+      return Atomics.load(this.dbbuf!.shadowView(), slot);
+    } catch (e) {
+      this.shadowFault(e);
+      return undefined;
+    }
+  }
+
+  /**
+   * Before the poller sleeps: EventIdx values that make the host ring on its next SQ entry
+   * (and on a CQ head move when an SQ waits for room or INTx needs the head), then the
+   * shadows again: an entry written before the host could see the new EventIdx is found here.
+   */
+  private armEventIdx(): boolean {
+    const b = this.dbbuf;
+    if (!b || !(this.csts & CSTS.RDY) || !this.running) return false;
+    let ei: Uint32Array;
+    try {
+      ei = b.eventIdxView();
+    } catch (e) {
+      this.shadowFault(e);
+      return false;
+    }
+    const intx = !this.msixEnabled();
+    for (const cq of this.cqs) {
+      if (!cq?.db) continue;
+      const waiting = intx || cq.backlog.length > 0 || this.cqFull(cq, 0);
+      this.publishEventIdx(ei, 2 * cq.id + 1, cq.db, waiting ? cq.head : (cq.head + cq.size - 1) % cq.size);
+    }
+    for (const sq of this.sqs) if (sq?.db) this.publishEventIdx(ei, 2 * sq.id, sq.db, sq.tail);
+    // Atomics.store then Atomics.load: the host's store-fence-load pairs with ours
+    return this.scanShadows();
+  }
+
+  /** The doorbell buffers left the DMA maps: a controller fatal status (the host resets). */
+  private shadowFault(e: unknown): void {
+    if (!(e instanceof DmaError)) throw e;
+    this.dbbuf = undefined;
+    for (const q of this.sqs) if (q) q.db = undefined;
+    for (const q of this.cqs) if (q) q.db = undefined;
+    this.poller.stop();
+    this.fatal(`shadow doorbells: ${e.message}`);
+  }
+
+  /** Doorbell Buffer Config (0x7C): PRP1 the shadow doorbells, PRP2 the EventIdx buffer. */
+  private doorbellBufferConfig(sqe: Uint8Array): Result {
+    const dbs = u64(sqe, 24);
+    const eis = u64(sqe, 32);
+    const slots = 2 * (this.maxIoQueues + 1);
+    const why = DoorbellBuffers.check(this.dma, dbs, eis, slots, this.pageSize);
+    if (why) {
+      this.log(`Doorbell Buffer Config refused: ${why}`);
+      return { status: (why.includes('aligned') || why.includes('overlap') ? Status.INVALID_FIELD : Status.DATA_TRANSFER_ERROR) | DNR };
+    }
+    const b = new DoorbellBuffers(this.dma, dbs, eis, slots);
+    this.dbbuf = b;
+    // existing queues start from their current values, and the host rings for the next entry
+    const db = b.shadowView();
+    const ei = b.eventIdxView();
+    for (const sq of this.sqs) if (sq) this.attachShadow(sq, 2 * sq.id, sq.tail, db, ei);
+    for (const cq of this.cqs) if (cq) this.attachShadow(cq, 2 * cq.id + 1, cq.head, db, ei);
+    return { status: Status.SUCCESS };
+  }
+
+  private attachShadow(q: SubQueue | CompQueue, slot: number, value: number, db: Uint32Array, ei: Uint32Array): void {
+    Atomics.store(db, slot, value);
+    Atomics.store(ei, slot, value);
+    q.db = new DoorbellTracker(value);
+    q.db.eventIdx = value;
+  }
+
+  /** a queue created while shadows are on: its slots start at 0 */
+  private shadowNewQueue(q: SubQueue | CompQueue, slot: number): void {
+    if (!this.dbbuf) return;
+    try {
+      this.attachShadow(q, slot, 0, this.dbbuf.shadowView(), this.dbbuf.eventIdxView());
+    } catch (e) {
+      this.shadowFault(e);
+    }
   }
 
   // ------------------------------------------------------------ queues and completions
@@ -453,6 +626,11 @@ export class NvmeDevice extends PciDevice {
       while (this.running && gen === this.generation && this.sqs[sq.id] === sq && sq.head !== sq.tail) {
         const cq = this.cqs[sq.cqid];
         if (!cq) break;
+        if (cq.db && this.cqFull(cq, 0)) {
+          // the host may have consumed entries without ringing: look at its shadow head
+          const s = this.readShadow(2 * cq.id + 1);
+          if (s !== undefined && this.cqHeadFromShadow(cq, s)) this.cqHeadMoved(cq);
+        }
         if (cq.backlog.length || this.cqFull(cq, 0)) break; // resumed by the CQ head doorbell
         let sqe: Uint8Array;
         try {
@@ -634,7 +812,7 @@ export class NvmeDevice extends PciDevice {
       case AdminOp.KEEP_ALIVE:
         return { status: Status.SUCCESS };
       case AdminOp.DOORBELL_BUFFER_CONFIG:
-        return { status: Status.INVALID_OPCODE | DNR }; // not advertised in OACS
+        return this.doorbellBufferConfig(sqe);
       default:
         return { status: Status.INVALID_OPCODE | DNR };
     }
@@ -656,7 +834,7 @@ export class NvmeDevice extends PciDevice {
           maxQueueEntries: MQES + 1,
           namespaces: Math.max(0, ...this.namespaces.keys()),
           subnqn: `nqn.2024-01.io.github.vfio-user:nvme:${this.serial}`,
-          oacs: 0,
+          oacs: 1 << 8, // Doorbell Buffer Config
         });
         break;
       case Identify.NAMESPACE: {
@@ -840,7 +1018,9 @@ export class NvmeDevice extends PciDevice {
     if (base % this.pageSize) return { status: Status.INVALID_PRP_OFFSET | DNR };
     if (iv > this.maxIoQueues || (!this.msixEnabled() && iv !== 0 && ien)) return { status: Status.INVALID_INTERRUPT_VECTOR | DNR };
     if (((this.cc >> CC.IOCQES_SHIFT) & 0xf) !== 4) return { status: Status.INVALID_FIELD | DNR };
-    this.cqs[qid] = newCq(qid, base, size, iv, ien);
+    const cq = newCq(qid, base, size, iv, ien);
+    this.cqs[qid] = cq;
+    this.shadowNewQueue(cq, 2 * qid + 1);
     return { status: Status.SUCCESS };
   }
 
@@ -855,7 +1035,9 @@ export class NvmeDevice extends PciDevice {
     if (!pc) return { status: Status.INVALID_FIELD | DNR };
     if (base % this.pageSize) return { status: Status.INVALID_PRP_OFFSET | DNR };
     if (((this.cc >> CC.IOSQES_SHIFT) & 0xf) !== 6) return { status: Status.INVALID_FIELD | DNR };
-    this.sqs[qid] = { id: qid, base, size, head: 0, tail: 0, cqid, prio: (cdw11 >> 1) & 3, active: false };
+    const sq: SubQueue = { id: qid, base, size, head: 0, tail: 0, cqid, prio: (cdw11 >> 1) & 3, active: false };
+    this.sqs[qid] = sq;
+    this.shadowNewQueue(sq, 2 * qid);
     return { status: Status.SUCCESS };
   }
 
@@ -974,6 +1156,18 @@ export class NvmeDevice extends PciDevice {
 
   // ------------------------------------------------------------ migration
 
+  /**
+   * Shadow doorbells after a migration (optional field: older sources have none). The queues
+   * carry the values applied so far; the next scan applies whatever the host wrote since.
+   */
+  private restoreShadows(b: { dbs: number; eis: number } | undefined): void {
+    this.dbbuf = undefined;
+    if (!b) return;
+    this.dbbuf = new DoorbellBuffers(this.dma, b.dbs, b.eis, 2 * (this.maxIoQueues + 1));
+    for (const q of this.sqs) if (q) q.db = new DoorbellTracker(q.tail);
+    for (const q of this.cqs) if (q) q.db = new DoorbellTracker(q.head);
+  }
+
   private setRunning(on: boolean): void {
     if (on === this.running) return;
     this.running = on;
@@ -984,6 +1178,7 @@ export class NvmeDevice extends PciDevice {
     this.flushIrqs();
     this.updateIntx();
     this.deliverEvents();
+    if (this.dbbuf) this.poller.kick(); // shadows written while stopped
   }
 
   /** Stops fetching and waits until nothing is in flight. */
@@ -1012,6 +1207,7 @@ export class NvmeDevice extends PciDevice {
       smart: JSON.stringify(this.smart),
       namespaces: JSON.stringify(ns),
       doorbells: this.bar0.memory ? hex(this.bar0.memory.subarray(DOORBELL_BASE, DOORBELL_BASE + 0x1000)) : '',
+      dbbuf: this.dbbuf ? JSON.stringify({ dbs: this.dbbuf.dbs, eis: this.dbbuf.eis }) : '',
     });
   }
 
@@ -1064,6 +1260,7 @@ export class NvmeDevice extends PciDevice {
     const maskedEventTypes = uint(s.maskedEventTypes, 0xff, 'maskedEventTypes');
     const errorCount = uint(s.errorCount, Number.MAX_SAFE_INTEGER, 'errorCount');
     const doorbells = Check.hexBytes(s.doorbells, 0x1000, 'doorbells');
+    const shadows = parseShadows(s.dbbuf);
     // apply
     this.generation++;
     this.cc = regs.cc;
@@ -1082,13 +1279,30 @@ export class NvmeDevice extends PciDevice {
     this.errorCount = errorCount;
     this.smart = smart;
     if (this.bar0.memory && doorbells) this.bar0.memory.set(doorbells, DOORBELL_BASE);
-    this.stopPolling();
+    this.poller.stop();
+    this.restoreShadows(shadows);
     if (this.csts & CSTS.RDY) this.startPolling();
     if (this.lastDoorbells && this.bar0.memory) {
       // the doorbell values carried over are already reflected in the queues
       this.lastDoorbells.set(new Uint32Array(this.bar0.memory.buffer, this.bar0.memory.byteOffset + DOORBELL_BASE, this.lastDoorbells.length));
     }
   }
+}
+
+/** the optional dbbuf field of the migration state */
+function parseShadows(v: unknown): { dbs: number; eis: number } | undefined {
+  if (v === undefined || v === '') return undefined;
+  let d: { dbs?: unknown; eis?: unknown } | undefined;
+  try {
+    d = typeof v === 'string' ? (JSON.parse(v) as typeof d) : undefined;
+  } catch {
+    d = undefined;
+  }
+  const addr = (a: unknown): number => (typeof a === 'number' && Number.isSafeInteger(a) && a > 0 && a % 4096 === 0 ? a : 0);
+  const dbs = addr(d?.dbs);
+  const eis = addr(d?.eis);
+  if (!dbs || !eis) throw new NvmeStatusError(Status.INTERNAL_ERROR, 'nvme state: bad doorbell buffers');
+  return { dbs, eis };
 }
 
 function newCq(id: number, base: number, size: number, iv: number, ien: boolean): CompQueue {

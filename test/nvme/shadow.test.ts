@@ -1,0 +1,234 @@
+/**
+ * Shadow doorbells and EventIdx (Doorbell Buffer Config) and the poller that sleeps: the
+ * in-test driver behaves like Linux's nvme driver (shadow first, MMIO doorbell only when the
+ * EventIdx asks for it), against the controller served in this process.
+ */
+import { test, describe } from 'node:test';
+import assert from 'node:assert/strict';
+import { ADMIN, GUARD, pattern, sc, type NvmeDriver } from './driver.js';
+import { rig } from './rig.js';
+import { needEvent, DoorbellTracker } from '../../src/devices/nvme/shadow.js';
+import { delay } from '../helpers.js';
+
+/** writes then reads back `n` 4 KiB blocks on queue q at depth qd, checking the data */
+async function io(d: NvmeDriver, q: number, n: number, qd: number, base = 0): Promise<void> {
+  const bufs = Array.from({ length: qd }, () => d.alloc(4096));
+  for (const op of ['write', 'read'] as const) {
+    let next = 0;
+    await Promise.all(
+      bufs.map(async (buf) => {
+        for (let i = next++; i < n; i = next++) {
+          const lba = base + i * 8;
+          if (op === 'write') d.at(buf, 4096).set(pattern(4096, lba));
+          else d.at(buf, 4096).fill(0);
+          const c = await d.rw(op, q, lba, 8, { prp1: buf });
+          assert.equal(c.status, 0, `${op} ${i}`);
+          if (op === 'read') assert.ok(Buffer.from(d.at(buf, 4096)).equals(Buffer.from(pattern(4096, lba))), `data ${i}`);
+        }
+      }),
+    );
+  }
+}
+
+async function until(cond: () => boolean, what: string, ms = 5000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await delay(2);
+  }
+}
+
+describe('nvme shadow doorbells: EventIdx arithmetic', () => {
+  test('needEvent is true exactly when the EventIdx lies in [old, new), 16-bit wrap included', () => {
+    assert.equal(needEvent(5, 6, 5), true);
+    assert.equal(needEvent(5, 5, 4), false);
+    assert.equal(needEvent(4, 8, 5), false);
+    assert.equal(needEvent(7, 8, 5), true);
+    // the queue pointer wraps (mod queue size, not mod 2^16): old 62 -> new 3 on a 64-entry queue
+    assert.equal(needEvent(63, 3, 62), true);
+    assert.equal(needEvent(0, 3, 62), true);
+    assert.equal(needEvent(2, 3, 62), true);
+    assert.equal(needEvent(3, 3, 62), false);
+    assert.equal(needEvent(61, 3, 62), false);
+    // 16-bit wrap of the values themselves
+    assert.equal(needEvent(0xffff, 1, 0xfffe), true);
+    assert.equal(needEvent(1, 1, 0xfffe), false);
+  });
+
+  test('a ring older than the shadow is a kick; a ring the shadow never showed is the host\'s word', () => {
+    const t = new DoorbellTracker(10);
+    // shadow moved 10 -> 14 (read by the poller), then the (older) rings of 12 and 14 arrive
+    assert.equal(t.fromShadow(14, 10, 64), 14);
+    assert.equal(t.fromMmio(12, 14, 64, false, 63), -1);
+    assert.equal(t.fromMmio(14, 14, 64, false, 63), -1);
+    // a ring read together with a shadow that moved: a kick
+    assert.equal(t.fromShadow(20, 14, 64), 20);
+    assert.equal(t.fromMmio(16, 20, 64, true, 63), -1);
+    // a host that stopped updating its shadow: rings move the pointer, across the wrap too
+    assert.equal(t.fromShadow(20, 20, 64), -1, 'shadow unchanged');
+    assert.equal(t.fromMmio(40, 20, 64, false, 63), 40);
+    assert.equal(t.fromMmio(2, 40, 64, false, 63), 2);
+    assert.equal(t.fromMmio(13, 2, 64, false, 63), 13);
+    // beyond the room the queue leaves: ignored
+    assert.equal(t.fromMmio(20, 13, 64, false, 5), -1);
+    // invalid shadow values are ignored
+    assert.equal(t.fromShadow(64, 13, 64), -1);
+    // the shadow went a whole lap without a ring, then the host stops updating it: the first
+    // ring is only a kick (its age is unknown), the next ones count
+    const u = new DoorbellTracker(0);
+    for (let v = 5; v <= 70; v += 5) u.fromShadow(v % 64, (v - 5) % 64, 64);
+    assert.equal(u.fromMmio(7, 6, 64, false, 63), -1);
+    assert.equal(u.fromMmio(8, 6, 64, false, 63), 8);
+  });
+});
+
+describe('nvme shadow doorbells', () => {
+  test('OACS bit 8; I/O through the shadows: data verified, most doorbells skipped, the poller sleeps after', async () => {
+    const r = await rig({}, {}, { queues: 2, depth: 64, shadow: true });
+    try {
+      const id = r.d.identifyData!;
+      assert.equal((id[256]! | (id[257]! << 8)) & 0x100, 0x100, 'OACS: Doorbell Buffer Config');
+      const before = { ...r.d.doorbellStats };
+      await io(r.d, 1, 400, 32);
+      await io(r.d, 2, 100, 1, 8000);
+      const rung = r.d.doorbellStats.rung - before.rung;
+      const skipped = r.d.doorbellStats.skipped - before.skipped;
+      assert.ok(skipped > rung, `more doorbells skipped (${skipped}) than rung (${rung})`);
+      // quiet: the poller publishes EventIdx = tail (ring on the next entry) and stops
+      await until(() => !r.dev.pollStats.polling && !r.dev.pollStats.pending, 'the poller to sleep');
+      const q = r.d.queue(1);
+      assert.deepEqual(r.d.shadowSlot(2), { db: q.sqTail, ei: q.sqTail }, 'SQ 1: EventIdx at the tail');
+      const turns = r.dev.pollStats.turns;
+      await delay(50);
+      assert.equal(r.dev.pollStats.turns, turns, 'no polling while idle');
+      // and the next I/O wakes it with one ring
+      const rungBefore = r.d.doorbellStats.rung;
+      await io(r.d, 1, 1, 1);
+      assert.ok(r.d.doorbellStats.rung > rungBefore);
+    } finally {
+      await r.close();
+    }
+  });
+
+  test('EventIdx wrap-around: an 8-entry queue goes round many times, at depth 1 and 7', async () => {
+    for (const spin of [0, 200]) {
+      const r = await rig({ pollUs: spin }, {}, { queues: 1, depth: 8, shadow: true });
+      try {
+        await io(r.d, 1, 100, 1);
+        await io(r.d, 1, 300, 7, 4000);
+        // CQ heads too: the host only rings a CQ head doorbell when the EventIdx asks
+        assert.ok(r.d.doorbellStats.skipped > 0);
+      } finally {
+        await r.close();
+      }
+    }
+  });
+
+  test('a host that stops updating its shadows still makes progress through MMIO doorbells', async () => {
+    const r = await rig({}, {}, { queues: 1, depth: 16, shadow: true });
+    try {
+      await io(r.d, 1, 40, 4);
+      r.d.shadowFrozen = true;
+      await io(r.d, 1, 100, 4, 2000);
+      await io(r.d, 1, 50, 1, 4000);
+      r.d.shadowFrozen = false; // and back
+      await io(r.d, 1, 50, 8, 6000);
+    } finally {
+      await r.close();
+    }
+  });
+
+  test('shadow doorbells on an mmap-ed doorbell page', async () => {
+    const r = await rig({ doorbells: 'mmap' }, { mmapDoorbells: true }, { queues: 2, depth: 32, shadow: true });
+    try {
+      await io(r.d, 1, 200, 16);
+      await io(r.d, 2, 50, 1, 4000);
+    } finally {
+      await r.close();
+    }
+  });
+
+  test('buffers outside the DMA maps or misaligned are refused; nothing is written; MMIO doorbells keep working', async () => {
+    const r = await rig({}, {}, { queues: 1, depth: 16 });
+    try {
+      const page = r.d.alloc(4096);
+      const guardBefore = Buffer.from(r.d.mem.bytes.subarray(0, GUARD));
+      const unmapped = r.d.iova - 4096; // the guard page below the map
+      assert.equal(sc(await r.d.enableShadowDoorbells({ dbs: unmapped, eis: page })), 0x04, 'shadow page unmapped');
+      assert.equal(sc(await r.d.enableShadowDoorbells({ dbs: page, eis: unmapped })), 0x04, 'EventIdx page unmapped');
+      assert.equal(sc(await r.d.enableShadowDoorbells({ dbs: page, eis: r.d.iova + r.d.mem.size - 2 * GUARD })), 0x04, 'past the end');
+      assert.equal(sc(await r.d.enableShadowDoorbells({ dbs: page + 8, eis: r.d.alloc(4096) })), 0x02, 'misaligned');
+      assert.equal(sc(await r.d.enableShadowDoorbells({ dbs: page, eis: page })), 0x02, 'same page');
+      assert.equal(sc(await r.d.enableShadowDoorbells({ dbs: 0, eis: page })), 0x02, 'zero');
+      assert.ok(Buffer.from(r.d.mem.bytes.subarray(0, GUARD)).equals(guardBefore), 'guard page untouched');
+      assert.ok(r.d.at(page, 4096).every((b) => b === 0), 'refused buffer untouched');
+      await io(r.d, 1, 30, 4);
+    } finally {
+      await r.close();
+    }
+  });
+
+  test('a shadow buffer unmapped later: controller fatal status, no access; a reset recovers', async () => {
+    const r = await rig({}, {}, { queues: 1, depth: 16, shadow: true });
+    try {
+      await io(r.d, 1, 20, 4);
+      // the host takes its memory away, doorbell buffers included, then rings
+      await r.client.dmaUnmap(r.d.iova, r.d.mem.size - 2 * GUARD);
+      r.d.shadowFrozen = true; // ring the MMIO doorbell
+      void r.d.rw('read', 1, 0, 8, { prp1: r.d.iova }, {}).catch(() => {});
+      const end = Date.now() + 5000;
+      while (!((await r.d.r32(0x1c)) & 2)) {
+        if (Date.now() > end) throw new Error('no CFS');
+        await delay(5);
+      }
+      assert.equal(r.dev.pollStats.pending, false, 'poller stopped');
+      await r.d.disable();
+    } finally {
+      await r.close();
+    }
+  });
+
+  test('controller reset with the poller running: no timer left, no access to the buffers after', async () => {
+    const r = await rig({ pollUs: 100000 }, {}, { queues: 2, depth: 64, shadow: true });
+    try {
+      void io(r.d, 1, 2000, 32).catch(() => {}); // left hanging by the reset
+      await until(() => r.dev.pollStats.polling, 'polling');
+      const dbs = r.d.shadowSlot(2)!;
+      assert.ok(dbs);
+      await r.d.w32(0x14, 0); // CC.EN = 0 while I/O flows
+      await r.d.waitReady(false);
+      assert.equal(r.dev.pollStats.pending, false, 'no poller turn or timer left');
+      assert.equal(r.dev.pollStats.polling, false);
+      // nothing reads or writes the buffers any more: a shadow write is ignored, EventIdx stays
+      const eiBefore = r.d.shadowSlot(2)!.ei;
+      const turns = r.dev.pollStats.turns;
+      await delay(30);
+      assert.equal(r.dev.pollStats.turns, turns);
+      assert.equal(r.d.shadowSlot(2)!.ei, eiBefore);
+      // the controller comes back, with or without shadows
+      await r.client.reset();
+      await r.client.writeConfig((await r.d.findCap(0x11)) + 3, Uint8Array.of(0x80));
+      const r2 = r.d;
+      await r2.init({ queues: 1, depth: 16, shadow: true });
+      await io(r2, 1, 20, 4);
+    } finally {
+      await r.close();
+    }
+  });
+
+  test('Doorbell Buffer Config after the I/O queues exist: they carry on from their current values', async () => {
+    const r = await rig({}, {}, { queues: 2, depth: 16 });
+    try {
+      await io(r.d, 1, 21, 3);
+      assert.equal(sc(await r.d.enableShadowDoorbells()), 0);
+      const q = r.d.queue(1);
+      assert.deepEqual(r.d.shadowSlot(2), { db: q.sqTail, ei: q.sqTail });
+      await io(r.d, 1, 50, 5, 1000);
+      await io(r.d, 2, 30, 2, 2000);
+      const aq = await r.d.submit(ADMIN, { opc: 0x18 });
+      assert.equal(aq.status, 0, 'admin queue: MMIO doorbells as before');
+    } finally {
+      await r.close();
+    }
+  });
+});
