@@ -61,9 +61,14 @@ describe('nvme shadow doorbells: EventIdx arithmetic', () => {
     assert.equal(t.fromShadow(14, 10, 64), 14);
     assert.equal(t.fromMmio(12, 14, 64, false, 63), -1);
     assert.equal(t.fromMmio(14, 14, 64, false, 63), -1);
-    // a ring read together with a shadow that moved: a kick
+    // a ring read together with a shadow that moved past it: a kick
     assert.equal(t.fromShadow(20, 14, 64), 20);
     assert.equal(t.fromMmio(16, 20, 64, true, 63), -1);
+    // the shadow moved, but not to the ring's value (the host froze it just then): its word
+    const f = new DoorbellTracker(5);
+    assert.equal(f.fromShadow(8, 5, 64), 8);
+    assert.equal(f.fromMmio(9, 8, 64, true, 63), 9);
+    assert.equal(f.fromMmio(10, 9, 64, false, 63), 10);
     // a host that stopped updating its shadow: rings move the pointer, across the wrap too
     assert.equal(t.fromShadow(20, 20, 64), -1, 'shadow unchanged');
     assert.equal(t.fromMmio(40, 20, 64, false, 63), 40);
@@ -79,6 +84,14 @@ describe('nvme shadow doorbells: EventIdx arithmetic', () => {
     for (let v = 5; v <= 70; v += 5) u.fromShadow(v % 64, (v - 5) % 64, 64);
     assert.equal(u.fromMmio(7, 6, 64, false, 63), -1);
     assert.equal(u.fromMmio(8, 6, 64, false, 63), 8);
+    // several rings in flight while the shadow moved past them all: every one is a kick
+    const w = new DoorbellTracker(0);
+    assert.equal(w.fromShadow(30, 0, 64), 30);
+    w.adv = 64; // as after a lap
+    assert.equal(w.fromMmio(10, 30, 64, true, 63), -1, 'read with the shadow moving');
+    assert.equal(w.fromMmio(20, 30, 64, false, 63), -1);
+    assert.equal(w.fromMmio(30, 30, 64, false, 63), -1);
+    assert.equal(w.fromMmio(31, 30, 64, false, 63), 31, 'then a value the shadow never showed');
   });
 });
 

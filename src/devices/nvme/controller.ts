@@ -484,25 +484,33 @@ export class NvmeDevice extends PciDevice {
       if (cq?.db && this.cqHeadFromShadow(cq, Atomics.load(db, 2 * cq.id + 1))) {
         moved = true;
         this.cqHeadMoved(cq);
+        if (this.poller.polling && !this.lapEventIdx(b, 2 * cq.id + 1, cq.db, cq.head, cq.size)) return false;
       }
     }
-    let ei: Uint32Array | undefined;
     for (const sq of this.sqs) {
       if (!sq?.db || !this.sqTailFromShadow(sq, Atomics.load(db, 2 * sq.id))) continue;
       moved = true;
-      if (this.poller.polling) {
-        // polling: an EventIdx just behind the tail, which the host cannot cross
-        try {
-          ei ??= b.eventIdxView();
-        } catch (e) {
-          this.shadowFault(e);
-          return false;
-        }
-        this.publishEventIdx(ei, 2 * sq.id, sq.db, (sq.tail + sq.size - 1) % sq.size);
-      }
+      if (this.poller.polling && !this.lapEventIdx(b, 2 * sq.id, sq.db, sq.tail, sq.size)) return false;
       if (this.running) void this.runSq(sq);
     }
     return moved;
+  }
+
+  /**
+   * While polling the host need not ring, except about once per half lap of its queue: an
+   * EventIdx a quarter lap ahead, moved on every half lap. That keeps the age of any ring in
+   * flight within a lap, which DoorbellTracker.fromMmio needs. False when the buffer is gone.
+   */
+  private lapEventIdx(b: DoorbellBuffers, slot: number, t: DoorbellTracker, ptr: number, size: number): boolean {
+    if (t.lapAt >= 0 && (ptr - t.lapAt + size) % size < size >> 1) return true;
+    t.lapAt = ptr;
+    try {
+      this.publishEventIdx(b.eventIdxView(), slot, t, (ptr + (size >> 2)) % size);
+    } catch (e) {
+      this.shadowFault(e);
+      return false;
+    }
+    return true;
   }
 
   private sqTailFromShadow(sq: SubQueue, s: number): boolean {
@@ -557,6 +565,7 @@ export class NvmeDevice extends PciDevice {
       this.publishEventIdx(ei, 2 * cq.id + 1, cq.db, waiting ? cq.head : (cq.head + cq.size - 1) % cq.size);
     }
     for (const sq of this.sqs) if (sq?.db) this.publishEventIdx(ei, 2 * sq.id, sq.db, sq.tail);
+    for (const q of [...this.sqs, ...this.cqs]) if (q?.db) q.db.lapAt = -1;
     // Atomics.store then Atomics.load: the host's store-fence-load pairs with ours
     return this.scanShadows();
   }

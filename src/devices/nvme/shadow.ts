@@ -31,6 +31,8 @@ export class DoorbellTracker {
   adv = 0;
   /** last EventIdx published (-1: none yet) */
   eventIdx = -1;
+  /** the pointer when the controller last moved the EventIdx while polling (-1: not polling) */
+  lapAt = -1;
 
   constructor(value: number) {
     this.shadow = value;
@@ -51,26 +53,36 @@ export class DoorbellTracker {
    * only a kick. `shadowMoved`: the shadow changed at the read made for this ring. `room`: how
    * far the pointer may legitimately move from `cur` (free SQ slots; unconsumed CQ entries).
    *
-   * The host writes its shadow, then rings, in order. So a ring whose value the shadow already
-   * went through since the previous ring is stale; while the shadow is live (it just moved) a
-   * ring adds nothing; only a host that rings values its shadow never showed is taken at its
-   * word. After a whole lap of the shadow without a ring, a ring is a kick (its age is unknown).
+   * The host writes its shadow, then rings, in order. So a ring whose value the shadow went
+   * through since the previous ring is stale (a kick); a ring with any other value is one the
+   * shadow never showed: the host is not (or no longer) updating it, and its ring is its word.
+   * After a whole lap of the shadow without a ring the age of a ring cannot be told; the
+   * controller makes that rare (EventIdx asks for a ring every half lap while polling) and
+   * treats such a ring as a kick.
    */
   fromMmio(v: number, cur: number, size: number, shadowMoved: boolean, room: number): number {
-    if (this.adv < size && (v - this.rung + size) % size <= (cur - this.rung + size) % size) {
-      // stale, or no news: later rings carry values at or past v
+    if (this.adv < size) {
+      if ((v - this.rung + size) % size <= (cur - this.rung + size) % size) {
+        // stale, or no news: later rings carry values at or past v
+        this.rung = v;
+        this.adv = (cur - v + size) % size;
+        return -1;
+      }
+      if ((v - cur + size) % size <= room) {
+        this.rung = v;
+        this.adv = 0;
+        return v;
+      }
+    }
+    if (shadowMoved && this.adv >= size) {
+      // a live shadow is at or past v: later rings carry values in [v, cur]
       this.rung = v;
       this.adv = (cur - v + size) % size;
-      return -1;
-    }
-    if (shadowMoved || this.adv >= size || (v - cur + size) % size > room) {
+    } else {
       this.rung = cur;
       this.adv = 0;
-      return -1;
     }
-    this.rung = v;
-    this.adv = 0;
-    return v;
+    return -1;
   }
 }
 
