@@ -196,6 +196,13 @@ test('virtio-blk: INTx with the ISR when MSI-X is off, DMA messages when memory 
       assert.ok(Buffer.from(d.at(rb, 8192)).equals(Buffer.from(pattern(8192, 3))), `${JSON.stringify(mode)}: data`);
       assert.ok((d.interrupts.get(mode.interrupts === 'intx' ? 0 : 1) ?? 0) > 0, `${JSON.stringify(mode)}: interrupts`);
       if (mode.interrupts === 'intx') assert.equal(await d.readIsr(), 0, 'the ISR was read (and cleared) by the handler');
+      // a large transfer (several DMA messages when memory is not shared)
+      const big = d.alloc(256 * 1024);
+      d.at(big, 256 * 1024).set(pattern(256 * 1024, 5));
+      assert.equal((await blk.write(0, 64, [{ iova: big, len: 256 * 1024 }])).status, BlkStatus.OK);
+      d.at(big, 256 * 1024).fill(0);
+      assert.equal((await blk.read(0, 64, [{ iova: big, len: 256 * 1024 }])).status, BlkStatus.OK);
+      assert.ok(Buffer.from(d.at(big, 256 * 1024)).equals(Buffer.from(pattern(256 * 1024, 5))), `${JSON.stringify(mode)}: 256 KiB`);
     } finally {
       d.close();
       await d.reset().catch(() => {});
