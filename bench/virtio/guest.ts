@@ -1,33 +1,24 @@
 /**
- * virtio-blk from inside a Linux guest, in one run: our virtio-blk over vfio-user vs QEMU's
- * built-in virtio-blk-pci, on the same raw image with the same host cache mode (the page
- * cache: our server does buffered I/O and fdatasync on FLUSH; QEMU gets cache=writeback),
- * the same guest (1 vCPU, shared RAM), and fio (libaio, O_DIRECT) in the guest: 4 KiB random
- * and 128 KiB sequential reads and writes at QD 1 and 32. Needs VFU_GUEST_RUN (see
+ * virtio-blk from inside a Linux guest: our virtio-blk over vfio-user and QEMU's built-in
+ * virtio-blk-pci as two disks of the same guest (1 vCPU, shared RAM), each over its own fresh
+ * 64 MiB raw image in the same directory, with the same host cache mode (the page cache: our
+ * server does buffered I/O and fdatasync on FLUSH; QEMU gets cache=writeback). fio (libaio,
+ * O_DIRECT) in the guest runs every job on one disk then the other, twice: 4 KiB random and
+ * 128 KiB sequential reads and writes at QD 1 and 32. Needs VFU_GUEST_RUN (see
  * test/interop/README.md). Under TCG the guest CPU weighs on both: compare the columns.
  *
  * Usage: VFU_GUEST_RUN=... node dist/bench/virtio/guest.js [--seconds=4]
  */
-import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync, truncateSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { serveChild } from '../../test/helpers.js';
+import { guestRunner, guestScript, runGuest } from '../../test/interop/guest-run.js';
 
-const SCRIPT = new URL('../../../test/interop/guest/virtio-blk-bench.sh', import.meta.url).pathname;
+const SCRIPT = guestScript('virtio-blk-bench.sh');
 const { values } = parseArgs({ options: { seconds: { type: 'string' } } });
 const seconds = Number(values.seconds ?? 4);
-
-function run(cmd: string, args: string[]): Promise<{ code: number | null; out: string }> {
-  return new Promise((resolve) => {
-    const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    p.stdout!.on('data', (d) => (out += d));
-    p.stderr!.on('data', (d) => (out += d));
-    p.on('exit', (code) => resolve({ code, out }));
-  });
-}
 
 interface Result {
   iops: number;
@@ -35,51 +26,61 @@ interface Result {
   latUs: number;
 }
 
-/** fio's JSON per job, between the guest script's markers */
-function parse(out: string): Map<string, Result> {
-  const m = new Map<string, Result>();
-  const re = /VBLKBENCH-BEGIN (\S+) (\S+) (\S+)\r?\n([\s\S]*?)VBLKBENCH-END/g;
+/** fio's JSON per job and disk (averaged over the rounds), between the guest script's markers */
+function parse(out: string): Map<string, Map<string, Result>> {
+  const all = new Map<string, Map<string, Result[]>>();
+  const re = /VBLKBENCH-BEGIN (\S+) (\S+) (\S+) (\S+)\r?\n([\s\S]*?)VBLKBENCH-END/g;
   for (let r = re.exec(out); r; r = re.exec(out)) {
-    const json = r[4]!.slice(r[4]!.indexOf('{'), r[4]!.lastIndexOf('}') + 1);
+    const body = r[5]!;
     try {
-      const j = JSON.parse(json) as { jobs: { read: Record<string, unknown>; write: Record<string, unknown> }[] };
-      const side = r[1]!.includes('write') ? j.jobs[0]!.write : j.jobs[0]!.read;
-      const clat = side.clat_ns as { mean: number };
-      m.set(`${r[1]} ${r[2]} QD${r[3]}`, { iops: side.iops as number, mbs: ((side.bw as number) * 1024) / 1e6, latUs: clat.mean / 1000 });
+      const j = JSON.parse(body.slice(body.indexOf('{'), body.lastIndexOf('}') + 1)) as { jobs: { read: Record<string, unknown>; write: Record<string, unknown> }[] };
+      const side = r[2]!.includes('write') ? j.jobs[0]!.write : j.jobs[0]!.read;
+      const key = `${r[2]} ${r[3]} QD${r[4]}`;
+      const per = all.get(r[1]!) ?? new Map<string, Result[]>();
+      all.set(r[1]!, per);
+      per.set(key, [...(per.get(key) ?? []), { iops: side.iops as number, mbs: ((side.bw as number) * 1024) / 1e6, latUs: (side.clat_ns as { mean: number }).mean / 1000 }]);
     } catch {
       /* a job whose output was garbled: left out */
     }
   }
-  return m;
+  const avg = (rs: Result[]): Result => ({
+    iops: rs.reduce((n, x) => n + x.iops, 0) / rs.length,
+    mbs: rs.reduce((n, x) => n + x.mbs, 0) / rs.length,
+    latUs: rs.reduce((n, x) => n + x.latUs, 0) / rs.length,
+  });
+  return new Map([...all].map(([dev, per]) => [dev, new Map([...per].map(([k, rs]) => [k, avg(rs)]))]));
 }
 
 async function main(): Promise<void> {
-  const runner = process.env.VFU_GUEST_RUN;
-  if (!runner) {
+  if (!guestRunner) {
     console.log('VFU_GUEST_RUN not set: no guest to measure in (see test/interop/README.md)');
     return;
   }
   const dir = mkdtempSync(join(tmpdir(), 'vfu-virtio-guest-'));
-  const image = join(dir, 'disk.img');
-  const common = ['-M', '-k', `vblk_rt=${seconds}`, '-T', String(60 + 20 * seconds)];
-  const srv = await serveChild('virtio-blk', [`--image=${image}`, '--size=64M', '-q']);
-  const ours = await run(runner, ['-s', srv.path, '-t', SCRIPT, ...common]);
+  const srv = await serveChild('virtio-blk', [`--image=${join(dir, 'ours.img')}`, '--size=64M', '--serial=VFU-BENCH', '-q']);
+  const qemuImage = join(dir, 'qemu.img');
+  writeFileSync(qemuImage, '');
+  truncateSync(qemuImage, 64 << 20);
+  const g = await runGuest([srv.path], SCRIPT, ['-M', '-k', `vblk_rt=${seconds}`], 120 + 40 * seconds * 2, [
+    '-drive', `file=${qemuImage},if=none,id=d0,format=raw,cache=writeback,aio=threads`,
+    '-device', 'virtio-blk-pci,drive=d0,num-queues=1,serial=QEMU-BENCH',
+  ]);
   await srv.stop();
-  const qemu = await run(runner, ['-t', SCRIPT, ...common, '--', '-drive', `file=${image},if=none,id=d0,format=raw,cache=writeback,aio=threads`, '-device', 'virtio-blk-pci,drive=d0,num-queues=1']);
   rmSync(dir, { recursive: true, force: true });
-  if (ours.code !== 0 || qemu.code !== 0) {
-    console.log(`guest runs failed (ours ${ours.code}, qemu ${qemu.code})\n${ours.out.slice(-1500)}\n${qemu.out.slice(-1500)}`);
+  if (g.code !== 0) {
+    console.log(`guest run failed (${g.code})\n${g.out.slice(-3000)}`);
     process.exitCode = 1;
     return;
   }
-  const a = parse(ours.out);
-  const b = parse(qemu.out);
-  console.log(`guest fio, libaio O_DIRECT, ${seconds} s per job, 1 vCPU TCG, page cache on the host`);
-  console.log(`${'job'.padEnd(22)} ${'ours (vfio-user)'.padStart(26)} ${'QEMU virtio-blk-pci'.padStart(26)}  ratio`);
+  const m = parse(g.out);
+  const a = m.get('ours') ?? new Map<string, Result>();
+  const b = m.get('qemu') ?? new Map<string, Result>();
+  console.log(`guest fio, libaio O_DIRECT, ${seconds} s per job, each job alternately on both disks twice (mean), 1 vCPU TCG, page cache on the host`);
+  console.log(`${'job'.padEnd(20)} ${'ours (vfio-user)'.padStart(30)} ${'QEMU virtio-blk-pci'.padStart(30)}  ratio (IOPS)`);
   for (const [k, x] of a) {
     const y = b.get(k);
-    const fmt = (r: Result | undefined): string => (r ? `${Math.round(r.iops)} IOPS ${r.mbs.toFixed(1)} MB/s ${Math.round(r.latUs)} us` : 'n/a').padStart(26);
-    console.log(`${k.padEnd(22)} ${fmt(x)} ${fmt(y)}  ${y ? (x.iops / y.iops).toFixed(2) : '-'}`);
+    const fmt = (r: Result | undefined): string => (r ? `${Math.round(r.iops)} IOPS ${r.mbs.toFixed(1)} MB/s ${Math.round(r.latUs)} us` : 'n/a').padStart(30);
+    console.log(`${k.padEnd(20)} ${fmt(x)} ${fmt(y)}  ${y ? (x.iops / y.iops).toFixed(2) : '-'}`);
   }
 }
 

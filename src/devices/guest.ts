@@ -11,43 +11,24 @@ export interface Segment {
   len: number;
 }
 
-/**
- * Most bytes per DMA message. QEMU's vfio-user client sends a reply with a single
- * non-blocking write and drops what the socket did not take, so a DMA_READ reply larger than
- * its socket send buffer (about 208 KiB by default) never arrives whole; smaller messages
- * keep every client working.
- */
-export const DMA_MESSAGE_CHUNK = 64 * 1024;
-
 /** Reads guest memory: synchronously when shared, else by DMA_READ messages. */
 export function guestRead(dma: DmaController, iova: number, len: number): Uint8Array | Promise<Uint8Array> {
   try {
     return dma.readSync(iova, len);
   } catch (e) {
     if (!(e instanceof DmaError)) throw e;
+    return dma.read(iova, len);
   }
-  return len <= DMA_MESSAGE_CHUNK ? dma.read(iova, len) : readInChunks(dma, iova, len);
-}
-
-async function readInChunks(dma: DmaController, iova: number, len: number): Promise<Uint8Array> {
-  const out = new Uint8Array(len);
-  for (let p = 0; p < len; p += DMA_MESSAGE_CHUNK) out.set(await dma.read(iova + p, Math.min(DMA_MESSAGE_CHUNK, len - p)), p);
-  return out;
 }
 
 /** Writes guest memory: synchronously when shared, else by DMA_WRITE messages. */
 export function guestWrite(dma: DmaController, iova: number, data: Uint8Array): void | Promise<void> {
   try {
     dma.writeSync(iova, data);
-    return;
   } catch (e) {
     if (!(e instanceof DmaError)) throw e;
+    return dma.write(iova, data);
   }
-  return data.length <= DMA_MESSAGE_CHUNK ? dma.write(iova, data) : writeInChunks(dma, iova, data);
-}
-
-async function writeInChunks(dma: DmaController, iova: number, data: Uint8Array): Promise<void> {
-  for (let p = 0; p < data.length; p += DMA_MESSAGE_CHUNK) await dma.write(iova + p, data.subarray(p, p + DMA_MESSAGE_CHUNK));
 }
 
 /** Scatters data over the segments (stops when data runs out). */

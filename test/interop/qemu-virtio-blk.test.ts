@@ -11,14 +11,14 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, openSync, readSync, closeSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { serveChild } from '../helpers.js';
+import { noGuest, guestScript, runGuest, runnerArgs, type GuestSetup } from './guest-run.js';
 
-const runner = process.env.VFU_GUEST_RUN;
-const script = new URL('../../../test/interop/guest/virtio-blk.sh', import.meta.url).pathname;
+const script = guestScript('virtio-blk.sh');
 const e2fsck = ['/usr/sbin/e2fsck', '/sbin/e2fsck', 'e2fsck'].find((p) => spawnSync(p, ['-V']).status === 0);
 
 function readAt(path: string, pos: number, len: number): Buffer {
@@ -32,27 +32,24 @@ function readAt(path: string, pos: number, len: number): Buffer {
   }
 }
 
-const setups: { name: string; args: string[]; queues: number }[] = [
-  { name: 'shared guest RAM, 2 queues, 2 vCPUs', args: ['-M', '-c', '2'], queues: 2 },
-  { name: 'unshared guest RAM (DMA messages)', args: [], queues: 1 },
-  { name: 'vIOMMU', args: ['-M', '-I'], queues: 1 },
+const setups: (GuestSetup & { queues: number })[] = [
+  { name: 'shared guest RAM, 2 queues, 2 vCPUs', sharedRam: true, cpus: 2, queues: 2 },
+  { name: 'unshared guest RAM (DMA messages)', sharedRam: false, queues: 1 },
+  { name: 'vIOMMU', sharedRam: true, viommu: true, queues: 1 },
 ];
 
 for (const s of setups) {
   test(`QEMU + Linux guest, virtio-blk (${s.name}): ext4 made, mounted, files intact after remount, image clean under e2fsck -f`, {
-    skip: !runner ? 'VFU_GUEST_RUN not set (no QEMU guest runner)' : !e2fsck ? 'e2fsck not found on the host' : false,
+    skip: noGuest || (!e2fsck ? 'e2fsck not found on the host' : false),
     timeout: 600_000,
   }, async () => {
     const dir = mkdtempSync(join(tmpdir(), 'vfu-virtio-interop-'));
     const image = join(dir, 'disk.img');
     const srv = await serveChild('virtio-blk', [`--image=${image}`, '--size=64M', `--queues=${s.queues}`, '--serial=VFU-INTEROP']);
     try {
-      const guest = spawn(runner!, ['-s', srv.path, '-t', script, ...s.args, '-k', `vblk_queues=${s.queues}`, '-T', '540'], { stdio: ['ignore', 'pipe', 'pipe'] });
-      let out = '';
-      guest.stdout!.on('data', (d) => (out += d));
-      guest.stderr!.on('data', (d) => (out += d));
-      const code = await new Promise<number | null>((r) => guest.on('exit', r));
-      process.stdout.write(out.split('\n').filter((l) => l.includes('VBLKTEST')).join('\n') + '\n');
+      const g = await runGuest([srv.path], script, [...runnerArgs(s), '-k', `vblk_queues=${s.queues}`], 540);
+      const { code, out } = g;
+      process.stdout.write(g.lines('VBLKTEST').join('\n') + '\n');
       assert.equal(code, 0, `guest failed:\n${out.slice(-6000)}\nserver stderr:\n${srv.stderr()}`);
       assert.match(out, /VBLKTEST: driver=virtio-pci/);
       assert.match(out, /VBLKTEST: virtio driver=virtio_blk/);
