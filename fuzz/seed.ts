@@ -77,6 +77,13 @@ for (let i = 0; i < devices.length; i++) {
   }
   put('migration', cat(new Uint8Array([i | 2]), ...recs));
 }
+// field edits of each device's own state (fuzz/targets/migration.ts, option bit 4): field 0
+// to a number, field 1 to null, field 2 edited inside (a JSON-holding field for NVMe)
+for (let i = 0; i < devices.length; i++) {
+  put('migration', new Uint8Array([0x10 | i]));
+  put('migration', new Uint8Array([0x10 | i, 0, 0, 0, 0, 7, 0, 1, 1, 4]));
+  put('migration', new Uint8Array([0x10 | i, 2, 1, 0, 0, 0, 1, 1]));
+}
 for (const d of devices) d.destroy();
 
 // nvme: data pointers (PRP list, SGL segment) and controller commands

@@ -7,6 +7,10 @@
  *     target adds the magic and a correct END record (CRC), so the fuzzer reaches the device's
  *     load() instead of the checksum; bit 1 clear: the raw stream.
  *   bits 2-3: the stream is written in 1-4 MIG_DATA_WRITE chunks.
+ *   bit 4 set (overrides bit 1): the device's own saved state with fields replaced, so the
+ *     fuzzer reaches each field's validation: repeated "u8 field, u8 kind, value" edits
+ *     (kind: number, extreme number, string, boolean, null, JSON text, or an edit inside a
+ *     field that itself holds JSON, such as NVMe's queues); config space kept valid.
  * Loading (any write, or the final transition) may fail only with a VfioUserError, leaving
  * the device in ERROR; a state that loads must leave a device that saves again and runs
  * (RUNNING) without an unexpected error.
@@ -20,6 +24,65 @@ import { Bytes, onlyExpected } from '../lib.js';
 export const MAGIC = new TextEncoder().encode('VFUMIG01');
 
 let devices: PciDevice[] | undefined;
+/** each device's own saved state at power-on: config space image and device state JSON */
+let saved: { config: Uint8Array; doc: { kind: string; version: number; state: Record<string, unknown> } }[] | undefined;
+
+const EXTREMES = [-1, 0.5, 2 ** 53, -(2 ** 31), 2 ** 32, 1e308, Number.MAX_SAFE_INTEGER, 65536, 1024, 4096];
+
+function value(b: Bytes): unknown {
+  switch (b.u8() % 7) {
+    case 0:
+      return b.u32();
+    case 1:
+      return EXTREMES[b.u8() % EXTREMES.length];
+    case 2:
+      return new TextDecoder().decode(b.take(b.u8() % 64));
+    case 3:
+      return b.bool();
+    case 4:
+      return null;
+    case 5: {
+      const text = new TextDecoder().decode(b.take(b.u8()));
+      try {
+        return JSON.parse(text) as unknown;
+      } catch {
+        return text;
+      }
+    }
+    default:
+      return [value(b), value(b)];
+  }
+}
+
+/** Replaces something inside a JSON value: a member of an object, an element of an array. */
+function edit(v: unknown, b: Bytes, depth = 0): unknown {
+  if (depth < 3 && v !== null && typeof v === 'object') {
+    const keys = Object.keys(v);
+    const sel = b.u8();
+    if (keys.length && sel < 0xf0) {
+      const k = keys[sel % keys.length]!;
+      const o = v as Record<string, unknown>;
+      o[k] = b.bool() ? edit(o[k], b, depth + 1) : value(b);
+      return v;
+    }
+    if (Array.isArray(v)) v.push(value(b));
+    return v;
+  }
+  if (typeof v === 'string' && /^[[{]/.test(v)) {
+    // a field holding JSON text (NVMe: queues, features, events...): edit inside it
+    try {
+      return JSON.stringify(edit(JSON.parse(v) as unknown, b, depth + 1));
+    } catch {
+      return v;
+    }
+  }
+  return value(b);
+}
+
+async function savedOf(dev: PciDevice): Promise<NonNullable<typeof saved>[number]> {
+  const doc = JSON.parse(new TextDecoder().decode(await dev.migration!.save()));
+  return { config: dev.config.save(), doc };
+}
 
 /** magic + records + END(crc) */
 export function frameStream(records: { type: number; body: Uint8Array }[]): Uint8Array {
@@ -46,8 +109,17 @@ export async function fuzz(data: Buffer): Promise<void> {
   const b = new Bytes(data);
   const opts = b.u8();
   const dev = devices[opts & 1]!;
+  saved ??= [await savedOf(devices[0]!), await savedOf(devices[1]!)];
   let stream: Uint8Array;
-  if (opts & 2) {
+  if (opts & 16) {
+    const own = saved[opts & 1]!;
+    const doc = structuredClone(own.doc);
+    while (b.left > 0) doc.state = edit(doc.state, b) as Record<string, unknown>;
+    stream = frameStream([
+      { type: 2, body: own.config },
+      { type: 3, body: new TextEncoder().encode(JSON.stringify(doc)) },
+    ]);
+  } else if (opts & 2) {
     const records: { type: number; body: Uint8Array }[] = [];
     while (b.left > 0) records.push({ type: b.u8(), body: b.take(b.u16()) });
     stream = frameStream(records);
