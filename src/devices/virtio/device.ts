@@ -546,7 +546,11 @@ export abstract class VirtioPciDevice extends PciDevice {
           const w = window();
           const start = Math.max(off, fields.data);
           const bytes = data.subarray(start - off, start - off + w.len);
-          if (w.ok && start === fields.data && bytes.length === w.len) void this.writeBar(w.off, bytes.slice());
+          if (w.ok && start === fields.data && bytes.length === w.len) {
+            // a reset through the window finishes on its own (config writes are synchronous)
+            const p = this.writeBar(w.off, bytes.slice());
+            if (p) p.catch((e: Error) => this.log(`PCI_CFG write: ${e.message}`));
+          }
         }
         return true;
       },
