@@ -45,7 +45,7 @@
 
 #define VFU_SCM_MAX_FD 253
 #define VFU_MAX_IOV 64
-#define MAP_BUCKETS 64
+#define MAP_BUCKETS_MIN 64
 #define POLL_BUCKETS 64
 #define MAX_SAFE_INTEGER 9007199254740992.0 /* 2^53 */
 
@@ -58,6 +58,7 @@ typedef struct mapping {
   void* addr;
   size_t len;
   int unmapped;
+  int uncounted; /* taken out of V8's external memory count (see uncount) */
   addon_state* st; /* NULL once the env state is gone */
   struct mapping* next;
   struct mapping** pprev; /* NULL when not in the registry */
@@ -86,7 +87,9 @@ struct addon_state {
   napi_ref poller_ctor;
   int constructing;
   long page_size;
-  mapping* maps[MAP_BUCKETS];
+  mapping** maps;    /* live mappings by address: chained hash table, map_buckets (a power of 2) */
+  size_t map_buckets; /* grows with map_count so lookups stay O(1) at 65,535+ mappings */
+  size_t map_count;
   poller* pollers[POLL_BUCKETS]; /* by fd */
   napi_async_cleanup_hook_handle cleanup;
   signal_guard* guard; /* eventfdSignal's timer, created on first use */
@@ -721,14 +724,44 @@ static napi_value js_fstat(napi_env env, napi_callback_info info) {
 
 /* ------------------------------------------------------------------------- mmap, munmap */
 
-static size_t map_bucket(const void* addr) { return ((uintptr_t)addr >> 12) % MAP_BUCKETS; }
+/* Mappings are page (often 2 MiB or 1 GiB) aligned: mix the address bits (Fibonacci hashing) so
+ * aligned addresses spread over the buckets instead of all landing in one. */
+static size_t map_bucket(const addon_state* st, const void* addr) {
+  uint64_t x = ((uint64_t)(uintptr_t)addr >> 12) * 0x9E3779B97F4A7C15ULL;
+  return (size_t)(x >> 32) & (st->map_buckets - 1);
+}
 
-static void map_link(addon_state* st, mapping* m) {
-  mapping** head = &st->maps[map_bucket(m->addr)];
+static void map_insert(addon_state* st, mapping* m) {
+  mapping** head = &st->maps[map_bucket(st, m->addr)];
   m->next = *head;
   if (m->next) m->next->pprev = &m->next;
   m->pprev = head;
   *head = m;
+}
+
+/* Doubles the table (keeps the old one if memory is short: lookups just get longer). */
+static void map_grow(addon_state* st) {
+  size_t n = st->map_buckets * 2;
+  mapping** table = (mapping**)calloc(n, sizeof *table);
+  if (table == NULL) return;
+  mapping** old = st->maps;
+  size_t old_n = st->map_buckets;
+  st->maps = table;
+  st->map_buckets = n;
+  for (size_t b = 0; b < old_n; b++) {
+    for (mapping* m = old[b]; m != NULL;) {
+      mapping* next = m->next;
+      map_insert(st, m);
+      m = next;
+    }
+  }
+  free(old);
+}
+
+static void map_link(addon_state* st, mapping* m) {
+  if (st->map_count >= st->map_buckets * 2) map_grow(st);
+  map_insert(st, m);
+  st->map_count++;
 }
 
 static void map_unlink(mapping* m) {
@@ -737,14 +770,36 @@ static void map_unlink(mapping* m) {
   if (m->next) m->next->pprev = m->pprev;
   m->next = NULL;
   m->pprev = NULL;
+  if (m->st != NULL) m->st->map_count--;
 }
 
 /* ArrayBuffer finalizer: GC'd (or env teardown) without an explicit munmap(). */
+/*
+ * V8 counts every ArrayBuffer's length as external memory and starts a GC each time the count
+ * grows by some tens of MiB ("external memory pressure"). A mapping of a client's file is not
+ * memory this process allocated (its pages belong to the file, and it is unmapped explicitly),
+ * so mmap() takes a small mapping's length back out of the count before V8 adds it, and munmap
+ * puts it back after V8 removed it: thousands of small windows then cost no GC at all. The
+ * count dips by the length meanwhile, which V8 also reads as growth since its last GC; a dip
+ * of a few MiB stays far below its thresholds, one of a GiB would not, so large mappings are
+ * left counted as V8 counts them (one GC when made, none when unmapped).
+ */
+#define UNCOUNTED_MAX (32u << 20)
+static void uncount(napi_env env, size_t len) {
+  int64_t ignored;
+  napi_adjust_external_memory(env, -(int64_t)len, &ignored);
+}
+static void recount(napi_env env, size_t len) {
+  int64_t ignored;
+  napi_adjust_external_memory(env, (int64_t)len, &ignored);
+}
+
 static void mapping_finalize(napi_env env, void* data, void* hint) {
   mapping* m = (mapping*)hint;
   if (!m->unmapped) {
     munmap(m->addr, m->len);
     m->unmapped = 1;
+    if (m->uncounted && m->st != NULL && !m->st->tearing_down) recount(env, m->len); /* V8 uncounted the buffer */
   }
   if (m->st != NULL) map_unlink(m);
   free(m);
@@ -782,7 +837,10 @@ static napi_value js_mmap(napi_env env, napi_callback_info info) {
   m->len = (size_t)length;
   m->st = st;
   napi_value ab;
+  m->uncounted = (size_t)length <= UNCOUNTED_MAX;
+  if (m->uncounted) uncount(env, (size_t)length); /* before V8 counts the buffer: the count never jumps */
   if (napi_create_external_arraybuffer(env, a, (size_t)length, mapping_finalize, m, &ab) != napi_ok) {
+    if (m->uncounted) recount(env, (size_t)length);
     munmap(a, (size_t)length);
     free(m);
     throw_napi(env);
@@ -804,7 +862,7 @@ static napi_value js_munmap(napi_env env, napi_callback_info info) {
   void* data = NULL;
   size_t len = 0;
   NAPI_OK(napi_get_arraybuffer_info(env, argv[0], &data, &len));
-  mapping* m = data != NULL ? st->maps[map_bucket(data)] : NULL;
+  mapping* m = data != NULL ? st->maps[map_bucket(st, data)] : NULL;
   while (m != NULL && !(m->addr == data && m->len == len)) m = m->next;
   if (m == NULL) {
     throw_type(env, "buf", "an ArrayBuffer returned by mmap()");
@@ -812,6 +870,7 @@ static napi_value js_munmap(napi_env env, napi_callback_info info) {
   }
   void* addr = m->addr;
   size_t mlen = m->len;
+  int uncounted = m->uncounted;
   /* Mark first: once detached, the finalizer may run and must not unmap a second time. */
   map_unlink(m);
   m->unmapped = 1;
@@ -822,6 +881,7 @@ static napi_value js_munmap(napi_env env, napi_callback_info info) {
     return NULL;
   }
   /* No JS view can reach the memory any more: unmap it. (m may be freed by now.) */
+  if (uncounted) recount(env, mlen); /* V8 uncounted the buffer when it was detached */
   if (munmap(addr, mlen) < 0) throw_errno(env, errno, "munmap");
   return NULL;
 }
@@ -1387,7 +1447,7 @@ static void on_env_cleanup(napi_async_cleanup_hook_handle handle, void* arg) {
 
 static void state_finalize(napi_env env, void* data, void* hint) {
   addon_state* st = (addon_state*)data;
-  for (size_t b = 0; b < MAP_BUCKETS; b++) {
+  for (size_t b = 0; b < st->map_buckets; b++) {
     mapping* m = st->maps[b];
     while (m != NULL) {
       mapping* next = m->next;
@@ -1414,6 +1474,7 @@ static void state_finalize(napi_env env, void* data, void* hint) {
   }
   if (st->poller_ctor) napi_delete_reference(env, st->poller_ctor);
   guard_free(st->guard);
+  free(st->maps);
   free(st);
 }
 
@@ -1433,7 +1494,15 @@ NAPI_MODULE_INIT() {
   }
   st->env = env;
   st->page_size = sysconf(_SC_PAGESIZE);
+  st->map_buckets = MAP_BUCKETS_MIN;
+  st->maps = (mapping**)calloc(st->map_buckets, sizeof *st->maps);
+  if (st->maps == NULL) {
+    free(st);
+    napi_throw_error(env, "ENOMEM", "vfio_user_native: out of memory");
+    return NULL;
+  }
   if (napi_set_instance_data(env, st, state_finalize, NULL) != napi_ok) {
+    free(st->maps);
     free(st);
     throw_napi(env);
     return NULL;

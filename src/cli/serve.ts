@@ -10,6 +10,7 @@ import { createInterface } from 'node:readline';
 import { VfioUserServer } from '../server/server.js';
 import { DEVICES } from './devices.js';
 import { GpioDevice } from '../devices/gpio.js';
+import { parseSize } from '../devices/nvme/index.js';
 
 export async function serve(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
@@ -22,6 +23,8 @@ export async function serve(argv: string[]): Promise<number> {
       quiet: { type: 'boolean', short: 'q' },
       'no-twin-socket': { type: 'boolean' },
       'max-data-xfer-size': { type: 'string' },
+      'max-dma-maps': { type: 'string' },
+      'max-dma-bytes': { type: 'string' },
       inputs: { type: 'string' },
       image: { type: 'string' },
       size: { type: 'string' },
@@ -41,7 +44,9 @@ export async function serve(argv: string[]): Promise<number> {
         Object.entries(DEVICES)
           .map(([n, d]) => `  ${n.padEnd(10)} ${d.description}\n` + Object.entries(d.options).map(([o, h]) => `             --${o}: ${h}\n`).join(''))
           .join('') +
-        '\noptions:\n  -v, --verbose   log every command\n  -q, --quiet     no logs\n  --no-twin-socket  never offer twin-socket mode\n',
+        '\noptions:\n  -v, --verbose   log every command\n  -q, --quiet     no logs\n  --no-twin-socket  never offer twin-socket mode\n' +
+        '  --max-dma-maps=N  most DMA maps a client may hold (default 65535)\n' +
+        '  --max-dma-bytes=SIZE  most address space all DMA maps may cover (default 16T)\n',
     );
     return name || values.help ? 0 : 2;
   }
@@ -54,12 +59,26 @@ export async function serve(argv: string[]): Promise<number> {
     process.stderr.write('vfio-user serve: give exactly one of --socket-path=PATH or --fd=N\n');
     return 2;
   }
+  let maxDmaBytes: number | undefined;
+  let maxDmaMaps: number | undefined;
+  try {
+    if (values['max-dma-bytes']) maxDmaBytes = parseSize(values['max-dma-bytes']);
+    if (values['max-dma-maps']) {
+      maxDmaMaps = Number(values['max-dma-maps']);
+      if (!Number.isSafeInteger(maxDmaMaps) || maxDmaMaps < 1) throw new Error(`bad --max-dma-maps '${values['max-dma-maps']}'`);
+    }
+  } catch (e) {
+    process.stderr.write(`vfio-user serve: ${(e as Error).message}\n`);
+    return 2;
+  }
   const device = await factory.create(values as Record<string, string | undefined>);
   const quiet = values.quiet ?? false;
   const verbose = values.verbose ?? false;
   const server = new VfioUserServer(device, {
     twinSocket: !values['no-twin-socket'],
     maxDataXferSize: values['max-data-xfer-size'] ? Number(values['max-data-xfer-size']) : undefined,
+    maxDmaMaps,
+    maxDmaBytes,
     log: (level, msg) => {
       if (quiet || (level === 'debug' && !verbose)) return;
       process.stderr.write(`vfio-user[${name}] ${level}: ${msg}\n`);

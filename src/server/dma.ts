@@ -9,13 +9,19 @@
  *   is at most 2^53 bytes, so an offset inside a map is always an exact number.
  * - Unmapping follows Linux VFIO type1: a range removes every map inside it, covering none is
  *   not an error, and a range that would cut a map in two is refused (EINVAL).
- * - Each distinct file (device + inode) is mapped once, in windows of WINDOW bytes, and the
- *   windows are shared by every DMA map of that file. When the last map using a file goes,
- *   its mapping is kept (up to MAX_IDLE_FILES such files) until unmap-all or disconnect. A
- *   guest IOMMU's map/unmap churn therefore costs an fstat, fcntl and close per map, never
- *   an mmap.
- * - The table is a sorted array searched by binary search: lookups stay O(log n) at the
- *   65,535 maps a guest IOMMU may create.
+ * - Each distinct file (device + inode, and read-only or not) is opened once and shared by
+ *   every DMA map of that file. A map costs no mmap: the file is mapped on the first access, in
+ *   windows inside 1 GiB slots of the file, each just large enough for what the maps use there
+ *   (2 MiB at least), so a storm of maps of a huge sparse file costs neither address space nor
+ *   time. Windows beyond a soft limit are unmapped at the next turn of the event loop; past a
+ *   hard limit an access fails with ENOMEM. The mmaps are not counted as V8 external memory
+ *   (see the native layer), so mapping them triggers no GC.
+ * - When the last map using a file goes, the file stays open and mapped (up to MAX_IDLE_FILES
+ *   such files) until unmap-all or disconnect: a guest IOMMU's map/unmap churn costs an fstat,
+ *   fcntl and close per map, never an mmap.
+ * - The table is sorted in chunks with a search index (two binary searches per lookup; adding or
+ *   removing a map moves one chunk), linked in IOVA order: 65,535 maps come and go in any order
+ *   in well under a second. The total size of the maps is limited (maxBytes, ENOSPC).
  * - Every access is checked against the table; nothing outside what the client mapped, with
  *   the permissions it gave, is ever touched.
  */
@@ -35,6 +41,8 @@ const TOP = 2 ** 64;
 export type Iova = number | bigint;
 /** files kept mapped after their last DMA map goes, so map/unmap churn costs no mmap */
 const MAX_IDLE_FILES = 8;
+/** smallest window: a map of one page of a huge sparse file costs a 2 MiB mapping, not 1 GiB */
+const MIN_WINDOW = 2 << 20;
 
 export class DmaError extends VfioUserError {
   constructor(message: string, errno: number = Errno.EFAULT) {
@@ -43,10 +51,14 @@ export class DmaError extends VfioUserError {
   }
 }
 
+/** One mmap of a piece of a client file, inside one WINDOW-aligned slot of the file. */
 interface Window {
   buf: ArrayBuffer;
   bytes: Uint8Array;
   fileOffset: number; // where bytes[0] is in the file
+  end: number; // fileOffset + bytes.length
+  file: MappedFile;
+  slot: number;
 }
 
 /** One client file (shared by every map made with it). */
@@ -55,36 +67,153 @@ class MappedFile {
   readonly fd: number;
   readonly writable: boolean;
   refs = 0;
-  readonly windows = new Map<number, Window>(); // window index -> mapping
+  /** pins on maps of this file: while > 0, none of its windows is unmapped */
+  pins = 0;
+  /** largest size seen (a sealed file can only grow) */
+  size = 0;
+  /** slot -> the window accesses use */
+  readonly windows = new Map<number, Window>();
+  /** windows replaced by larger ones, unmapped once nothing can hold views into them */
+  retired: Window[] = [];
+  /** slot -> the part of it [lo, hi) that maps use (it only grows while the file is mapped) */
+  readonly need = new Map<number, { lo: number; hi: number }>();
   constructor(key: string, fd: number, writable: boolean) {
     this.key = key;
     this.fd = fd;
     this.writable = writable;
   }
 
-  /** Makes sure [off, off+len) of the file is mapped; returns false when it cannot be. */
-  ensure(off: number, len: number, fileSize: number): void {
-    const first = Math.floor(off / WINDOW);
-    const last = Math.floor((off + len - 1) / WINDOW);
-    for (let w = first; w <= last; w++) {
-      const start = w * WINDOW;
-      const need = Math.min(WINDOW, off + len - start);
-      const have = this.windows.get(w);
-      if (have && have.bytes.length >= need) continue;
-      const length = Math.min(WINDOW, roundUp(fileSize - start, native.PAGE_SIZE));
-      const buf = native.mmap(this.fd, start, length, PROT_READ | (this.writable ? PROT_WRITE : 0));
-      if (have) native.munmap(have.buf); // the file grew: replace the shorter window
-      this.windows.set(w, { buf, bytes: new Uint8Array(buf), fileOffset: start });
+  /** Records that a map uses [off, off+len) of the file (no mmap: that happens on access). */
+  use(off: number, len: number): void {
+    for (let slot = Math.floor(off / WINDOW); slot * WINDOW < off + len; slot++) {
+      const lo = Math.max(off, slot * WINDOW);
+      const hi = Math.min(off + len, (slot + 1) * WINDOW);
+      const n = this.need.get(slot);
+      if (!n) this.need.set(slot, { lo, hi });
+      else {
+        n.lo = Math.min(n.lo, lo);
+        n.hi = Math.max(n.hi, hi);
+      }
+    }
+  }
+}
+
+/**
+ * The mmaps of client files. Maps cost no mmap: a window is created on the first access to a
+ * slot, just large enough for what maps use there (the smallest power-of-two block of at least
+ * MIN_WINDOW that holds it), and replaced by a larger one when maps grow. Windows beyond the
+ * soft limits are unmapped (oldest first) at the next turn of the event loop, when no view
+ * handed out can still be in use, skipping files with pinned maps; past the hard limits an
+ * access fails (ENOMEM) rather than exhausting address space or the kernel's map count.
+ */
+class Windows {
+  private readonly all = new Set<Window>(); // creation order
+  private readonly withRetired = new Set<MappedFile>();
+  private bytes = 0;
+  private trimScheduled = false;
+  /** windows created (for tests and stats) */
+  created = 0;
+
+  constructor(
+    readonly softCount: number,
+    readonly softBytes: number,
+    readonly hardCount: number,
+    readonly hardBytes: number,
+  ) {}
+
+  get count(): number {
+    return this.all.size;
+  }
+
+  get mappedBytes(): number {
+    return this.bytes;
+  }
+
+  /** The window of f holding file offset fo (creating it if needed); fo must be in a map's range. */
+  get(f: MappedFile, fo: number): Window {
+    const slot = Math.floor(fo / WINDOW);
+    const w = f.windows.get(slot);
+    if (w !== undefined && fo >= w.fileOffset && fo < w.end) return w;
+    const n = f.need.get(slot);
+    if (!n || fo < n.lo || fo >= n.hi) throw new DmaError(`file offset 0x${fo.toString(16)} is in no map`, Errno.EFAULT);
+    let block = MIN_WINDOW;
+    while (Math.floor(n.lo / block) !== Math.floor((n.hi - 1) / block)) block *= 2;
+    const start = Math.floor(n.lo / block) * block;
+    const length = Math.min(block, roundUp(f.size - start, PAGE));
+    if (this.all.size >= this.hardCount || this.bytes + length > this.hardBytes) {
+      this.scheduleTrim();
+      throw new DmaError(`too many client memory windows mapped (${this.all.size}, ${this.bytes} bytes)`, Errno.ENOMEM);
+    }
+    let buf: ArrayBuffer;
+    try {
+      buf = native.mmap(f.fd, start, length, PROT_READ | (f.writable ? PROT_WRITE : 0));
+    } catch (e) {
+      const err = e as { errno?: number; message?: string };
+      throw new DmaError(`cannot mmap client memory: ${err.message}`, err.errno ?? Errno.ENOMEM);
+    }
+    const nw: Window = { buf, bytes: new Uint8Array(buf), fileOffset: start, end: start + length, file: f, slot };
+    if (w !== undefined) {
+      f.retired.push(w); // views into it may be in use until the turn ends
+      this.withRetired.add(f);
+    }
+    f.windows.set(slot, nw);
+    this.all.add(nw);
+    this.bytes += length;
+    this.created++;
+    if (w !== undefined || this.all.size > this.softCount || this.bytes > this.softBytes) this.scheduleTrim();
+    return nw;
+  }
+
+  private unmap(w: Window): void {
+    if (!this.all.delete(w)) return;
+    this.bytes -= w.bytes.length;
+    native.munmap(w.buf);
+  }
+
+  /** Unmaps every window of a file that no map uses any more. */
+  releaseFile(f: MappedFile): void {
+    for (const w of f.windows.values()) this.unmap(w);
+    for (const w of f.retired) this.unmap(w);
+    f.windows.clear();
+    f.retired = [];
+    this.withRetired.delete(f);
+    try {
+      native.close(f.fd);
+    } catch {
+      /* ignore */
     }
   }
 
-  release(): void {
-    for (const w of this.windows.values()) native.munmap(w.buf);
-    this.windows.clear();
-    try {
-      native.close(this.fd);
-    } catch {
-      /* ignore */
+  /** a file's last pin went: what waited for it can be trimmed now */
+  unpinned(f: MappedFile): void {
+    if (f.retired.length || this.all.size > this.softCount || this.bytes > this.softBytes) this.scheduleTrim();
+  }
+
+  scheduleTrim(): void {
+    if (this.trimScheduled) return;
+    this.trimScheduled = true;
+    setImmediate(() => {
+      this.trimScheduled = false;
+      this.trim();
+    });
+  }
+
+  /** At a turn boundary: unmap retired windows, then the oldest beyond the soft limits. */
+  trim(): void {
+    for (const f of this.withRetired) {
+      if (f.pins > 0) continue; // trimmed again when its pins go
+      for (const r of f.retired) this.unmap(r);
+      f.retired = [];
+      this.withRetired.delete(f);
+    }
+    if (this.all.size <= this.softCount && this.bytes <= this.softBytes) return;
+    const targetCount = this.softCount >> 1;
+    const targetBytes = this.softBytes / 2;
+    for (const w of this.all) {
+      if (this.all.size <= targetCount && this.bytes <= targetBytes) break;
+      if (w.file.pins > 0) continue; // (an unpinned file has no retired windows left)
+      w.file.windows.delete(w.slot);
+      this.unmap(w);
     }
   }
 }
@@ -104,6 +233,144 @@ export interface DmaRegion {
   /** in-flight operations (pins); unmap waits for them */
   pins: number;
   unmapWaiters: (() => void)[];
+  /** the maps just below and above (internal: the table's order) */
+  prev: DmaRegion | undefined;
+  next: DmaRegion | undefined;
+}
+
+/** most maps in one chunk of the table before it is split */
+const CHUNK = 512;
+
+/**
+ * The map table: sorted by IOVA in chunks of at most 2 * CHUNK maps (with the first IOVA of
+ * each chunk in a sorted array), and linked in order. A lookup is two binary searches; adding
+ * or removing a map moves at most one chunk's entries, so 65,535 maps come and go in any
+ * order in well under a second (one flat sorted array moved 64K entries per change).
+ */
+class RegionTable {
+  private chunks: DmaRegion[][] = [];
+  private starts: number[] = [];
+  first: DmaRegion | undefined;
+  count = 0;
+  private hit: DmaRegion | undefined;
+
+  all(): DmaRegion[] {
+    return this.chunks.flat();
+  }
+
+  clear(): DmaRegion[] {
+    const all = this.all();
+    this.chunks = [];
+    this.starts = [];
+    this.first = undefined;
+    this.hit = undefined;
+    this.count = 0;
+    return all;
+  }
+
+  /** index of the last chunk starting at or before iova, -1 if none */
+  private chunkAt(iova: number): number {
+    let lo = 0;
+    let hi = this.starts.length - 1;
+    let at = -1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >>> 1;
+      if (this.starts[mid]! <= iova) {
+        at = mid;
+        lo = mid + 1;
+      } else hi = mid - 1;
+    }
+    return at;
+  }
+
+  /** the last map starting at or before iova */
+  floor(iova: number): DmaRegion | undefined {
+    const k = this.chunkAt(iova);
+    if (k < 0) return undefined;
+    const c = this.chunks[k]!;
+    let lo = 0;
+    let hi = c.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >>> 1;
+      if (c[mid]!.iova <= iova) lo = mid;
+      else hi = mid - 1;
+    }
+    return c[lo];
+  }
+
+  /** the map containing iova (the last one found is tried first: devices work in one map at a time) */
+  find(iova: number): DmaRegion | undefined {
+    const h = this.hit;
+    if (h !== undefined && iova >= h.iova && iova < h.end) return h;
+    const r = this.floor(iova);
+    if (r === undefined || !(iova < r.end)) return undefined;
+    this.hit = r;
+    return r;
+  }
+
+  /** the first map starting at or after iova */
+  ceil(iova: number): DmaRegion | undefined {
+    const r = this.floor(iova);
+    if (r === undefined) return this.first;
+    return r.iova === iova ? r : r.next;
+  }
+
+  private indexIn(c: DmaRegion[], iova: number): number {
+    let lo = 0;
+    let hi = c.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (c[mid]!.iova < iova) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+
+  insert(r: DmaRegion): void {
+    this.count++;
+    if (this.chunks.length === 0) {
+      this.chunks.push([r]);
+      this.starts.push(r.iova);
+      r.prev = r.next = undefined;
+      this.first = r;
+      return;
+    }
+    const k = Math.max(0, this.chunkAt(r.iova));
+    const c = this.chunks[k]!;
+    const i = this.indexIn(c, r.iova);
+    const prev = i > 0 ? c[i - 1] : k > 0 ? this.chunks[k - 1]![this.chunks[k - 1]!.length - 1] : undefined;
+    c.splice(i, 0, r);
+    this.starts[k] = c[0]!.iova;
+    const next = prev ? prev.next : this.first;
+    r.prev = prev;
+    r.next = next;
+    if (prev) prev.next = r;
+    else this.first = r;
+    if (next) next.prev = r;
+    if (c.length > 2 * CHUNK) {
+      const tail = c.splice(CHUNK);
+      this.chunks.splice(k + 1, 0, tail);
+      this.starts.splice(k + 1, 0, tail[0]!.iova);
+    }
+  }
+
+  remove(r: DmaRegion): void {
+    const k = this.chunkAt(r.iova);
+    const c = this.chunks[k]!;
+    const i = this.indexIn(c, r.iova);
+    if (c[i] !== r) throw new Error('DMA map table corrupt');
+    c.splice(i, 1);
+    if (c.length === 0) {
+      this.chunks.splice(k, 1);
+      this.starts.splice(k, 1);
+    } else this.starts[k] = c[0]!.iova;
+    if (r.prev) r.prev.next = r.next;
+    else this.first = r.next;
+    if (r.next) r.next.prev = r.prev;
+    r.prev = r.next = undefined;
+    if (this.hit === r) this.hit = undefined;
+    this.count--;
+  }
 }
 
 /** Sends DMA_READ/DMA_WRITE messages for regions without shared memory. */
@@ -147,8 +414,23 @@ function big(v: number): bigint {
   return BigInt(v);
 }
 
+/** default limit on the address space all maps may cover: 16 TiB */
+export const DEFAULT_MAX_DMA_BYTES = 2 ** 44;
+const DEFAULT_MAX_BYTES = DEFAULT_MAX_DMA_BYTES;
+
+export interface DmaOptions {
+  /** most maps (default 65535) */
+  maxMaps?: number;
+  /** refuse (EPERM) files that cannot be sealed against shrinking */
+  requireSealed?: boolean;
+  /** most bytes all maps together may cover (default 16 TiB); ENOSPC past it */
+  maxBytes?: number;
+  /** limits on the mmaps of client memory held at once (soft: trimmed at the next turn; hard: ENOMEM) */
+  windows?: { softCount?: number; softBytes?: number; hardCount?: number; hardBytes?: number };
+}
+
 export class DmaController {
-  private regions: DmaRegion[] = [];
+  private readonly regions = new RegionTable();
   private readonly files = new Map<string, MappedFile>();
   /** mapped files no DMA map uses (least recently used first), kept for reuse */
   private readonly idle = new Set<MappedFile>();
@@ -163,13 +445,32 @@ export class DmaController {
   /** refuse (EPERM) files that cannot be sealed against shrinking */
   requireSealed: boolean;
 
-  constructor(opts: { maxMaps?: number; requireSealed?: boolean } = {}) {
+  /** most bytes all maps together may cover (ENOSPC past it) */
+  maxBytes: number;
+  /** bytes the maps cover now */
+  private mapped = 0;
+  private readonly win: Windows;
+
+  constructor(opts: DmaOptions = {}) {
     this.maxMaps = opts.maxMaps ?? 65535;
     this.requireSealed = opts.requireSealed ?? false;
+    this.maxBytes = opts.maxBytes ?? DEFAULT_MAX_BYTES;
+    const w = opts.windows ?? {};
+    this.win = new Windows(w.softCount ?? 1024, w.softBytes ?? 2 ** 40, w.hardCount ?? 8192, w.hardBytes ?? 2 ** 44);
+  }
+
+  /** bytes all maps cover */
+  get mappedBytes(): number {
+    return this.mapped;
+  }
+
+  /** mmaps of client memory currently held: count, bytes, and how many were ever created */
+  get windowStats(): { count: number; bytes: number; created: number } {
+    return { count: this.win.count, bytes: this.win.mappedBytes, created: this.win.created };
   }
 
   get count(): number {
-    return this.regions.length;
+    return this.regions.count;
   }
 
   /** number of distinct client files that DMA maps use (for tests and stats) */
@@ -182,8 +483,9 @@ export class DmaController {
     if (!m) this.writeOrder.clear();
   }
 
+  /** every map, in IOVA order (a copy) */
   list(): readonly DmaRegion[] {
-    return this.regions;
+    return this.regions.all();
   }
 
   /**
@@ -211,10 +513,12 @@ export class DmaController {
     try {
       const rg = DmaController.range(iova, size, 'DMA map', true);
       if ((prot & ~(PROT_READ | PROT_WRITE)) !== 0 || prot === 0) throw new DmaError(`bad DMA protection ${prot}`, Errno.EINVAL);
-      if (this.regions.length >= this.maxMaps) throw new DmaError(`more than ${this.maxMaps} DMA maps`, Errno.ENOSPC);
-      const at = this.insertionPoint(rg.iova);
-      const prev = this.regions[at - 1];
-      const next = this.regions[at];
+      if (this.regions.count >= this.maxMaps) throw new DmaError(`more than ${this.maxMaps} DMA maps`, Errno.ENOSPC);
+      if (this.mapped + rg.size > this.maxBytes) {
+        throw new DmaError(`DMA maps would cover more than ${this.maxBytes} bytes (limit maxBytes)`, Errno.ENOSPC);
+      }
+      const prev = this.regions.floor(rg.iova);
+      const next = prev ? prev.next : this.regions.first;
       if ((prev && prev.end > rg.iova) || (next && next.iova < rg.end)) {
         throw new DmaError(`DMA map [${hex(rg.iova)}, +${hex(rg.size)}) overlaps an existing map`, Errno.EEXIST);
       }
@@ -237,29 +541,28 @@ export class DmaController {
         const key = `${st.dev}:${st.ino}:${prot & PROT_WRITE ? 'w' : 'r'}`;
         file = this.files.get(key);
         if (file) {
-          this.idle.delete(file);
           native.close(fd);
           fd = undefined;
         } else {
+          // no mmap until the device touches it, but find out now whether it can be mapped
+          try {
+            native.munmap(native.mmap(fd, off, PAGE, prot & PROT_WRITE ? PROT_READ | PROT_WRITE : PROT_READ));
+          } catch (e) {
+            const err = e as { errno?: number; message?: string };
+            throw new DmaError(`cannot mmap DMA region: ${err.message}`, err.errno ?? Errno.EINVAL);
+          }
           file = new MappedFile(key, fd, (prot & PROT_WRITE) !== 0);
           fd = undefined;
           this.files.set(key, file);
         }
-        try {
-          file.ensure(off, rg.size, st.size);
-        } catch (e) {
-          if (file.refs === 0) {
-            this.files.delete(file.key);
-            file.release();
-          }
-          file = undefined;
-          const err = e as { errno?: number; message?: string };
-          throw new DmaError(`cannot mmap DMA region: ${err.message}`, err.errno ?? Errno.EINVAL);
-        }
+        this.idle.delete(file);
+        file.size = Math.max(file.size, st.size);
+        file.use(off, rg.size);
       }
-      const region: DmaRegion = { iova: rg.iova, size: rg.size, end: rg.end, prot, file, fileOffset: off, sealed, pins: 0, unmapWaiters: [] };
+      const region: DmaRegion = { iova: rg.iova, size: rg.size, end: rg.end, prot, file, fileOffset: off, sealed, pins: 0, unmapWaiters: [], prev: undefined, next: undefined };
       if (file) file.refs++;
-      this.regions.splice(at, 0, region);
+      this.mapped += rg.size;
+      this.regions.insert(region);
       this.onChange?.('map', rg.iova, rg.size);
       return region;
     } catch (e) {
@@ -275,18 +578,18 @@ export class DmaController {
    */
   async unmap(iova: Iova, size: Iova): Promise<DmaRegion[]> {
     const rg = DmaController.range(iova, size, 'DMA unmap range');
-    const first = this.insertionPoint(rg.iova);
-    const before = this.regions[first - 1];
-    if (before && before.end > rg.iova) {
+    const before = this.regions.floor(rg.iova);
+    if (before && before.iova < rg.iova && before.end > rg.iova) {
       throw new DmaError(`DMA unmap [${hex(rg.iova)}, +${hex(rg.size)}) cuts the map at ${hex(before.iova)} in two`, Errno.EINVAL);
     }
-    let last = first;
-    while (last < this.regions.length && this.regions[last]!.iova < rg.end) last++;
-    const tail = this.regions[last - 1];
-    if (last > first && tail!.end > rg.end) {
-      throw new DmaError(`DMA unmap [${hex(rg.iova)}, +${hex(rg.size)}) cuts the map at ${hex(tail!.iova)} in two`, Errno.EINVAL);
+    const gone: DmaRegion[] = [];
+    for (let r = this.regions.ceil(rg.iova); r && r.iova < rg.end; r = r.next) gone.push(r);
+    const tail = gone[gone.length - 1];
+    if (tail && tail.end > rg.end) {
+      throw new DmaError(`DMA unmap [${hex(rg.iova)}, +${hex(rg.size)}) cuts the map at ${hex(tail.iova)} in two`, Errno.EINVAL);
     }
-    const gone = this.regions.splice(first, last - first); // no new access can start on them
+    if (gone.length === this.regions.count) this.regions.clear();
+    else for (const r of gone) this.regions.remove(r); // no new access can start on them
     await this.retire(gone);
     return gone;
   }
@@ -302,8 +605,7 @@ export class DmaController {
 
   /** Removes every map (client asked for unmap-all, or disconnected). */
   async unmapAll(): Promise<void> {
-    const all = this.regions;
-    this.regions = [];
+    const all = this.regions.clear();
     await this.retire(all);
     this.releaseIdle();
   }
@@ -313,6 +615,7 @@ export class DmaController {
     const busy = gone.filter((r) => r.pins > 0);
     if (busy.length) await Promise.all(busy.map((r) => new Promise<void>((res) => r.unmapWaiters.push(res))));
     for (const r of gone) {
+      this.mapped -= r.size;
       this.dropFile(r);
       this.onChange?.('unmap', r.iova, r.size);
     }
@@ -328,7 +631,7 @@ export class DmaController {
         const oldest = this.idle.values().next().value!;
         this.idle.delete(oldest);
         this.files.delete(oldest.key);
-        oldest.release();
+        this.win.releaseFile(oldest);
       }
     }
   }
@@ -337,7 +640,7 @@ export class DmaController {
   releaseIdle(): void {
     for (const f of this.idle) {
       this.files.delete(f.key);
-      f.release();
+      this.win.releaseFile(f);
     }
     this.idle.clear();
   }
@@ -347,54 +650,27 @@ export class DmaController {
     return this.idle.size;
   }
 
-  /** index of the first region starting at or after iova */
-  private insertionPoint(iova: number): number {
-    let lo = 0;
-    let hi = this.regions.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      if (this.regions[mid]!.iova < iova) lo = mid + 1;
-      else hi = mid;
-    }
-    return lo;
-  }
-
-  /** index of the region containing iova (an exact number), or -1 */
-  private find(iova: number): number {
-    let lo = 0;
-    let hi = this.regions.length - 1;
-    while (lo <= hi) {
-      const mid = (lo + hi) >>> 1;
-      const r = this.regions[mid]!;
-      if (iova < r.iova) hi = mid - 1;
-      else if (iova >= r.end) lo = mid + 1;
-      else return mid;
-    }
-    return -1;
-  }
-
   /**
-   * Where an access address is: the index of its map and the offset in it, or index -1.
+   * Where an access address is: its map and the offset in it (r undefined when unmapped).
    * Throws EFAULT for what is not an address (negative, fractional, unsafe number, > u64).
    */
-  private locate(iova: Iova): { i: number; off: number } {
+  private locate(iova: Iova): { r: DmaRegion | undefined; off: number } {
     if (typeof iova === 'number' || iova <= MAX_SAFE_BIG) {
       const a = Number(iova);
       if (!Number.isSafeInteger(a) || a < 0) throw new DmaError(`bad DMA address ${hex(iova)}`, Errno.EFAULT);
-      const i = this.find(a);
-      return { i, off: i >= 0 ? a - this.regions[i]!.iova : 0 };
+      const r = this.regions.find(a);
+      return { r, off: r ? a - r.iova : 0 };
     }
     if (iova >= 1n << 64n) throw new DmaError(`bad DMA address ${hex(iova)}`, Errno.EFAULT);
     // above 2^53: maps there are page aligned, so the page decides and the offset in it is added
     const page = Number(iova & ~0xfffn);
-    const i = this.find(page);
-    return { i, off: i >= 0 ? page - this.regions[i]!.iova + Number(iova & 0xfffn) : 0 };
+    const r = this.regions.find(page);
+    return { r, off: r ? page - r.iova + Number(iova & 0xfffn) : 0 };
   }
 
   /** The region containing iova (undefined if none). */
   regionAt(iova: Iova): DmaRegion | undefined {
-    const { i } = this.locate(iova);
-    return i >= 0 ? this.regions[i] : undefined;
+    return this.locate(iova).r;
   }
 
   /**
@@ -405,10 +681,9 @@ export class DmaController {
     if (!Number.isSafeInteger(length) || length < 0) throw new DmaError(`bad DMA access length ${length}`, Errno.EFAULT);
     const out: Segment[] = [];
     if (length === 0) return out;
-    let { i, off } = this.locate(iova);
+    let { r, off } = this.locate(iova);
     let left = length;
     for (;;) {
-      const r = i >= 0 ? this.regions[i] : undefined;
       if (!r || off >= r.size) {
         throw new DmaError(`DMA access at ${hex(iova)}+${hex(length - left)} is outside the client's maps`, Errno.EFAULT);
       }
@@ -419,11 +694,8 @@ export class DmaController {
       out.push({ r, off, len });
       left -= len;
       if (left === 0) return out;
-      const next = this.regions[i + 1];
-      if (!next || next.iova !== r.end) {
-        throw new DmaError(`DMA access at ${hex(iova)}+${hex(length - left)} is outside the client's maps`, Errno.EFAULT);
-      }
-      i++;
+      const next: DmaRegion | undefined = r.next;
+      r = next && next.iova === r.end ? next : undefined; // contiguous maps only
       off = 0;
     }
   }
@@ -437,18 +709,16 @@ export class DmaController {
   views(iova: Iova, length: number, write = false): Uint8Array[] {
     // fast path: a number address, the range in one shared map and one window
     if (typeof iova === 'number' && length > 0) {
-      const i = this.find(iova);
-      if (i >= 0) {
-        const r = this.regions[i]!;
+      const r = this.regions.find(iova);
+      if (r !== undefined) {
         const f = r.file;
         const off = iova - r.iova;
         if (f && off + length <= r.size && r.prot & (write ? PROT_WRITE : PROT_READ) && Number.isSafeInteger(iova) && Number.isSafeInteger(length)) {
           const fo = r.fileOffset + off;
-          const w = f.windows.get(Math.floor(fo / WINDOW))!;
-          const start = fo - w.fileOffset;
-          if (start + length <= w.bytes.length) {
+          const w = f.windows.get(Math.floor(fo / WINDOW));
+          if (w !== undefined && fo >= w.fileOffset && fo + length <= w.end) {
             if (write && this.dirty) this.dirtySegment(r, off, length);
-            return [w.bytes.subarray(start, start + length)];
+            return [w.bytes.subarray(fo - w.fileOffset, fo - w.fileOffset + length)];
           }
         }
       }
@@ -461,7 +731,7 @@ export class DmaController {
       let fo = s.r.fileOffset + s.off;
       let left = s.len;
       while (left > 0) {
-        const w = f.windows.get(Math.floor(fo / WINDOW))!;
+        const w = this.win.get(f, fo);
         const start = fo - w.fileOffset;
         const n = Math.min(left, w.bytes.length - start);
         out.push(w.bytes.subarray(start, start + n));
@@ -508,13 +778,17 @@ export class DmaController {
   }
 
   private pinRegions(regions: DmaRegion[]): { release(): void } {
-    for (const r of regions) r.pins++;
+    for (const r of regions) {
+      r.pins++;
+      if (r.file) r.file.pins++;
+    }
     let released = false;
     return {
       release: () => {
         if (released) return;
         released = true;
         for (const r of regions) {
+          if (r.file && --r.file.pins === 0) this.win.unpinned(r.file);
           if (--r.pins === 0) {
             const w = r.unmapWaiters;
             r.unmapWaiters = [];
@@ -591,7 +865,7 @@ export class DmaController {
     let fo = s.r.fileOffset + s.off;
     let pos = 0;
     while (pos < s.len) {
-      const w = f.windows.get(Math.floor(fo / WINDOW))!;
+      const w = this.win.get(f, fo);
       const start = fo - w.fileOffset;
       const n = Math.min(s.len - pos, w.bytes.length - start);
       if (write) w.bytes.set(buf.subarray(pos, pos + n), start);

@@ -16,7 +16,7 @@ import { Connection, takeFds, closeFds, retain, type Message } from '../transpor
 import { Listener, adoptFd } from '../transport/socket.js';
 import { VfioUserError, Errno } from '../errors.js';
 import { PciDevice, RegionIndex, type Region } from './device.js';
-import { DmaController, type DmaMessenger } from './dma.js';
+import { DmaController, DEFAULT_MAX_DMA_BYTES, type DmaMessenger } from './dma.js';
 import { ClientDmaMessenger, QEMU_DMA_READ_WINDOW } from './dma-messenger.js';
 import { IRQ_INDEX_COUNT } from './irq.js';
 import { Migration } from './migration.js';
@@ -28,6 +28,8 @@ export interface ServerOptions {
   maxMsgFds?: number;
   /** most DMA maps (default 65535) */
   maxDmaMaps?: number;
+  /** most bytes all DMA maps together may cover (default 16 TiB); a DMA_MAP past it gets ENOSPC */
+  maxDmaBytes?: number;
   /** offer twin-socket mode to clients that support it (default true) */
   twinSocket?: boolean;
   /** advertise REGION_WRITE_MULTI (default true) */
@@ -749,6 +751,7 @@ export class VfioUserServer extends EventEmitter {
     this.logFn = opts.log;
     this.migration = device.migratable ? new Migration(device) : undefined;
     (device.dma as { maxMaps: number }).maxMaps = this.maxDmaMaps;
+    device.dma.maxBytes = opts.maxDmaBytes ?? DEFAULT_MAX_DMA_BYTES;
     device.dma.requireSealed = opts.requireSealedDmaFiles ?? false;
     device.irqs.log = (level, msg) => this.log(level, msg);
   }

@@ -226,3 +226,82 @@ test('unmap ranges as Linux VFIO type1: several maps, none, or refused when cutt
   assert.equal(dma.fileCount, 0);
   native.close(fd);
 });
+
+test('map storms in the controller: any order, accesses to every map with bounded windows, fast teardown', async (t) => {
+  const fd = memfd(0);
+  native.ftruncate(fd, 65536 * WINDOW); // sparse
+  const dma = new DmaController({ windows: { softCount: 64, softBytes: 2 ** 40, hardCount: 256, hardBytes: 2 ** 44 } });
+  const t0 = performance.now();
+  for (let i = 65534; i >= 0; i--) dma.map(i * 0x10000, 4096, 3, native.dup(fd), i * WINDOW); // descending IOVAs
+  const tMap = performance.now() - t0;
+  assert.equal(dma.windowStats.count, 0, 'maps cost no mmap');
+  // the device touches 2,048 of them, a turn of the event loop every 64: windows stay bounded
+  let max = 0;
+  for (let i = 0; i < 2048; i++) {
+    const at = ((i * 31) % 65535) * 0x10000;
+    dma.writeSync(at + 8, Uint8Array.of(i & 255, 1));
+    assert.equal(dma.readSync(at + 8, 1)[0], i & 255);
+    max = Math.max(max, dma.windowStats.count);
+    if (i % 64 === 63) await new Promise((r) => setImmediate(r));
+  }
+  assert.ok(max <= 128, `at most ${max} windows at once`);
+  assert.ok(dma.windowStats.bytes <= 128 * 2 * 1024 * 1024, 'small windows for small maps');
+  // within one turn, past the hard limit: ENOMEM for the access, never more mappings
+  let refused = 0;
+  for (let i = 0; i < 400; i++) {
+    try {
+      dma.views(i * 97 * 0x10000, 16);
+    } catch (e) {
+      assert.ok(e instanceof DmaError && e.errno === 12);
+      refused++;
+    }
+  }
+  assert.ok(refused > 0 && dma.windowStats.count <= 256, `${refused} refused, ${dma.windowStats.count} windows`);
+  await new Promise((r) => setImmediate(r));
+  assert.ok(dma.windowStats.count <= 64, 'trimmed at the next turn');
+  // the data is in the file: another controller sees it
+  const other = new DmaController();
+  other.map(0, 4096, 1, native.dup(fd), 31 * WINDOW);
+  assert.deepEqual([...other.readSync(8, 2)], [1, 1]);
+  await other.unmapAll();
+  // pinned maps keep their windows through trims
+  const pin = dma.pin(5 * 0x10000, 16, true);
+  const v = dma.views(5 * 0x10000, 16, true)[0]!;
+  for (let i = 0; i < 200; i++) if (i % 3 === 0) dma.readSync(i * 13 * 0x10000, 1);
+  await new Promise((r) => setImmediate(r));
+  v[0] = 0x5a; // still mapped
+  pin.release();
+  assert.equal(dma.readSync(5 * 0x10000, 1)[0], 0x5a);
+  // individual unmaps, in another order, then the rest at once
+  const t1 = performance.now();
+  for (let i = 0; i < 32768; i++) await dma.unmap(i * 2 * 0x10000, 4096);
+  const tUnmap = performance.now() - t1;
+  const t2 = performance.now();
+  await dma.unmapAll();
+  const tAll = performance.now() - t2;
+  assert.equal(dma.count, 0);
+  assert.equal(dma.windowStats.count, 0);
+  t.diagnostic(`65,535 maps (descending): ${tMap.toFixed(0)} ms; 32,768 single unmaps: ${tUnmap.toFixed(0)} ms; unmap-all of 32,767: ${tAll.toFixed(0)} ms`);
+  assert.ok(tMap < 20000 && tUnmap < 20000, 'seconds, not minutes');
+  assert.ok(tAll < 1000, `teardown ${tAll} ms`);
+  native.close(fd);
+});
+
+test('a window grows when a later map of its file needs more; the old one stays valid for the turn', async () => {
+  const fd = memfd(64 << 20);
+  const dma = new DmaController();
+  dma.map(0, 4096, 3, native.dup(fd), 0);
+  const small = dma.views(0, 16, true)[0]!;
+  assert.equal(dma.windowStats.count, 1);
+  assert.ok(dma.windowStats.bytes <= 2 << 20);
+  dma.map(0x10000000, 4096, 3, native.dup(fd), 60 << 20); // same file, 60 MiB further: same slot
+  dma.writeSync(0x10000000, Uint8Array.of(7));
+  assert.equal(dma.windowStats.count, 2, 'a larger window, and the old one until the turn ends');
+  small[0] = 9; // still mapped in this turn
+  assert.equal(dma.readSync(0, 1)[0], 9, 'both views see the same file');
+  await new Promise((r) => setImmediate(r));
+  assert.equal(dma.windowStats.count, 1, 'the old window is gone at the next turn');
+  assert.equal(small.length, 0, 'and its views are detached, never dangling');
+  await dma.unmapAll();
+  native.close(fd);
+});
