@@ -2,7 +2,7 @@
  * Shared test helpers: temp socket paths, serving a device in a child process, fd counts.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readdirSync, rmSync, writeSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -187,4 +187,20 @@ export async function assertMigrationRefused(srcPath: string, dstPath: string): 
     a.close();
     b.close();
   }
+}
+
+/**
+ * CPU time this process has used, in ms (user + system): for "fast enough" assertions that
+ * must hold on a machine busy with other work, where wall-clock time does not.
+ */
+export function cpuMs(): number {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1000;
+}
+
+/** CPU time another process has used, in ms (from /proc/PID/stat, at clock-tick resolution). */
+export function processCpuMs(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return ((Number(f[11]) + Number(f[12])) * 1000) / 100; // utime, stime in USER_HZ (100)
 }

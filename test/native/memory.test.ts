@@ -2,6 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { native, isNativeError, PROT_READ, PROT_WRITE, type NativeError } from '../../src/native/index.js';
 import { collect, isCloexec, lastJson, spawnPeer, str, text } from './helpers.js';
+import { cpuMs } from '../helpers.js';
 
 const T = { timeout: 10000 };
 const RW = PROT_READ | PROT_WRITE;
@@ -143,17 +144,17 @@ test('thousands of mappings: no GC per mapping, munmap stays fast (stacked 2 MiB
   const obs = new PerformanceObserver((list) => (gcs += list.getEntries().length));
   obs.observe({ entryTypes: ['gc'] });
   const bufs: ArrayBuffer[] = [];
-  const t0 = performance.now();
+  const t0 = cpuMs();
   for (let i = 0; i < 32768; i++) bufs.push(native.mmap(fd, i * 2 ** 21, 2 ** 21, RW));
-  const tMap = performance.now() - t0;
+  const tMap = cpuMs() - t0;
   await new Promise((r) => setImmediate(r)); // GC entries are delivered asynchronously
-  const t1 = performance.now();
+  const t1 = cpuMs();
   for (const b of bufs) native.munmap(b);
-  const tUnmap = performance.now() - t1;
+  const tUnmap = cpuMs() - t1;
   await new Promise((r) => setImmediate(r));
   obs.disconnect();
   native.close(fd);
   assert.ok(gcs < 20, `${gcs} GCs for 64 GiB of mappings (V8 counted each as external memory)`);
-  assert.ok(tMap < 10000, `32,768 mmaps took ${tMap} ms`);
-  assert.ok(tUnmap < 1000, `32,768 munmaps took ${tUnmap} ms`);
+  assert.ok(tMap < 10000, `32,768 mmaps took ${tMap} ms of CPU`);
+  assert.ok(tUnmap < 1000, `32,768 munmaps took ${tUnmap} ms of CPU`);
 });

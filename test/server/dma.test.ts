@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { DmaController, DmaError, WINDOW } from '../../src/server/dma.js';
 import { native } from '../../src/native/index.js';
-import { openFds } from '../helpers.js';
+import { openFds, cpuMs } from '../helpers.js';
 
 function memfd(size: number): number {
   const fd = native.memfdCreate('dma-test');
@@ -95,14 +95,14 @@ test('unmap waits for pinned (in-flight) DMA', async () => {
 test('65,535 maps: map, translate and unmap stay fast', async () => {
   const fd = memfd(65535 * 4096);
   const dma = new DmaController();
-  const t0 = performance.now();
+  const t0 = cpuMs();
   for (let i = 0; i < 65535; i++) dma.map(i * 8192, 4096, 3, native.dup(fd), i * 4096);
-  const tMap = performance.now() - t0;
+  const tMap = cpuMs() - t0;
   assert.equal(dma.count, 65535);
   assert.throws(() => dma.map(65535 * 8192, 4096, 3, native.dup(fd), 0), (e) => e instanceof DmaError && e.errno === 28, 'the limit holds');
-  const t1 = performance.now();
+  const t1 = cpuMs();
   for (let i = 0; i < 200000; i++) dma.views(((i * 7919) % 65535) * 8192 + 8, 8);
-  const tLookup = (performance.now() - t1) / 200000;
+  const tLookup = (cpuMs() - t1) / 200000;
   assert.ok(tLookup < 20e-3, `translate ${tLookup * 1e6} ns`);
   assert.ok(tMap < 5000, `65,535 maps took ${tMap} ms`);
   assert.throws(() => dma.views(4096, 8), DmaError, 'the gaps are not mapped');
@@ -231,9 +231,9 @@ test('map storms in the controller: any order, accesses to every map with bounde
   const fd = memfd(0);
   native.ftruncate(fd, 65536 * WINDOW); // sparse
   const dma = new DmaController({ windows: { softCount: 64, softBytes: 2 ** 40, hardCount: 256, hardBytes: 2 ** 44 } });
-  const t0 = performance.now();
+  const t0 = cpuMs();
   for (let i = 65534; i >= 0; i--) dma.map(i * 0x10000, 4096, 3, native.dup(fd), i * WINDOW); // descending IOVAs
-  const tMap = performance.now() - t0;
+  const tMap = cpuMs() - t0;
   assert.equal(dma.windowStats.count, 0, 'maps cost no mmap');
   // the device touches 2,048 of them, a turn of the event loop every 64: windows stay bounded
   let max = 0;
@@ -273,15 +273,15 @@ test('map storms in the controller: any order, accesses to every map with bounde
   pin.release();
   assert.equal(dma.readSync(5 * 0x10000, 1)[0], 0x5a);
   // individual unmaps, in another order, then the rest at once
-  const t1 = performance.now();
+  const t1 = cpuMs();
   for (let i = 0; i < 32768; i++) await dma.unmap(i * 2 * 0x10000, 4096);
-  const tUnmap = performance.now() - t1;
-  const t2 = performance.now();
+  const tUnmap = cpuMs() - t1;
+  const t2 = cpuMs();
   await dma.unmapAll();
-  const tAll = performance.now() - t2;
+  const tAll = cpuMs() - t2;
   assert.equal(dma.count, 0);
   assert.equal(dma.windowStats.count, 0);
-  t.diagnostic(`65,535 maps (descending): ${tMap.toFixed(0)} ms; 32,768 single unmaps: ${tUnmap.toFixed(0)} ms; unmap-all of 32,767: ${tAll.toFixed(0)} ms`);
+  t.diagnostic(`CPU time: 65,535 maps (descending) ${tMap.toFixed(0)} ms; 32,768 single unmaps ${tUnmap.toFixed(0)} ms; unmap-all of 32,767 ${tAll.toFixed(0)} ms`);
   assert.ok(tMap < 20000 && tUnmap < 20000, 'seconds, not minutes');
   assert.ok(tAll < 1000, `teardown ${tAll} ms`);
   native.close(fd);
