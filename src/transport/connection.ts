@@ -86,6 +86,14 @@ export interface ConnectionOptions {
   onClose?: (err: VfioUserError | undefined, conn: Connection) => void;
   /** a command with a bad header (reserved flags, ERROR bit, error field, unknown type) was answered with EINVAL */
   onBadHeader?: (header: Header, problem: string) => void;
+  /**
+   * How long the id of a timed-out request stays reserved for its late reply (ms, default
+   * 60000), and how many such ids at most (default 4096, the oldest go first). A late reply
+   * after that matches no request and fails the connection; without a bound, a peer that never
+   * answers would use up all 65536 ids.
+   */
+  tombstoneMs?: number;
+  maxTombstones?: number;
 }
 
 export interface RequestOptions {
@@ -102,6 +110,8 @@ interface Pending {
   command: number;
   expectFds: boolean;
   timer: ReturnType<typeof setTimeout> | undefined;
+  /** a timed-out request: its id is reserved (see ConnectionOptions.tombstoneMs) */
+  tombstone?: true;
 }
 
 interface QueuedWrite {
@@ -180,6 +190,10 @@ export class Connection {
   private watching: number;
 
   private readonly pending = new Map<number, Pending>();
+  /** ids of timed-out requests (also in pending) -> when they expire; in expiry order */
+  private readonly tombs = new Map<number, number>();
+  private readonly tombstoneMs: number;
+  private readonly maxTombstones: number;
   private nextId = 0;
   private closed = false;
   private readonly hdr = new Uint8Array(HEADER_SIZE);
@@ -197,6 +211,8 @@ export class Connection {
     this.maxFds = opts.maxFdsPerMessage ?? 253;
     this.highWaterMark = opts.highWaterMark ?? 4 * 1024 * 1024;
     this.pauseReads = opts.pauseReadsWhenBacklogged ?? false;
+    this.tombstoneMs = opts.tombstoneMs ?? 60000;
+    this.maxTombstones = opts.maxTombstones ?? 4096;
     this.onCommand = opts.onCommand;
     this.onClose = opts.onClose;
     this.onRaw = opts.onRaw;
@@ -211,9 +227,26 @@ export class Connection {
     return this.closed;
   }
 
-  /** number of requests awaiting a reply */
+  /** number of requests awaiting a reply (timed-out ones whose id is still reserved included) */
   get inFlight(): number {
     return this.pending.size;
+  }
+
+  /** ids of timed-out requests still reserved for a late reply */
+  get tombstones(): number {
+    this.expireTombstones();
+    return this.tombs.size;
+  }
+
+  /** Frees the ids of tombstones past their age, and the oldest beyond maxTombstones. */
+  private expireTombstones(): void {
+    if (this.tombs.size === 0) return;
+    const now = Date.now();
+    for (const [id, expires] of this.tombs) {
+      if (expires > now && this.tombs.size <= this.maxTombstones) break;
+      this.tombs.delete(id);
+      if (this.pending.get(id)?.tombstone) this.pending.delete(id);
+    }
   }
 
   /** bytes accepted by send() but not yet written to the socket */
@@ -419,6 +452,7 @@ export class Connection {
         return;
       }
       this.pending.delete(msg.header.msgId);
+      if (p.tombstone) this.tombs.delete(msg.header.msgId);
       if (p.timer) clearTimeout(p.timer);
       if (!p.expectFds && msg.fds.length) {
         closeFds(msg.fds);
@@ -579,6 +613,7 @@ export class Connection {
   }
 
   private allocId(): number {
+    this.expireTombstones();
     if (this.pending.size >= 0x10000) {
       throw new VfioUserError('VFU_BUSY', 'all 65536 message ids are in flight', Errno.EBUSY);
     }
@@ -604,10 +639,11 @@ export class Connection {
       if (opts.timeout !== undefined) {
         p.timer = setTimeout(() => {
           if (this.pending.get(id) === p) {
-            this.pending.delete(id);
-            // The id stays unusable until a late reply arrives? No: a late reply would then match
-            // nothing and fail the connection, so we keep the id reserved by a tombstone.
-            this.pending.set(id, { ...p, resolve: (m) => closeFds(m.fds), reject: () => {}, timer: undefined });
+            // A late reply must not match nothing (that fails the connection) nor a new request
+            // given the same id: the id stays reserved by a tombstone, for a while.
+            this.pending.set(id, { ...p, resolve: (m) => closeFds(m.fds), reject: () => {}, timer: undefined, tombstone: true });
+            this.tombs.set(id, Date.now() + this.tombstoneMs);
+            this.expireTombstones();
             reject(new VfioUserError('VFU_TIMEOUT', `no reply to command ${command} within ${opts.timeout} ms`, Errno.EAGAIN));
           }
         }, opts.timeout);
@@ -712,6 +748,7 @@ export class Connection {
     this.wqueued = 0;
     const pending = [...this.pending.values()];
     this.pending.clear();
+    this.tombs.clear();
     const why = err ? `: ${err.message}` : '';
     for (const p of pending) {
       if (p.timer) clearTimeout(p.timer);

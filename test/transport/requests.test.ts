@@ -145,6 +145,51 @@ describe('transport: reply matching', () => {
     peer.close();
   });
 
+  test('a silent peer: timed-out ids are freed (at most maxTombstones kept), so ids never run out', async () => {
+    const [a, b] = native.socketpair();
+    const closes: (VfioUserError | undefined)[] = [];
+    const conn = new Connection(a, { onClose: (e) => closes.push(e) });
+    // the peer reads every request and answers none (until the last one)
+    const got: Message[] = [];
+    const peer = new Connection(b, { onRaw: (m) => void got.push({ header: m.header, payload: new Uint8Array(0), fds: [] }) });
+    const total = 14 * 5000; // more timed-out requests than there are ids
+    for (let batch = 0; batch < 14; batch++) {
+      const ps = Array.from({ length: 5000 }, () => conn.request(9, null, { timeout: 1 }));
+      for (const r of await Promise.allSettled(ps)) {
+        assert.equal(r.status, 'rejected');
+        assert.equal(((r as PromiseRejectedResult).reason as VfioUserError).code, 'VFU_TIMEOUT', 'never VFU_BUSY');
+      }
+    }
+    assert.ok(conn.tombstones <= 4096, `${conn.tombstones} tombstones`);
+    assert.ok(conn.inFlight <= 4096);
+    await waitFor(() => got.length === total, 'the peer read every request', 10000);
+    // a fresh request still gets an id and its reply
+    const p = conn.request(9, null, { timeout: 5000 });
+    await waitFor(() => got.length === total + 1, 'the fresh request');
+    const q = got[total]!;
+    peer.send({ msgId: q.header.msgId, command: 9, size: 0, flags: MSG_TYPE_REPLY, error: 0 }, null);
+    await p;
+    assert.deepEqual(closes, []);
+    conn.close();
+    peer.close();
+  });
+
+  test('tombstones expire after tombstoneMs; a late reply before that is still swallowed', async () => {
+    const { conn, peer, closes } = pair({ tombstoneMs: 200 });
+    const ps = Array.from({ length: 10 }, () => conn.request(9, null, { timeout: 1 }));
+    for (const p of ps) await assert.rejects(p, isErr('VFU_TIMEOUT'));
+    const qs = [];
+    for (let i = 0; i < 10; i++) qs.push((await peer.recv())!);
+    assert.equal(conn.tombstones, 10);
+    peer.send(frame({ msgId: qs[0]!.header.msgId, command: 9, flags: MSG_TYPE_REPLY }));
+    await waitFor(() => conn.tombstones === 9, 'the late reply consumed its tombstone');
+    await waitFor(() => conn.tombstones === 0, 'tombstones expired', 3000);
+    assert.equal(conn.inFlight, 0);
+    assert.deepEqual(closes, []);
+    conn.close();
+    peer.close();
+  });
+
   test('requests and replies between two Connections, with NO_REPLY posts in between', async () => {
     const base = openFds();
     const [a, b] = native.socketpair();
