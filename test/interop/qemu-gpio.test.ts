@@ -9,14 +9,21 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { serveChild } from '../helpers.js';
+import { spawn, spawnSync } from 'node:child_process';
+import { serveChild, CLI } from '../helpers.js';
 
 const runner = process.env.VFU_GUEST_RUN;
 const script = new URL('../../../test/interop/guest/gpio-idio16.sh', import.meta.url).pathname;
 
-test('QEMU + Linux guest: gpio-pci-idio-16 binds and uses our GPIO device', { skip: runner ? false : 'VFU_GUEST_RUN not set (no QEMU guest runner)', timeout: 300_000 }, async () => {
+for (const probe of [false, true]) {
+test(`QEMU + Linux guest: gpio-pci-idio-16 binds and uses our GPIO device${probe ? ', right after a probe client (vfio-user info) connected and left' : ''}`, { skip: runner ? false : 'VFU_GUEST_RUN not set (no QEMU guest runner)', timeout: 600_000 }, async () => {
   const srv = await serveChild('gpio', ['--inputs=0']);
+  if (probe) {
+    // a health probe: connect, negotiate, describe, leave; QEMU connects at once after it
+    const r = spawnSync(process.execPath, [CLI, 'info', srv.path, '--json'], { encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(JSON.parse(r.stdout).config.vendorId, 0x494f);
+  }
   const seen: number[] = [];
   let toggled = false;
   let answered = false;
@@ -52,6 +59,7 @@ test('QEMU + Linux guest: gpio-pci-idio-16 binds and uses our GPIO device', { sk
     await srv.stop();
   }
 });
+}
 
 test('vfio-user trace shows a complete QEMU boot session with the GPIO device', { skip: runner ? false : 'VFU_GUEST_RUN not set (no QEMU guest runner)', timeout: 300_000 }, async () => {
   const { CLI, sockPath } = await import('../helpers.js');

@@ -11,6 +11,7 @@ import { VfioUserClient } from '../../src/client/client.js';
 import { NvmeDriver, ADMIN, sc, sglDesc, setU64, GUARD, pattern } from './driver.js';
 import { serveChild } from '../helpers.js';
 import { rig, imagePath, type Rig } from './rig.js';
+import { within } from '../client/util.js';
 
 /** allocates n pages in reverse order (not contiguous in IOVA order) */
 function scatteredPages(d: NvmeDriver, n: number): number[] {
@@ -469,6 +470,32 @@ describe('nvme: interrupt and DMA variants', () => {
         assert.equal((await r.d.rw('read', 1, 8 * k, 8, { prp1: back })).status, 0);
         assert.ok(Buffer.from(r.d.at(back, 4096)).equals(Buffer.from(pattern(4096, 500 + k))));
       }
+    } finally {
+      await r.close();
+    }
+  });
+});
+
+describe('nvme: the doorbell poller across controller resets', () => {
+  test('an idle poller (on its timer) stopped by a reset: the next enable polls again, and setImmediate still works', async () => {
+    const r = await rig({ doorbells: 'mmap' }, { mmapDoorbells: true }, { queues: 1 });
+    try {
+      const io = async (k: number): Promise<void> => {
+        const buf = r.d.alloc(4096);
+        r.d.at(buf, 4096).set(pattern(4096, 900 + k));
+        assert.equal((await within(r.d.rw('write', 1, 8 * k, 8, { prp1: buf }), 5000, `write ${k}`)).status, 0);
+      };
+      await io(0);
+      // let the poller go idle and fall back to its timer (2,000 idle turns)
+      for (let i = 0; i < 2500; i++) await new Promise((res) => setImmediate(res));
+      await new Promise((res) => setTimeout(res, 20));
+      // as Linux does at probe: disable, enable, then I/O through the page
+      await r.d.init({ queues: 1 });
+      await io(1);
+      let ran = false;
+      setImmediate(() => (ran = true));
+      await new Promise((res) => setTimeout(res, 20));
+      assert.ok(ran, 'setImmediate callbacks still run in this process');
     } finally {
       await r.close();
     }
