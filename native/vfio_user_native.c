@@ -886,6 +886,111 @@ static napi_value js_munmap(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* --------------------------------------------------------------- SIGBUS-safe copies */
+
+/*
+ * copyFromMapping / copyToMapping copy between a mapping made by mmap() and a buffer, turning a
+ * SIGBUS (the client truncated a file it shared and the page is gone) into a failed copy
+ * instead of the death of the process. A process-wide SIGBUS handler siglongjmps back into the
+ * copy when a thread-local jump buffer says one of our copies is running on this thread;
+ * otherwise it hands the signal to the handler that was there before (or restores the default
+ * action and returns, so the faulting access runs again and kills the process as before).
+ * SA_NODEFER keeps SIGBUS unblocked after the jump, without saving the signal mask (which
+ * would cost a system call per copy).
+ */
+static __thread sigjmp_buf* volatile bus_jmp; /* volatile: the stores around memcpy must stay */
+static struct sigaction bus_old;
+static pthread_once_t bus_once = PTHREAD_ONCE_INIT;
+static int bus_installed;
+
+static void bus_handler(int sig, siginfo_t* si, void* uc) {
+  sigjmp_buf* j = bus_jmp;
+  if (j != NULL) {
+    bus_jmp = NULL;
+    siglongjmp(*j, 1);
+  }
+  if (bus_old.sa_flags & SA_SIGINFO) {
+    if (bus_old.sa_sigaction != NULL) {
+      bus_old.sa_sigaction(sig, si, uc);
+      return;
+    }
+  } else if (bus_old.sa_handler != SIG_DFL && bus_old.sa_handler != SIG_IGN) {
+    bus_old.sa_handler(sig);
+    return;
+  }
+  struct sigaction dfl;
+  memset(&dfl, 0, sizeof dfl);
+  dfl.sa_handler = SIG_DFL;
+  sigemptyset(&dfl.sa_mask);
+  sigaction(SIGBUS, &dfl, NULL);
+}
+
+static void bus_install(void) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_sigaction = bus_handler;
+  sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
+  sigemptyset(&sa.sa_mask);
+  bus_installed = sigaction(SIGBUS, &sa, &bus_old) == 0;
+}
+
+/* memcpy that returns 0, or EFAULT when a page faulted with SIGBUS on the way. */
+static int guarded_copy(void* dst, const void* src, size_t n) {
+  sigjmp_buf j;
+  bus_jmp = NULL; /* first touch of the thread-local outside any signal handler */
+  if (sigsetjmp(j, 0) != 0) return EFAULT; /* the handler cleared bus_jmp */
+  bus_jmp = &j;
+  memcpy(dst, src, n);
+  bus_jmp = NULL;
+  return 0;
+}
+
+/* copyFromMapping(buf, offset, dst) / copyToMapping(buf, offset, src): buf from mmap(). */
+static napi_value mapping_copy(napi_env env, napi_callback_info info, bool to_mapping) {
+  GET_ARGS(3);
+  const char* name = to_mapping ? "copyToMapping" : "copyFromMapping";
+  bool is_ab = false, detached = false;
+  if (napi_is_arraybuffer(env, argv[0], &is_ab) != napi_ok || !is_ab) {
+    throw_type(env, "buf", "an ArrayBuffer returned by mmap()");
+    return NULL;
+  }
+  NAPI_OK(napi_is_detached_arraybuffer(env, argv[0], &detached));
+  void* base = NULL;
+  size_t blen = 0;
+  if (!detached) NAPI_OK(napi_get_arraybuffer_info(env, argv[0], &base, &blen));
+  int64_t offset;
+  if (!get_integer(env, argv[1], "offset", 0, MAX_SAFE_INTEGER, &offset)) return NULL;
+  void* data = NULL;
+  size_t n = 0;
+  if (!get_view(env, argv[2], &data, &n)) {
+    throw_type(env, to_mapping ? "src" : "dst", "an ArrayBufferView");
+    return NULL;
+  }
+  mapping* m = base != NULL ? st->maps[map_bucket(st, base)] : NULL;
+  while (m != NULL && !(m->addr == base && m->len == blen)) m = m->next;
+  if (m == NULL) {
+    if (detached) throw_errno(env, EFAULT, name); /* unmapped meanwhile */
+    else throw_type(env, "buf", "an ArrayBuffer returned by mmap()");
+    return NULL;
+  }
+  if ((uint64_t)offset > blen || n > blen - (size_t)offset) {
+    throw_range(env, "offset", "within the mapping");
+    return NULL;
+  }
+  if (n == 0) return make_bool(env, true);
+  pthread_once(&bus_once, bus_install);
+  if (!bus_installed) {
+    throw_errno(env, ENOTSUP, name);
+    return NULL;
+  }
+  char* at = (char*)base + offset;
+  int err = to_mapping ? guarded_copy(at, data, n) : guarded_copy(data, at, n);
+  return make_bool(env, err == 0);
+}
+
+static napi_value js_copy_from_mapping(napi_env env, napi_callback_info info) { return mapping_copy(env, info, false); }
+static napi_value js_copy_to_mapping(napi_env env, napi_callback_info info) { return mapping_copy(env, info, true); }
+
 /* ------------------------------------------------------------------------------ eventfd */
 
 static napi_value js_eventfd(napi_env env, napi_callback_info info) {
@@ -1540,6 +1645,8 @@ NAPI_MODULE_INIT() {
       METHOD("fstat", js_fstat),
       METHOD("mmap", js_mmap),
       METHOD("munmap", js_munmap),
+      METHOD("copyFromMapping", js_copy_from_mapping),
+      METHOD("copyToMapping", js_copy_to_mapping),
       METHOD("eventfd", js_eventfd),
       METHOD("eventfdRead", js_eventfd_read),
       METHOD("eventfdWrite", js_eventfd_write),

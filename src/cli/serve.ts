@@ -25,6 +25,7 @@ export async function serve(argv: string[]): Promise<number> {
       'max-data-xfer-size': { type: 'string' },
       'max-dma-maps': { type: 'string' },
       'max-dma-bytes': { type: 'string' },
+      'allow-unsealed-dma': { type: 'boolean' },
       inputs: { type: 'string' },
       image: { type: 'string' },
       size: { type: 'string' },
@@ -46,7 +47,9 @@ export async function serve(argv: string[]): Promise<number> {
           .join('') +
         '\noptions:\n  -v, --verbose   log every command\n  -q, --quiet     no logs\n  --no-twin-socket  never offer twin-socket mode\n' +
         '  --max-dma-maps=N  most DMA maps a client may hold (default 65535)\n' +
-        '  --max-dma-bytes=SIZE  most address space all DMA maps may cover (default 16T)\n',
+        '  --max-dma-bytes=SIZE  most address space all DMA maps may cover (default 16T)\n' +
+        '  --allow-unsealed-dma  accept DMA files that cannot be sealed against shrinking (copied\n' +
+        '                        safely, no zero-copy); refused by default\n',
     );
     return name || values.help ? 0 : 2;
   }
@@ -79,6 +82,7 @@ export async function serve(argv: string[]): Promise<number> {
     maxDataXferSize: values['max-data-xfer-size'] ? Number(values['max-data-xfer-size']) : undefined,
     maxDmaMaps,
     maxDmaBytes,
+    requireSealedDmaFiles: !values['allow-unsealed-dma'],
     log: (level, msg) => {
       if (quiet || (level === 'debug' && !verbose)) return;
       process.stderr.write(`vfio-user[${name}] ${level}: ${msg}\n`);

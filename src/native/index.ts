@@ -101,6 +101,14 @@ export interface NativeAddon {
    * detached buffer is ignored); TypeError for an ArrayBuffer that mmap() did not return.
    */
   munmap(buf: ArrayBuffer): void;
+  /**
+   * Copies dst.byteLength bytes from buf (a mapping from mmap()) at offset into dst, or src into
+   * buf at offset, like memcpy, but a SIGBUS on the way (a page of a file its owner truncated)
+   * makes it return false instead of killing the process (what was copied before the fault
+   * stays). Throws EFAULT when buf was unmapped, RangeError past its end.
+   */
+  copyFromMapping(buf: ArrayBuffer, offset: number, dst: ArrayBufferView): boolean;
+  copyToMapping(buf: ArrayBuffer, offset: number, src: ArrayBufferView): boolean;
   /** eventfd(initval, EFD_CLOEXEC|EFD_NONBLOCK [|EFD_SEMAPHORE]) */
   eventfd(initval: number, semaphore: boolean): number;
   /** Reads the counter (resetting it); returns -1 when it is zero (EAGAIN). */

@@ -77,10 +77,13 @@ class MappedFile {
   retired: Window[] = [];
   /** slot -> the part of it [lo, hi) that maps use (it only grows while the file is mapped) */
   readonly need = new Map<number, { lo: number; hi: number }>();
-  constructor(key: string, fd: number, writable: boolean) {
+  /** sealed against shrinking; if not, it is only ever copied with the SIGBUS-safe native copy */
+  readonly sealed: boolean;
+  constructor(key: string, fd: number, writable: boolean, sealed: boolean) {
     this.key = key;
     this.fd = fd;
     this.writable = writable;
+    this.sealed = sealed;
   }
 
   /** Records that a map uses [off, off+len) of the file (no mmap: that happens on access). */
@@ -421,7 +424,10 @@ const DEFAULT_MAX_BYTES = DEFAULT_MAX_DMA_BYTES;
 export interface DmaOptions {
   /** most maps (default 65535) */
   maxMaps?: number;
-  /** refuse (EPERM) files that cannot be sealed against shrinking */
+  /**
+   * refuse (EPERM) files that cannot be sealed against shrinking (default true); when false they
+   * are accepted, never viewed directly, and copied with a SIGBUS-safe native copy
+   */
   requireSealed?: boolean;
   /** most bytes all maps together may cover (default 16 TiB); ENOSPC past it */
   maxBytes?: number;
@@ -453,7 +459,7 @@ export class DmaController {
 
   constructor(opts: DmaOptions = {}) {
     this.maxMaps = opts.maxMaps ?? 65535;
-    this.requireSealed = opts.requireSealed ?? false;
+    this.requireSealed = opts.requireSealed ?? true;
     this.maxBytes = opts.maxBytes ?? DEFAULT_MAX_BYTES;
     const w = opts.windows ?? {};
     this.win = new Windows(w.softCount ?? 1024, w.softBytes ?? 2 ** 40, w.hardCount ?? 8192, w.hardBytes ?? 2 ** 44);
@@ -551,7 +557,7 @@ export class DmaController {
             const err = e as { errno?: number; message?: string };
             throw new DmaError(`cannot mmap DMA region: ${err.message}`, err.errno ?? Errno.EINVAL);
           }
-          file = new MappedFile(key, fd, (prot & PROT_WRITE) !== 0);
+          file = new MappedFile(key, fd, (prot & PROT_WRITE) !== 0, sealed);
           fd = undefined;
           this.files.set(key, file);
         }
@@ -707,27 +713,17 @@ export class DmaController {
    * With write=true the pages are logged dirty.
    */
   views(iova: Iova, length: number, write = false): Uint8Array[] {
-    // fast path: a number address, the range in one shared map and one window
-    if (typeof iova === 'number' && length > 0) {
-      const r = this.regions.find(iova);
-      if (r !== undefined) {
-        const f = r.file;
-        const off = iova - r.iova;
-        if (f && off + length <= r.size && r.prot & (write ? PROT_WRITE : PROT_READ) && Number.isSafeInteger(iova) && Number.isSafeInteger(length)) {
-          const fo = r.fileOffset + off;
-          const w = f.windows.get(Math.floor(fo / WINDOW));
-          if (w !== undefined && fo >= w.fileOffset && fo + length <= w.end) {
-            if (write && this.dirty) this.dirtySegment(r, off, length);
-            return [w.bytes.subarray(fo - w.fileOffset, fo - w.fileOffset + length)];
-          }
-        }
-      }
-    }
+    const v = this.fastView(iova, length, write);
+    if (v !== undefined) return [v];
     const segs = this.segments(iova, length, write);
     const out: Uint8Array[] = [];
     for (const s of segs) {
       const f = s.r.file;
       if (!f) throw new DmaError(`DMA map at ${hex(s.r.iova)} is not shared memory`, Errno.EFAULT);
+      if (!f.sealed) {
+        // the client could truncate it under a view and a touch would kill us (SIGBUS)
+        throw new DmaError(`DMA map at ${hex(s.r.iova)} is an unsealed file: no direct views (use read/write or readSync/writeSync)`, Errno.EFAULT);
+      }
       let fo = s.r.fileOffset + s.off;
       let left = s.len;
       while (left > 0) {
@@ -743,33 +739,74 @@ export class DmaController {
     return out;
   }
 
+  /** The common case, quickly: a number address, the range in one sealed map and one window. */
+  private fastView(iova: Iova, length: number, write: boolean): Uint8Array | undefined {
+    if (typeof iova !== 'number' || !(length > 0)) return undefined;
+    const r = this.regions.find(iova);
+    if (r === undefined) return undefined;
+    const f = r.file;
+    const off = iova - r.iova;
+    if (f && f.sealed && off + length <= r.size && r.prot & (write ? PROT_WRITE : PROT_READ) && Number.isSafeInteger(iova) && Number.isSafeInteger(length)) {
+      const fo = r.fileOffset + off;
+      const w = f.windows.get(Math.floor(fo / WINDOW));
+      if (w !== undefined && fo >= w.fileOffset && fo + length <= w.end) {
+        if (write && this.dirty) this.dirtySegment(r, off, length);
+        return w.bytes.subarray(fo - w.fileOffset, fo - w.fileOffset + length);
+      }
+    }
+    return undefined;
+  }
+
   /** True when every byte of the range is shared memory the server can view directly. */
   isShared(iova: Iova, length: number): boolean {
     try {
-      return this.segments(iova, length, false).every((s) => s.r.file !== undefined);
+      return this.segments(iova, length, false).every((s) => s.r.file !== undefined && s.r.file.sealed);
     } catch {
       return false;
     }
   }
 
-  /** Synchronous copy out of shared memory (EFAULT when not mapped or not shared). */
+  /**
+   * Synchronous copy out of shared memory (EFAULT when not mapped or not shared, or when the
+   * client truncated an unsealed file under it).
+   */
   readSync(iova: Iova, length: number, into?: Uint8Array): Uint8Array {
     const out = into ?? new Uint8Array(length);
+    const v = this.fastView(iova, length, false);
+    if (v !== undefined) {
+      out.set(v);
+      return out;
+    }
+    const segs = this.sharedSegments(iova, length, false);
     let pos = 0;
-    for (const v of this.views(iova, length, false)) {
-      out.set(v, pos);
-      pos += v.length;
+    for (const s of segs) {
+      this.copySegment(s, out.subarray(pos, pos + s.len), false);
+      pos += s.len;
     }
     return out;
   }
 
-  /** Synchronous copy into shared memory (EFAULT when not mapped or not shared). */
+  /** Synchronous copy into shared memory (EFAULT as readSync). */
   writeSync(iova: Iova, data: Uint8Array): void {
-    let pos = 0;
-    for (const v of this.views(iova, data.length, true)) {
-      v.set(data.subarray(pos, pos + v.length));
-      pos += v.length;
+    const v = this.fastView(iova, data.length, true);
+    if (v !== undefined) {
+      v.set(data);
+      return;
     }
+    const segs = this.sharedSegments(iova, data.length, true);
+    let pos = 0;
+    for (const s of segs) {
+      this.copySegment(s, data.subarray(pos, pos + s.len), true);
+      pos += s.len;
+    }
+    if (this.dirty) for (const s of segs) this.dirtySegment(s.r, s.off, s.len);
+  }
+
+  /** segments() of memory shared with an fd (EFAULT before anything is copied otherwise) */
+  private sharedSegments(iova: Iova, length: number, write: boolean): Segment[] {
+    const segs = this.segments(iova, length, write);
+    for (const s of segs) if (!s.r.file) throw new DmaError(`DMA map at ${hex(s.r.iova)} is not shared memory`, Errno.EFAULT);
+    return segs;
   }
 
   /** Pins the maps under a range so an unmap waits until release() is called. */
@@ -868,8 +905,13 @@ export class DmaController {
       const w = this.win.get(f, fo);
       const start = fo - w.fileOffset;
       const n = Math.min(s.len - pos, w.bytes.length - start);
-      if (write) w.bytes.set(buf.subarray(pos, pos + n), start);
-      else buf.set(w.bytes.subarray(start, start + n), pos);
+      if (f.sealed) {
+        if (write) w.bytes.set(buf.subarray(pos, pos + n), start);
+        else buf.set(w.bytes.subarray(start, start + n), pos);
+      } else if (!(write ? native.copyToMapping(w.buf, start, buf.subarray(pos, pos + n)) : native.copyFromMapping(w.buf, start, buf.subarray(pos, pos + n)))) {
+        // SIGBUS caught in the native copy: the client truncated the file under its map
+        throw new DmaError(`client memory at ${hex(s.r.iova)}+${hex(s.off + pos)} is gone (its file was truncated)`, Errno.EFAULT);
+      }
       fo += n;
       pos += n;
     }

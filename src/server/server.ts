@@ -49,10 +49,11 @@ export interface ServerOptions {
    */
   dmaReadWindow?: number;
   /**
-   * Refuse DMA_MAP of files that cannot be sealed against shrinking (EPERM). Such a file
-   * (a regular file, or a memfd without sealing) could be truncated by the client while we
-   * map it, and the next access would kill the server with SIGBUS. Default false: accepted
-   * with a warning. QEMU's memory-backend-memfd is sealed already.
+   * Refuse DMA_MAP of files that cannot be sealed against shrinking (EPERM; default true).
+   * Such a file (a regular file, one in /dev/shm, a memfd without MFD_ALLOW_SEALING) could be
+   * truncated by the client while we map it. With false they are accepted: never handed to
+   * device code as views, only copied by a native copy that turns the fault (SIGBUS) into an
+   * error for that one access. QEMU's memory-backend-memfd is sealed already.
    */
   requireSealedDmaFiles?: boolean;
   /**
@@ -341,7 +342,7 @@ export class Session {
     }
     const region = dma.map(req.address, req.size, prot, fds[0], req.offset); // full 64-bit; closes the fd on failure
     if (!region.sealed) {
-      this.server.log('warn', `DMA map at 0x${region.iova.toString(16)}: its file cannot be sealed against shrinking; a client truncating it would crash this server`);
+      this.server.log('warn', `DMA map at 0x${region.iova.toString(16)}: its file cannot be sealed against shrinking; it is accessed by SIGBUS-safe copies only (slower, no zero-copy)`);
     }
     this.conn.reply(msg.header, null);
   }
@@ -752,7 +753,7 @@ export class VfioUserServer extends EventEmitter {
     this.migration = device.migratable ? new Migration(device) : undefined;
     (device.dma as { maxMaps: number }).maxMaps = this.maxDmaMaps;
     device.dma.maxBytes = opts.maxDmaBytes ?? DEFAULT_MAX_DMA_BYTES;
-    device.dma.requireSealed = opts.requireSealedDmaFiles ?? false;
+    device.dma.requireSealed = opts.requireSealedDmaFiles ?? true;
     device.irqs.log = (level, msg) => this.log(level, msg);
   }
 

@@ -139,11 +139,11 @@ test('dirty logging: only logged ranges, bits cleared when reported, invalid req
 });
 
 test('mapped memfds are sealed against shrinking; unsealable files are flagged or refused', async () => {
-  const { openSync, closeSync, writeFileSync, rmSync } = await import('node:fs');
+  const { openSync, closeSync, writeFileSync, rmSync, ftruncateSync } = await import('node:fs');
   const { join } = await import('node:path');
   const { tmpdir } = await import('node:os');
   const fd = memfd(1 << 16);
-  const dma = new DmaController();
+  const dma = new DmaController({ requireSealed: false });
   const r = dma.map(0, 1 << 16, 3, native.dup(fd), 0);
   assert.equal(r.sealed, true);
   assert.throws(() => native.ftruncate(fd, 4096), (e) => (e as { code?: string }).code === 'EPERM', 'the client can no longer shrink it');
@@ -154,9 +154,19 @@ test('mapped memfds are sealed against shrinking; unsealable files are flagged o
   const ffd = openSync(path, 'r+');
   const r2 = dma.map(0x100000, 1 << 16, 3, native.dup(ffd), 0);
   assert.equal(r2.sealed, false, 'a regular file cannot be sealed');
-  const strict = new DmaController({ requireSealed: true });
+  assert.throws(() => dma.views(0x100000, 16), (e) => e instanceof DmaError && e.errno === 14, 'no direct views of it');
+  dma.writeSync(0x100000 + 5, Uint8Array.of(1, 2, 3)); // copies work
+  assert.deepEqual([...dma.readSync(0x100000 + 4, 5)], [0, 1, 2, 3, 0]);
+  assert.equal(dma.isShared(0x100000, 16), false);
+  const strict = new DmaController(); // refuses by default
   assert.throws(() => strict.map(0, 4096, 3, native.dup(ffd), 0), (e) => e instanceof DmaError && e.errno === 1);
   strict.map(0, 4096, 3, native.dup(fd), 0);
+  // the client truncates it: accesses fail (EFAULT) instead of killing the process (SIGBUS)
+  ftruncateSync(ffd, 0);
+  assert.throws(() => dma.readSync(0x100000, 16), (e) => e instanceof DmaError && e.errno === 14);
+  assert.throws(() => dma.writeSync(0x100000, new Uint8Array(16)), (e) => e instanceof DmaError && e.errno === 14);
+  await assert.rejects(dma.read(0x100000, 16), (e) => e instanceof DmaError && e.errno === 14);
+  assert.equal(dma.readSync(0xfff0, 1)[0], 1, 'the sealed map is untouched');
   await strict.unmapAll();
   await dma.unmapAll();
   closeSync(ffd);
