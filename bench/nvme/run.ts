@@ -6,12 +6,18 @@
  *   trap/sync    trapped REGION_WRITE doorbells, each waiting for its reply (what QEMU does
  *                once any region is mappable: posted writes are turned off)
  *   mmap/poll    doorbells written to the mmap-ed page, which the server polls
+ *   shadow       shadow doorbells + EventIdx (Doorbell Buffer Config) over trapped posted
+ *                writes: the driver rings only when the EventIdx asks, the server polls the
+ *                shadows while I/O flows and sleeps when it stops
  * Workloads: 4 KiB random read / write, 128 KiB sequential read / write, at QD 1 and 32.
+ * Per I/O: the server's CPU time (/proc/PID/stat), messages (doorbell writes sent plus
+ * interrupts received by the driver) and server wake-ups (voluntary context switches).
  *
- *   node dist/bench/nvme/run.js [--seconds=2] [--size=256M] [--modes=trap-posted,trap-sync,mmap]
+ *   node dist/bench/nvme/run.js [--seconds=2] [--size=256M] [--modes=trap-posted,shadow,trap-sync,mmap]
+ *        [--poll-us=N] [--idle=S]   (--idle: the server's CPU time over S idle seconds per mode)
  */
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -20,11 +26,28 @@ import { serveChild } from '../../test/helpers.js';
 import { NvmeDriver } from '../../test/nvme/driver.js';
 
 const { values } = parseArgs({
-  options: { seconds: { type: 'string' }, size: { type: 'string' }, modes: { type: 'string' } },
+  options: { seconds: { type: 'string' }, size: { type: 'string' }, modes: { type: 'string' }, 'poll-us': { type: 'string' }, idle: { type: 'string' } },
 });
+const idleSeconds = Number(values.idle ?? 0);
 const seconds = Number(values.seconds ?? 2);
 const sizeArg = values.size ?? '256M';
-const modes = (values.modes ?? 'trap-posted,trap-sync,mmap').split(',');
+const modes = (values.modes ?? 'trap-posted,shadow,trap-sync,mmap').split(',');
+
+/** the server's CPU seconds and voluntary context switches (its wake-ups from sleep) */
+function serverStats(pid: number): { cpu: number; wakeups: number } {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const rest = f.slice(f.lastIndexOf(')') + 2).split(' ');
+  let wakeups = 0;
+  const st = readFileSync(`/proc/${pid}/status`, 'utf8').match(/voluntary_ctxt_switches:\s+(\d+)/);
+  if (st) wakeups = Number(st[1]);
+  return { cpu: (Number(rest[11]) + Number(rest[12])) / 100, wakeups };
+}
+
+function messages(d: NvmeDriver): number {
+  let irqs = 0;
+  for (const n of d.interrupts.values()) irqs += n;
+  return d.doorbellStats.rung + irqs;
+}
 
 // pin ourselves to CPU 0 too: re-exec under taskset once
 if (!process.env.VFU_BENCH_PINNED) {
@@ -54,7 +77,14 @@ const JOBS: Job[] = [
   { name: 'rand write 4K', op: 'write', bs: 4096, qd: 32, random: true },
 ];
 
-async function runJob(d: NvmeDriver, job: Job, blocks: number): Promise<{ iops: number; mbs: number; latUs: number }> {
+interface Result {
+  iops: number;
+  mbs: number;
+  latUs: number;
+  ops: number;
+}
+
+async function runJob(d: NvmeDriver, job: Job, blocks: number): Promise<Result> {
   const nlb = job.bs / d.lbaSize;
   const slots = Math.floor(blocks / nlb);
   let next = 0;
@@ -82,24 +112,37 @@ async function runJob(d: NvmeDriver, job: Job, blocks: number): Promise<{ iops: 
   });
   await Promise.all(workers);
   const dt = (performance.now() - t0) / 1000;
-  return { iops: ops / dt, mbs: (ops * job.bs) / dt / 1e6, latUs: (dt / ops) * job.qd * 1e6 };
+  return { iops: ops / dt, mbs: (ops * job.bs) / dt / 1e6, latUs: (dt / ops) * job.qd * 1e6, ops };
 }
 
 async function main(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'vfu-nvme-bench-'));
   const rows: string[][] = [];
+  const idle: string[] = [];
   try {
     for (const mode of modes) {
       const image = join(dir, `${mode}.img`);
-      const srv = await serveChild('nvme', [`--image=${image}`, `--size=${sizeArg}`, '--quiet', ...(mode === 'mmap' ? ['--doorbells=mmap'] : [])], { taskset: '0' });
+      const extra = [...(mode.startsWith('mmap') ? ['--doorbells=mmap'] : []), ...(values['poll-us'] ? [`--poll-us=${values['poll-us']}`] : [])];
+      const srv = await serveChild('nvme', [`--image=${image}`, `--size=${sizeArg}`, '--quiet', ...extra], { taskset: '0' });
+      const pid = srv.child.pid!;
       const client = await VfioUserClient.connect(srv.path);
-      const d = await NvmeDriver.attach(client, { memSize: 64 << 20, posted: mode === 'trap-posted', mmapDoorbells: mode === 'mmap' });
-      await d.init({ queues: 1, depth: 64 });
+      const d = await NvmeDriver.attach(client, { memSize: 64 << 20, posted: mode !== 'trap-sync', mmapDoorbells: mode.startsWith('mmap') });
+      await d.init({ queues: 1, depth: 64, shadow: mode === 'shadow' || mode === 'mmap-shadow' });
       const blocks = d.nsBlocks;
       for (const job of JOBS) {
+        const s0 = serverStats(pid);
+        const m0 = messages(d);
         const r = await runJob(d, job, blocks);
-        rows.push([mode, job.name, String(job.qd), r.iops.toFixed(0), r.mbs.toFixed(1), r.latUs.toFixed(1)]);
+        const s1 = serverStats(pid);
+        const per = (x: number): string => (x / r.ops).toFixed(2);
+        rows.push([mode, job.name, String(job.qd), r.iops.toFixed(0), r.mbs.toFixed(1), r.latUs.toFixed(1), ((s1.cpu - s0.cpu) / r.ops * 1e6).toFixed(1), per(messages(d) - m0), per(s1.wakeups - s0.wakeups)]);
         process.stderr.write(`${rows[rows.length - 1]!.join('\t')}\n`);
+      }
+      if (idleSeconds > 0) {
+        const s0 = serverStats(pid);
+        await new Promise((res) => setTimeout(res, idleSeconds * 1000));
+        const s1 = serverStats(pid);
+        idle.push(`${mode}: ${((s1.cpu - s0.cpu) * 1000).toFixed(0)} ms CPU, ${s1.wakeups - s0.wakeups} wake-ups over ${idleSeconds} idle s`);
       }
       d.close();
       client.close();
@@ -109,13 +152,14 @@ async function main(): Promise<void> {
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
-  const head = ['doorbells', 'workload', 'QD', 'IOPS', 'MB/s', 'lat us'];
+  const head = ['doorbells', 'workload', 'QD', 'IOPS', 'MB/s', 'lat us', 'srv us/IO', 'msgs/IO', 'wakeups/IO'];
   const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   const line = (r: string[]): string => r.map((c, i) => (i >= 2 ? c.padStart(w[i]!) : c.padEnd(w[i]!))).join('  ');
   console.log(`\nNVMe over vfio-user, server and driver pinned to CPU 0, ${seconds} s per job, image ${sizeArg}`);
   console.log(line(head));
   console.log(w.map((n) => '-'.repeat(n)).join('  '));
   for (const r of rows) console.log(line(r));
+  for (const l of idle) console.log(l);
 }
 
 main().catch((e) => {

@@ -32,6 +32,7 @@ export async function serve(argv: string[]): Promise<number> {
       'lba-size': { type: 'string' },
       doorbells: { type: 'string' },
       'poll-us': { type: 'string' },
+      'shadow-doorbells': { type: 'string' },
       serial: { type: 'string' },
       'read-only': { type: 'boolean' },
       queues: { type: 'string' },

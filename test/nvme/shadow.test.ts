@@ -245,3 +245,72 @@ describe('nvme shadow doorbells', () => {
     }
   });
 });
+
+describe('nvme: interrupt coalescing and fairness between queues', () => {
+  test('coalescing (feature 08h) fires one interrupt per THR + 1 entries or per TIME; CD on a vector turns it off', async () => {
+    const r = await rig({}, {}, { queues: 2, depth: 64 });
+    try {
+      // n commands, each submitted in its own event-loop turn (one doorbell message each)
+      const burst = async (q: number, n: number): Promise<number> => {
+        const v = r.d.interrupts.get(q) ?? 0;
+        const all: Promise<void>[] = [];
+        for (let i = 0; i < n; i++) {
+          all.push(r.d.rw('read', q, i * 8, 8, { prp1: r.d.alloc(4096) }).then((c) => assert.equal(c.status, 0)));
+          await delay(1);
+        }
+        await Promise.all(all);
+        return (r.d.interrupts.get(q) ?? 0) - v;
+      };
+      const plain = await burst(1, 32);
+      // THR 15 (16 entries), TIME 200 (20 ms)
+      assert.equal(sc(await r.d.submit(ADMIN, { opc: 0x09, cdw10: 0x08, cdw11: (200 << 8) | 15 })), 0);
+      const coalesced = await burst(1, 32);
+      assert.ok(coalesced < plain / 2, `coalesced ${coalesced} interrupts vs ${plain}`);
+      // one command: completes after TIME, not never
+      const t0 = performance.now();
+      assert.equal(await burst(1, 1), 1);
+      assert.ok(performance.now() - t0 >= 15, 'waited for the aggregation time');
+      // Coalescing Disable on vector 2 (feature 09h)
+      assert.equal(sc(await r.d.submit(ADMIN, { opc: 0x09, cdw10: 0x09, cdw11: 2 | (1 << 16) })), 0);
+      const off = await burst(2, 32);
+      assert.ok(off > plain / 2, `vector 2 not coalesced: ${off} (${plain} before)`);
+      // and a reset drops the pending aggregation timer
+      void r.d.rw('read', 1, 0, 8, { prp1: r.d.alloc(4096) }).catch(() => {});
+      await r.d.disable();
+    } finally {
+      await r.close();
+    }
+  });
+
+  for (const shadow of [false, true]) {
+    test(`a busy queue does not starve another (${shadow ? 'shadow doorbells' : 'MMIO doorbells'})`, async () => {
+      const r = await rig({ size: 64 << 20 }, {}, { queues: 2, depth: 64, shadow });
+      try {
+        let busy = 0;
+        let light = 0;
+        let stop = false;
+        const bufs = Array.from({ length: 48 }, () => r.d.alloc(64 << 10));
+        const heavy = bufs.map(async (buf, k) => {
+          while (!stop) {
+            const c = await r.d.rw('write', 1, (k * 128) % 100000, 128, { prp1: buf, prp2: r.d.prps(Array.from({ length: 16 }, (_, i) => buf + i * 4096), 64 << 10).prp2 });
+            assert.equal(c.status, 0);
+            busy++;
+          }
+        });
+        const one = r.d.alloc(4096);
+        const end = performance.now() + 600;
+        while (performance.now() < end) {
+          assert.equal((await r.d.rw('read', 2, 0, 8, { prp1: one })).status, 0);
+          light++;
+        }
+        stop = true;
+        await Promise.all(heavy);
+        // 48 commands in flight on queue 1, one on queue 2: served in turn, queue 2 gets at
+        // least one command per round of queue 1's
+        assert.ok(light * 48 >= busy / 2, `queue 2: ${light} reads while queue 1 did ${busy} writes`);
+      } finally {
+        await r.close();
+      }
+    });
+  }
+});

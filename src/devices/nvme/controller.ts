@@ -53,6 +53,8 @@ export interface NvmeOptions {
   ioQueues?: number;
   /** doorbell mechanism (default 'trap') */
   doorbells?: 'trap' | 'mmap';
+  /** offer Doorbell Buffer Config (shadow doorbells, default true) */
+  shadowDoorbells?: boolean;
   /** keep polling the shadow doorbells (and the mmap page) this long after the last I/O (microseconds, default 50) */
   pollUs?: number;
   /** log function for unexpected errors */
@@ -94,6 +96,8 @@ interface CompQueue {
   /** completions that did not fit (only asynchronous ones: AERs) */
   backlog: { sqid: number; cid: number; status: number; dw0: number }[];
   irqPending: boolean;
+  /** entries posted since its last interrupt (interrupt coalescing) */
+  coalesced: number;
   /** shadow doorbell state (Doorbell Buffer Config) */
   db?: DoorbellTracker;
 }
@@ -124,6 +128,7 @@ export class NvmeDevice extends PciDevice {
   readonly maxIoQueues: number;
   readonly serial: string;
   readonly doorbellMode: 'trap' | 'mmap';
+  readonly shadowDoorbells: boolean;
   private readonly log: (msg: string) => void;
   private readonly bar0: ReturnType<PciDevice['addRegion']>;
 
@@ -154,6 +159,8 @@ export class NvmeDevice extends PciDevice {
   private running = true;
   private inflight = 0;
   private idleWaiters: (() => void)[] = [];
+  /** the Aggregation Time of interrupt coalescing, while entries wait for it */
+  private coalesceTimer: NodeJS.Timeout | undefined;
   /** polls the shadow doorbells (and the mmap doorbell page) while I/O flows */
   private readonly poller: Poller;
   private mmapDoorbells: Uint32Array | undefined;
@@ -176,6 +183,7 @@ export class NvmeDevice extends PciDevice {
     });
     this.maxIoQueues = ioQueues;
     this.doorbellMode = o.doorbells ?? 'trap';
+    this.shadowDoorbells = o.shadowDoorbells ?? true;
     this.log = o.log ?? ((m) => process.stderr.write(`nvme: ${m}\n`));
     let backend: Backend;
     if (o.image) backend = new FileBackend(o.image, o.size);
@@ -221,6 +229,7 @@ export class NvmeDevice extends PciDevice {
 
   override destroy(): void {
     this.poller.stop();
+    clearTimeout(this.coalesceTimer);
     for (const ns of this.namespaces.values()) ns.backend.close();
     super.destroy();
   }
@@ -373,6 +382,8 @@ export class NvmeDevice extends PciDevice {
     this.intms = 0;
     this.csts &= ~(CSTS.RDY | CSTS.CFS);
     this.poller.stop();
+    clearTimeout(this.coalesceTimer);
+    this.coalesceTimer = undefined;
     this.updateIntx();
   }
 
@@ -715,21 +726,39 @@ export class NvmeDevice extends PciDevice {
       cq.phase ^= 1;
     }
     cq.irqPending = true;
+    cq.coalesced++;
   }
 
   /** Raises the interrupts of the CQs that got entries (one per CQ per batch). */
-  private flushIrqs(): void {
+  private flushIrqs(timeUp = false): void {
     if (!this.running) return;
     const msix = this.msixEnabled();
+    // Interrupt Coalescing (feature 08h): an I/O vector without Coalescing Disable waits for
+    // THR + 1 entries or TIME x 100 us, whichever comes first (TIME 0: no waiting)
+    const ic = this.features.intCoalescing;
+    const thr = (ic & 0xff) + 1;
+    const time = (ic >> 8) & 0xff;
     let intx = false;
+    let waiting = false;
     for (const cq of this.cqs) {
       if (!cq || !cq.irqPending) continue;
+      if (cq.ien && msix && time && !timeUp && cq.id !== 0 && !this.features.ivConfig[cq.iv] && cq.coalesced < thr) {
+        waiting = true;
+        continue;
+      }
       cq.irqPending = false;
+      cq.coalesced = 0;
       if (!cq.ien) continue;
       if (msix) this.trigger(IrqIndex.MSIX, cq.iv);
       else intx = true;
     }
     if (intx) this.updateIntx();
+    if (waiting && !this.coalesceTimer) {
+      this.coalesceTimer = setTimeout(() => {
+        this.coalesceTimer = undefined;
+        this.flushIrqs(true);
+      }, Math.max(1, time / 10));
+    }
   }
 
   /** INTx level: high while an interrupt-enabled CQ has entries the host has not consumed. */
@@ -821,7 +850,7 @@ export class NvmeDevice extends PciDevice {
       case AdminOp.KEEP_ALIVE:
         return { status: Status.SUCCESS };
       case AdminOp.DOORBELL_BUFFER_CONFIG:
-        return this.doorbellBufferConfig(sqe);
+        return this.shadowDoorbells ? this.doorbellBufferConfig(sqe) : { status: Status.INVALID_OPCODE | DNR };
       default:
         return { status: Status.INVALID_OPCODE | DNR };
     }
@@ -843,7 +872,7 @@ export class NvmeDevice extends PciDevice {
           maxQueueEntries: MQES + 1,
           namespaces: Math.max(0, ...this.namespaces.keys()),
           subnqn: `nqn.2024-01.io.github.vfio-user:nvme:${this.serial}`,
-          oacs: 1 << 8, // Doorbell Buffer Config
+          oacs: this.shadowDoorbells ? 1 << 8 : 0, // Doorbell Buffer Config
         });
         break;
       case Identify.NAMESPACE: {
@@ -1315,7 +1344,7 @@ function parseShadows(v: unknown): { dbs: number; eis: number } | undefined {
 }
 
 function newCq(id: number, base: number, size: number, iv: number, ien: boolean): CompQueue {
-  return { id, base, size, head: 0, tail: 0, phase: 1, iv, ien, reserved: 0, backlog: [], irqPending: false };
+  return { id, base, size, head: 0, tail: 0, phase: 1, iv, ien, reserved: 0, backlog: [], irqPending: false, coalesced: 0 };
 }
 
 function defaultFeatures(ioQueues: number): Features {
