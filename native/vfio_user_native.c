@@ -806,12 +806,15 @@ static void mapping_finalize(napi_env env, void* data, void* hint) {
 }
 
 static napi_value js_mmap(napi_env env, napi_callback_info info) {
-  GET_ARGS(4);
+  GET_ARGS(5);
   int fd;
   int64_t offset, length, prot;
+  bool priv = false;
+  napi_valuetype t5;
+  NAPI_OK(napi_typeof(env, argv[4], &t5));
   if (!get_fd(env, argv[0], "fd", &fd) || !get_integer(env, argv[1], "offset", 0, MAX_SAFE_INTEGER, &offset) ||
       !get_integer(env, argv[2], "length", 0, MAX_SAFE_INTEGER, &length) ||
-      !get_integer(env, argv[3], "prot", 0, 0xffff, &prot)) {
+      !get_integer(env, argv[3], "prot", 0, 0xffff, &prot) || (t5 != napi_undefined && !get_bool(env, argv[4], "private", &priv))) {
     return NULL;
   }
   /* offset page aligned, 0 < length < 4 GiB, prot PROT_READ or PROT_READ|PROT_WRITE (a
@@ -826,7 +829,8 @@ static napi_value js_mmap(napi_env env, napi_callback_info info) {
     throw_errno(env, ENOMEM, "mmap");
     return NULL;
   }
-  void* a = mmap(NULL, (size_t)length, (int)prot, MAP_SHARED, fd, (off_t)offset);
+  /* MAP_PRIVATE: stores land in private copies of the pages, never in the file */
+  void* a = mmap(NULL, (size_t)length, (int)prot, priv ? MAP_PRIVATE : MAP_SHARED, fd, (off_t)offset);
   if (a == MAP_FAILED) {
     int e = errno;
     free(m);

@@ -93,9 +93,11 @@ export interface NativeAddon {
    * PROT_READ|PROT_WRITE (anything else, a misaligned offset or a length outside
    * 1..4 GiB - 1: EINVAL). Returns an ArrayBuffer over the mapping, unmapped by munmap() or
    * when garbage collected. Writing to a PROT_READ mapping, or touching pages beyond the end of
-   * the file, kills the process (SIGSEGV/SIGBUS) as in C.
+   * the file, kills the process (SIGSEGV/SIGBUS) as in C. priv = true maps MAP_PRIVATE: with
+   * PROT_WRITE, stores go to private copies of the pages and never reach the file (which may be
+   * open read-only); pages not stored to keep showing the file's current contents.
    */
-  mmap(fd: number, offset: number, length: number, prot: number): ArrayBuffer;
+  mmap(fd: number, offset: number, length: number, prot: number, priv?: boolean): ArrayBuffer;
   /**
    * Detaches the ArrayBuffer (all views then read as length 0) and munmaps. Idempotent (a
    * detached buffer is ignored); TypeError for an ArrayBuffer that mmap() did not return.

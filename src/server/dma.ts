@@ -149,7 +149,10 @@ class Windows {
     }
     let buf: ArrayBuffer;
     try {
-      buf = native.mmap(f.fd, start, length, PROT_READ | (f.writable ? PROT_WRITE : 0));
+      // a read-only map is mapped private and writable: a device storing through a view it
+      // asked for reading (a bug) changes only its own copy of the page, never the client's
+      // memory, and never faults (a PROT_READ mapping would kill the process with SIGSEGV)
+      buf = native.mmap(f.fd, start, length, PROT_READ | PROT_WRITE, !f.writable);
     } catch (e) {
       const err = e as { errno?: number; message?: string };
       throw new DmaError(`cannot mmap client memory: ${err.message}`, err.errno ?? Errno.ENOMEM);
@@ -552,7 +555,7 @@ export class DmaController {
         } else {
           // no mmap until the device touches it, but find out now whether it can be mapped
           try {
-            native.munmap(native.mmap(fd, off, PAGE, prot & PROT_WRITE ? PROT_READ | PROT_WRITE : PROT_READ));
+            native.munmap(native.mmap(fd, off, PAGE, PROT_READ | PROT_WRITE, (prot & PROT_WRITE) === 0));
           } catch (e) {
             const err = e as { errno?: number; message?: string };
             throw new DmaError(`cannot mmap DMA region: ${err.message}`, err.errno ?? Errno.EINVAL);
