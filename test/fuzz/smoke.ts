@@ -1,7 +1,10 @@
 /**
- * CI run of every coverage-guided fuzz target (fuzz/targets, Jazzer.js): a few seconds each
- * from the repo corpus. A finding fails the test with the runner's output (the input is in
- * fuzz/findings/<target>/). Campaigns: `npm run fuzz -- <target> --time=S` (README, Tests).
+ * CI run of a coverage-guided fuzz target (fuzz/targets, Jazzer.js): a few seconds from the
+ * repo corpus. A finding fails the test with the runner's output (the input is in
+ * fuzz/findings/<target>/). One test file per target (test/fuzz/<target>.test.ts), so each
+ * has the runner's per-file time limit: most of a run is Jazzer.js instrumenting the library
+ * at start-up, which takes tens of seconds on a busy machine.
+ * Campaigns: `npm run fuzz -- <target> --time=S` (README, Tests; docs/fuzzing.md).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -20,8 +23,8 @@ function run(target: string): Promise<{ code: number | null; out: string }> {
   });
 }
 
-for (const target of ['codec', 'server', 'nvme', 'migration', 'client']) {
-  test(`fuzz target ${target}: ${SECONDS} s of Jazzer.js without a finding`, { timeout: 120_000 }, async () => {
+export function smoke(target: string): void {
+  test(`fuzz target ${target}: ${SECONDS} s of Jazzer.js without a finding`, { timeout: 170_000 }, async () => {
     const { code, out } = await run(target);
     assert.equal(code, 0, out.slice(-6000));
     const m = new RegExp(`fuzz ${target}: ok, (\\d+) executions`).exec(out);
