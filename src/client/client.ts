@@ -210,6 +210,8 @@ export class VfioUserClient extends EventEmitter {
     this.conn = new Connection(fd, {
       maxMessageSize: HEADER_SIZE + (opts.maxDataXferSize ?? DEFAULT_XFER) * 2 + 65536,
       maxFdsPerMessage: 253,
+      // a server that floods commands and never reads the answers is dropped: memory stays bounded
+      holdCommandsWhenBacklogged: true,
       onCommand: (m) => this.onServerCommand(m, this.conn),
       onClose: (err) => this.onClose(err),
     });
@@ -271,6 +273,7 @@ export class VfioUserClient extends EventEmitter {
         this.twin = new Connection(tfd, {
           maxMessageSize: HEADER_SIZE + Math.max(caps.maxDataXferSize, ourXfer) * 2 + 65536,
           maxFdsPerMessage: 0,
+          holdCommandsWhenBacklogged: true,
           onCommand: (cm) => this.onServerCommand(cm, this.twin!),
           onClose: () => this.conn.close(),
         });

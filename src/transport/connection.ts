@@ -75,6 +75,17 @@ export interface ConnectionOptions {
   highWaterMark?: number;
   /** stop reading while more than highWaterMark bytes wait to be written (default false) */
   pauseReadsWhenBacklogged?: boolean;
+  /**
+   * Stop answering the peer while more than highWaterMark bytes wait to be written: commands
+   * that arrive meanwhile are held, in order, and run once the queue has drained; replies to
+   * our own requests are still read. Past maxHeldCommands (default 4096) or maxHeldBytes
+   * (default 64 MiB) held, the connection fails: a peer that floods commands and never reads
+   * the answers. This is the client's brake; unlike pausing reads it cannot deadlock against
+   * a server that pauses its own reads (default false).
+   */
+  holdCommandsWhenBacklogged?: boolean;
+  maxHeldCommands?: number;
+  maxHeldBytes?: number;
   /** a command arrived. Take fds synchronously (before any await) or they are closed. */
   onCommand?: (msg: Message, conn: Connection) => void;
   /**
@@ -172,6 +183,11 @@ export class Connection {
   private readonly maxFds: number;
   private readonly highWaterMark: number;
   private readonly pauseReads: boolean;
+  private readonly holdCommands: boolean;
+  private readonly maxHeldCommands: number;
+  private readonly maxHeldBytes: number;
+  private held: Message[] = [];
+  private heldBytes = 0;
   onCommand: ((msg: Message, conn: Connection) => void) | undefined;
   onClose: ((err: VfioUserError | undefined, conn: Connection) => void) | undefined;
   private readonly onRaw: ((msg: Message, conn: Connection) => void) | undefined;
@@ -211,6 +227,9 @@ export class Connection {
     this.maxFds = opts.maxFdsPerMessage ?? 253;
     this.highWaterMark = opts.highWaterMark ?? 4 * 1024 * 1024;
     this.pauseReads = opts.pauseReadsWhenBacklogged ?? false;
+    this.holdCommands = opts.holdCommandsWhenBacklogged ?? false;
+    this.maxHeldCommands = opts.maxHeldCommands ?? 4096;
+    this.maxHeldBytes = opts.maxHeldBytes ?? 64 * 1024 * 1024;
     this.tombstoneMs = opts.tombstoneMs ?? 60000;
     this.maxTombstones = opts.maxTombstones ?? 4096;
     this.onCommand = opts.onCommand;
@@ -275,7 +294,10 @@ export class Connection {
       if (!this.closed) this.fail(new VfioUserError('VFU_DISCONNECTED', `socket poll failed (status ${status})`, -status));
       return;
     }
-    if (events & native.POLL_WRITABLE) this.flush();
+    if (events & native.POLL_WRITABLE) {
+      this.flush();
+      if (this.held.length > 0) this.runHeld(); // commands held while we were backlogged
+    }
     if (this.closed) return;
     // the peer has hung up: read to the end now, so the hang-up is seen in this same turn
     // (a server deciding whether a newcomer must wait or be told it is busy relies on it)
@@ -467,6 +489,44 @@ export class Connection {
       }
       return;
     }
+    if (this.holdCommands && (this.held.length > 0 || this.wqueued > this.highWaterMark)) {
+      this.hold(msg);
+      return;
+    }
+    this.runCommand(msg);
+  }
+
+  /** Keeps a command for later (see holdCommandsWhenBacklogged), or fails a flooding peer. */
+  private hold(msg: Message): void {
+    if (this.held.length >= this.maxHeldCommands || this.heldBytes + msg.payload.length > this.maxHeldBytes) {
+      closeFds(takeFds(msg));
+      this.fail(
+        new VfioUserError(
+          'VFU_PROTOCOL',
+          `the peer sent more than ${this.held.length} commands (${this.heldBytes} bytes) without reading our replies`,
+          Errno.EPROTO,
+        ),
+      );
+      return;
+    }
+    this.heldBytes += msg.payload.length;
+    this.held.push(retain(msg));
+  }
+
+  /** Runs held commands while the write queue is below the high-water mark. */
+  private runHeld(): void {
+    while (this.held.length > 0 && !this.closed && this.wqueued <= this.highWaterMark) {
+      const msg = this.held.shift()!;
+      this.heldBytes -= msg.payload.length;
+      try {
+        this.runCommand(msg);
+      } finally {
+        if (msg.fds.length) closeFds(takeFds(msg));
+      }
+    }
+  }
+
+  private runCommand(msg: Message): void {
     const problem = commandHeaderProblem(msg.header);
     if (problem !== undefined || !this.onCommand) {
       // framing is intact: answer (unless no reply is wanted) and go on
@@ -743,6 +803,9 @@ export class Connection {
     }
     for (const rec of this.fdRecords) closeFds(rec.fds);
     this.fdRecords = [];
+    for (const m of this.held) closeFds(m.fds);
+    this.held = [];
+    this.heldBytes = 0;
     for (const w of this.wqueue.items()) if (w.fds) closeFds(w.fds);
     this.wqueue = new WriteQueue();
     this.wqueued = 0;
