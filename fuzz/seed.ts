@@ -130,4 +130,44 @@ for (const d of devices) d.destroy();
   put('nvme', cat(new Uint8Array([3, 1]), cmd(0x01, 1, DATA, 0, 0, 7), cmd(0x02, 1, DATA, 0, 0, 7)));
   put('nvme', cat(new Uint8Array([3, 2]), cmd(0x00, 1, 0, 0), cmd(0x09, 1, DATA, 0, 4), cmd(0x08, 1, 0, 0, 0, 7)));
 }
+// virtio: well-formed virtio-blk chains (direct, indirect) for fuzz/targets/virtio.ts
+{
+  const IOVA = 0x100000;
+  const TABLE = 0x1000; // bytes of the descriptor area in the input
+  const desc = (t: DataView, i: number, addr: number, len: number, flags: number, next: number): void => {
+    t.setBigUint64(16 * i, BigInt(addr), true);
+    t.setUint32(16 * i + 8, len, true);
+    t.setUint16(16 * i + 12, flags, true);
+    t.setUint16(16 * i + 14, next, true);
+  };
+  const input = (flags: number, heads: number[], build: (table: DataView, data: DataView) => void): Uint8Array => {
+    const head = new Uint8Array(2 + 2 * heads.length);
+    head[0] = flags;
+    head[1] = heads.length - 1;
+    heads.forEach((h, i) => new DataView(head.buffer).setUint16(2 + 2 * i, h, true));
+    const table = new Uint8Array(TABLE);
+    const data = new Uint8Array(0x4000); // guest memory from 0x3000
+    build(new DataView(table.buffer), new DataView(data.buffer));
+    return cat(head, table, data);
+  };
+  const at = (memOff: number): number => IOVA + memOff;
+  // IN: header at 0x3000, 512 bytes at 0x4000, status at 0x5000
+  put('virtio', input(1, [0], (t, d) => {
+    desc(t, 0, at(0x3000), 16, 1, 1);
+    desc(t, 1, at(0x4000), 512, 3, 2);
+    desc(t, 2, at(0x5000), 1, 2, 0);
+    d.setUint32(0, 0, true);
+  }));
+  // OUT through an indirect table at 0x6000 (data offset 0x3000)
+  put('virtio', input(3, [0, 1], (t, d) => {
+    desc(t, 0, at(0x6000), 48, 4, 0);
+    desc(t, 1, at(0x3000), 16, 1, 2);
+    desc(t, 2, at(0x5000), 1, 2, 0);
+    d.setUint32(0, 1, true);
+    const ind = new DataView(d.buffer, 0x3000, 48);
+    desc(ind, 0, at(0x3000), 16, 1, 1);
+    desc(ind, 1, at(0x4000), 512, 1, 2);
+    desc(ind, 2, at(0x5000), 1, 2, 0);
+  }));
+}
 console.log(`seeds written under ${root}`);

@@ -23,6 +23,7 @@ export const TARGETS = {
   nvme: { sync: false },
   migration: { sync: false },
   client: { sync: false },
+  virtio: { sync: false },
 };
 
 const args = process.argv.slice(2);
