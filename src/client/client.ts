@@ -20,6 +20,9 @@ import { VfioUserError, Errno } from '../errors.js';
 import { ProtocolError } from '../protocol/errors.js';
 import { decodeConfig, type DecodedConfig } from './pci-decode.js';
 
+/** DMA requests the beforeDma hook may hold at once before the server is dropped as a flood */
+const MAX_HELD_DMA = 4096;
+
 export interface ClientOptions {
   /** ask for twin-socket mode (default true) */
   twinSocket?: boolean;
@@ -628,15 +631,25 @@ export class VfioUserClient extends EventEmitter {
         wait = undefined; // a malformed request: answered with an error below, at once
       }
       if (wait) {
-        void wait.then(
-          () => this.serveDma(held, conn),
-          () => this.serveDma(held, conn),
-        );
+        // a server flooding DMA requests while the hook holds them: the same bound as the
+        // transport's for held commands, then the connection goes
+        if (++this.dmaHeld > MAX_HELD_DMA) {
+          conn.close();
+          return;
+        }
+        const done = (): void => {
+          this.dmaHeld--;
+          this.serveDma(held, conn);
+        };
+        void wait.then(done, done);
         return;
       }
     }
     this.serveDma(m, conn);
   }
+
+  /** DMA requests whose answer waits for the beforeDma hook */
+  private dmaHeld = 0;
 
   private serveDma(m: Message, conn: Connection): void {
     if (conn.isClosed) return;

@@ -29,6 +29,11 @@ class PostingDevice extends PciDevice {
       access: {
         read: (_o, n) => new Uint8Array(n),
         write: (o, d) => {
+          if (o === 16) {
+            // a flood of DMA writes the client's hook never lets through
+            for (let i = 0; i < 5000; i++) void this.dma.write(BigInt(IOVA), d).catch(() => undefined);
+            return;
+          }
           if (o === 8) {
             // three 64 KiB reads at once
             this.reads = Promise.all([0, 1, 2].map((i) => this.dma.read(BigInt(IOVA + i * 65536), 65536)));
@@ -124,4 +129,15 @@ test('DMA_READ data the client owes is bounded by the read window (QEMU loses th
   assert.ok(largest <= 16384, `no request above the window (largest ${largest})`);
   assert.ok(most <= 16384, `at most 16 KiB owed at once (saw ${most})`);
   assert.ok(most > 0);
+});
+
+test('a client holding DMA requests for its beforeDma hook drops a server that floods them (bounded memory)', async () => {
+  await withPosting(
+    async (c) => {
+      const closed = new Promise<void>((r) => c.once('close', () => r()));
+      await c.write(0, 16, u32(1), { posted: true });
+      await within(closed, 10000, 'the client dropped the flooding server');
+    },
+    () => new Promise<void>(() => undefined), // never answers
+  );
 });
