@@ -273,13 +273,19 @@ export class VfioUserClient extends EventEmitter {
           throw protocolError('server enabled twin-socket mode without a valid fd_index');
         }
         const tfd = fds.splice(idx, 1)[0]!;
-        this.twin = new Connection(tfd, {
-          maxMessageSize: HEADER_SIZE + Math.max(caps.maxDataXferSize, ourXfer) * 2 + 65536,
-          maxFdsPerMessage: 0,
-          holdCommandsWhenBacklogged: true,
-          onCommand: (cm) => this.onServerCommand(cm, this.twin!),
-          onClose: () => this.conn.close(),
-        });
+        try {
+          this.twin = new Connection(tfd, {
+            maxMessageSize: HEADER_SIZE + Math.max(caps.maxDataXferSize, ourXfer) * 2 + 65536,
+            maxFdsPerMessage: 0,
+            holdCommandsWhenBacklogged: true,
+            onCommand: (cm) => this.onServerCommand(cm, this.twin!),
+            onClose: () => this.conn.close(),
+          });
+        } catch (e) {
+          // not a socket we can poll (a file, a memfd...): the server's fault, said as such
+          closeFds([tfd]);
+          throw protocolError(`the server's twin socket fd cannot be used: ${(e as Error).message}`);
+        }
       }
     } finally {
       closeFds(fds);

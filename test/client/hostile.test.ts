@@ -108,6 +108,13 @@ describe('hostile server: negotiation', () => {
     ['a major version 1', (m, s) => (s.reply(m, P.encodeVersionReply({ major: 1, minor: 0, capabilities: {} })), true), isCode('VFU_PROTOCOL')],
     ['a larger minor than proposed', (m, s) => (s.reply(m, P.encodeVersionReply({ major: 0, minor: 9, capabilities: {} })), true), isCode('VFU_PROTOCOL')],
     ['twin socket without an fd', (m, s) => (s.reply(m, P.encodeVersionReply({ major: 0, minor: 0, capabilities: { twinSocket: { supported: true, fdIndex: 0 } } })), true), isCode('VFU_PROTOCOL')],
+    // found by the client fuzz target: a non-pollable fd threw a raw native error
+    ['a twin socket fd that is a memfd', (m, s) => {
+      const fd = native.memfdCreate('not-a-socket');
+      s.reply(m, P.encodeVersionReply({ major: 0, minor: 0, capabilities: { twinSocket: { supported: true, fdIndex: 0 } } }), {}, [fd]);
+      native.close(fd);
+      return true;
+    }, isCode('VFU_PROTOCOL')],
     ['max_data_xfer_size 0', (m, s) => (s.reply(m, P.encodeVersionReply({ major: 0, minor: 0, capabilities: { maxDataXferSize: 0 } })), true), isCode('VFU_PROTOCOL')],
     ['an error reply', (m, s) => (s.reply(m, undefined, { flags: MSG_TYPE_REPLY | FLAG_ERROR, error: 95 }), true), isCode('VFU_REMOTE_ERROR', 95)],
     ['a header announcing 4 GiB', (m, s) => (s.raw(frame({ msgId: m.header.msgId, command: 1 }, new Uint8Array(0), 0xffffffff)), true), (e) => isCode('VFU_DISCONNECTED')(e) && causeCode(e) === 'VFU_MESSAGE_TOO_LARGE'],
