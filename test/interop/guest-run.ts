@@ -3,6 +3,7 @@
  * test/interop/README.md) and collects what it printed.
  */
 import { spawn } from 'node:child_process';
+import { openSync, readSync, closeSync } from 'node:fs';
 
 export const guestRunner = process.env.VFU_GUEST_RUN;
 /** the `skip` option of a guest test: a visible reason when no runner is given */
@@ -48,4 +49,16 @@ export async function runGuest(sockets: string[], script: string, args: string[]
   guest.stderr!.on('data', (d) => (out += d));
   const code = await new Promise<number | null>((r) => guest.on('exit', r));
   return { code, out, lines: (tag) => out.split('\n').filter((l) => l.includes(tag)).map((l) => l.replace(/\r$/, '')) };
+}
+
+/** len bytes of a file (an image the guest wrote) at pos */
+export function readAt(path: string, pos: number, len: number): Buffer {
+  const fd = openSync(path, 'r');
+  try {
+    const b = Buffer.alloc(len);
+    readSync(fd, b, 0, len, pos);
+    return b;
+  } finally {
+    closeSync(fd);
+  }
 }

@@ -15,25 +15,14 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, openSync, readSync, closeSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { NvmeDevice } from '../../src/devices/nvme/index.js';
 import { VfioUserServer } from '../../src/server/server.js';
 import { DmaError } from '../../src/server/dma.js';
 import { sockPath } from '../helpers.js';
-import { noGuest, guestScript, runGuest, runnerArgs, type GuestSetup } from './guest-run.js';
-
-function readAt(path: string, pos: number, len: number): Buffer {
-  const fd = openSync(path, 'r');
-  try {
-    const b = Buffer.alloc(len);
-    readSync(fd, b, 0, len, pos);
-    return b;
-  } finally {
-    closeSync(fd);
-  }
-}
+import { noGuest, guestScript, runGuest, runnerArgs, readAt, type GuestSetup } from './guest-run.js';
 
 interface NvmeSetup extends GuestSetup {
   doorbells?: 'trap' | 'mmap';

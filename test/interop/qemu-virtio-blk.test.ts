@@ -12,25 +12,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, openSync, readSync, closeSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { serveChild } from '../helpers.js';
-import { noGuest, guestScript, runGuest, runnerArgs, type GuestSetup } from './guest-run.js';
+import { noGuest, guestScript, runGuest, runnerArgs, readAt, type GuestSetup } from './guest-run.js';
 
 const script = guestScript('virtio-blk.sh');
 const e2fsck = ['/usr/sbin/e2fsck', '/sbin/e2fsck', 'e2fsck'].find((p) => spawnSync(p, ['-V']).status === 0);
-
-function readAt(path: string, pos: number, len: number): Buffer {
-  const fd = openSync(path, 'r');
-  try {
-    const b = Buffer.alloc(len);
-    readSync(fd, b, 0, len, pos);
-    return b;
-  } finally {
-    closeSync(fd);
-  }
-}
 
 const setups: (GuestSetup & { queues: number })[] = [
   { name: 'shared guest RAM, 2 queues, 2 vCPUs', sharedRam: true, cpus: 2, queues: 2 },

@@ -107,21 +107,8 @@ interface Result {
   dw0?: number;
 }
 
-interface Features {
-  arbitration: number;
-  powerManagement: number;
-  tempOver: number;
-  tempUnder: number;
-  errorRecovery: number;
-  vwc: boolean;
-  nsqa: number;
-  ncqa: number;
-  queuesSet: boolean;
-  intCoalescing: number;
-  ivConfig: Record<string, number>;
-  asyncEventConfig: number;
-  writeAtomicity: number;
-}
+/** the Set/Get Features values (their checked form is the migration state's) */
+type Features = Check.FeatureValues;
 
 export class NvmeDevice extends PciDevice {
   readonly namespaces = new Map<number, Namespace>();
