@@ -49,6 +49,17 @@
 #define POLL_BUCKETS 64
 #define MAX_SAFE_INTEGER 9007199254740992.0 /* 2^53 */
 
+/*
+ * RETRY_EINTR(r, call): r = call, again while it fails with EINTR (a signal arrived before the
+ * call did anything). The one place that retries; close() is the exception (never retried:
+ * on Linux the fd is released even when it reports EINTR) and connect() retries through it
+ * with one more rule (see js_connect).
+ */
+#define RETRY_EINTR(r, call) \
+  do {                       \
+    (r) = (call);            \
+  } while ((r) < 0 && errno == EINTR)
+
 /* --------------------------------------------------------------------------------- state */
 
 typedef struct addon_state addon_state;
@@ -399,9 +410,9 @@ static napi_value js_accept(napi_env env, napi_callback_info info) {
   int fd;
   if (!get_fd(env, argv[0], "fd", &fd)) return NULL;
   int r;
-  do {
-    r = accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
-  } while (r < 0 && (errno == EINTR || errno == ECONNABORTED));
+  do { /* a connection aborted before we took it: take the next one */
+    RETRY_EINTR(r, accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK));
+  } while (r < 0 && errno == ECONNABORTED);
   if (r < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK) return make_int(env, -1);
     throw_errno(env, errno, "accept");
@@ -422,14 +433,13 @@ static napi_value js_connect(napi_env env, napi_callback_info info) {
     throw_errno(env, errno, "socket");
     return NULL;
   }
-  int r;
-  bool interrupted = false;
-  for (;;) {
-    r = connect(fd, (struct sockaddr*)&sa, salen);
-    if (r == 0 || errno != EINTR) break;
-    interrupted = true;
+  /* An interrupted connect() goes on in the background: a retry may then find it done
+   * (EISCONN), which is success. */
+  int r = connect(fd, (struct sockaddr*)&sa, salen);
+  if (r < 0 && errno == EINTR) {
+    RETRY_EINTR(r, connect(fd, (struct sockaddr*)&sa, salen));
+    if (r < 0 && errno == EISCONN) r = 0;
   }
-  if (r < 0 && interrupted && errno == EISCONN) r = 0;
   if (r < 0) {
     int e = errno;
     close(fd);
@@ -468,9 +478,7 @@ static napi_value js_send(napi_env env, napi_callback_info info) {
   if (!get_integer(env, argv[2], "offset", 0, (double)blen, &offset)) return NULL;
   if (!get_integer(env, argv[3], "length", 1, (double)(blen - (size_t)offset), &length)) return NULL;
   ssize_t r;
-  do {
-    r = send(fd, (char*)data + offset, (size_t)length, MSG_NOSIGNAL | MSG_DONTWAIT);
-  } while (r < 0 && errno == EINTR);
+  RETRY_EINTR(r, send(fd, (char*)data + offset, (size_t)length, MSG_NOSIGNAL | MSG_DONTWAIT));
   if (r < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK) r = -1;
     else {
@@ -483,13 +491,20 @@ static napi_value js_send(napi_env env, napi_callback_info info) {
   return v;
 }
 
+/*
+ * sendmsg(fd, bufs, fds): one sendmsg(MSG_NOSIGNAL|MSG_DONTWAIT) of the views in bufs with fds
+ * as SCM_RIGHTS. Reading an array element can run JS (a getter, on the array or its prototype
+ * for a hole) that could detach or shrink a buffer, so every element of both arrays is read
+ * first, and only then are buffer pointers taken: nothing runs between taking them and the
+ * system call.
+ */
 static napi_value js_sendmsg(napi_env env, napi_callback_info info) {
   GET_ARGS(3);
   int fd;
   if (!get_fd(env, argv[0], "fd", &fd)) return NULL;
 
   bool is_array = false;
-  uint32_t nbufs = 0;
+  uint32_t nbufs = 0, nfds = 0;
   if (napi_is_array(env, argv[1], &is_array) != napi_ok || !is_array) {
     throw_type(env, "bufs", "an array of ArrayBufferViews");
     return NULL;
@@ -499,12 +514,34 @@ static napi_value js_sendmsg(napi_env env, napi_callback_info info) {
     throw_range(env, "bufs.length", "<= 64");
     return NULL;
   }
+  napi_value bufv[VFU_MAX_IOV];
+  for (uint32_t i = 0; i < nbufs; i++) NAPI_OK(napi_get_element(env, argv[1], i, &bufv[i]));
+
+  napi_value fdv[VFU_SCM_MAX_FD];
+  napi_valuetype t;
+  NAPI_OK(napi_typeof(env, argv[2], &t));
+  if (t != napi_null && t != napi_undefined) {
+    if (napi_is_array(env, argv[2], &is_array) != napi_ok || !is_array) {
+      throw_type(env, "fds", "an array of numbers or null");
+      return NULL;
+    }
+    NAPI_OK(napi_get_array_length(env, argv[2], &nfds));
+    if (nfds > VFU_SCM_MAX_FD) {
+      throw_errno(env, EINVAL, "sendmsg");
+      return NULL;
+    }
+    for (uint32_t i = 0; i < nfds; i++) NAPI_OK(napi_get_element(env, argv[2], i, &fdv[i]));
+  }
+
+  /* From here on no JS runs (reading a number or a view's info calls none). */
+  int fds[VFU_SCM_MAX_FD];
+  for (uint32_t i = 0; i < nfds; i++) {
+    if (!get_fd(env, fdv[i], "fds[i]", &fds[i])) return NULL;
+  }
   struct iovec iov[VFU_MAX_IOV];
   size_t total = 0;
   for (uint32_t i = 0; i < nbufs; i++) {
-    napi_value el;
-    NAPI_OK(napi_get_element(env, argv[1], i, &el));
-    if (!get_view(env, el, &iov[i].iov_base, &iov[i].iov_len)) {
+    if (!get_view(env, bufv[i], &iov[i].iov_base, &iov[i].iov_len)) {
       throw_type(env, "bufs", "an array of ArrayBufferViews");
       return NULL;
     }
@@ -517,45 +554,22 @@ static napi_value js_sendmsg(napi_env env, napi_callback_info info) {
   msg.msg_iovlen = nbufs;
 
   fd_control ctl;
-  napi_valuetype t;
-  NAPI_OK(napi_typeof(env, argv[2], &t));
-  if (t != napi_null && t != napi_undefined) {
-    uint32_t nfds = 0;
-    if (napi_is_array(env, argv[2], &is_array) != napi_ok || !is_array) {
-      throw_type(env, "fds", "an array of numbers or null");
-      return NULL;
-    }
-    NAPI_OK(napi_get_array_length(env, argv[2], &nfds));
-    if (nfds > VFU_SCM_MAX_FD) {
+  if (nfds > 0) {
+    if (total == 0) { /* a stream socket would silently drop the fds */
       throw_errno(env, EINVAL, "sendmsg");
       return NULL;
     }
-    if (nfds > 0) {
-      if (total == 0) { /* a stream socket would silently drop the fds */
-        throw_errno(env, EINVAL, "sendmsg");
-        return NULL;
-      }
-      msg.msg_control = ctl.buf;
-      msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
-      struct cmsghdr* c = CMSG_FIRSTHDR(&msg);
-      c->cmsg_level = SOL_SOCKET;
-      c->cmsg_type = SCM_RIGHTS;
-      c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
-      unsigned char* p = CMSG_DATA(c);
-      for (uint32_t i = 0; i < nfds; i++) {
-        napi_value el;
-        int x;
-        NAPI_OK(napi_get_element(env, argv[2], i, &el));
-        if (!get_fd(env, el, "fds[i]", &x)) return NULL;
-        memcpy(p + i * sizeof(int), &x, sizeof(int));
-      }
-    }
+    msg.msg_control = ctl.buf;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+    struct cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+    memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
   }
 
   ssize_t n;
-  do {
-    n = sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
-  } while (n < 0 && errno == EINTR);
+  RETRY_EINTR(n, sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT));
   if (n < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK) return make_int(env, -1);
     throw_errno(env, errno, "sendmsg");
@@ -603,9 +617,7 @@ static napi_value js_recvmsg(napi_env env, napi_callback_info info) {
   msg.msg_controllen = sizeof ctl.buf;
 
   ssize_t n;
-  do {
-    n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
-  } while (n < 0 && errno == EINTR);
+  RETRY_EINTR(n, recvmsg(fd, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT));
   if (n < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK) return make_int(env, -1);
     throw_errno(env, errno, "recvmsg");
@@ -671,9 +683,7 @@ static napi_value js_ftruncate(napi_env env, napi_callback_info info) {
   int64_t size;
   if (!get_fd(env, argv[0], "fd", &fd) || !get_integer(env, argv[1], "size", 0, MAX_SAFE_INTEGER, &size)) return NULL;
   int r;
-  do {
-    r = ftruncate(fd, (off_t)size);
-  } while (r < 0 && errno == EINTR);
+  RETRY_EINTR(r, ftruncate(fd, (off_t)size));
   if (r < 0) throw_errno(env, errno, "ftruncate");
   return NULL;
 }
@@ -1018,9 +1028,7 @@ static napi_value js_eventfd_read(napi_env env, napi_callback_info info) {
   if (!get_fd(env, argv[0], "fd", &fd)) return NULL;
   uint64_t v;
   ssize_t n;
-  do {
-    n = read(fd, &v, sizeof v);
-  } while (n < 0 && errno == EINTR);
+  RETRY_EINTR(n, read(fd, &v, sizeof v));
   if (n < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK) return make_int(env, -1);
     throw_errno(env, errno, "read");
@@ -1044,9 +1052,7 @@ static napi_value js_eventfd_write(napi_env env, napi_callback_info info) {
   }
   uint64_t v = (uint64_t)value;
   ssize_t n;
-  do {
-    n = write(fd, &v, sizeof v);
-  } while (n < 0 && errno == EINTR);
+  RETRY_EINTR(n, write(fd, &v, sizeof v));
   if (n < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK) return make_bool(env, false);
     throw_errno(env, errno, "write");
@@ -1198,9 +1204,7 @@ static int guarded_write_once(signal_guard* g, int fd, uint64_t v) {
   /* the raw system call: glibc's write() is a cancellation point whose bookkeeping a jump
    * out of it would skip */
   long n;
-  do {
-    n = syscall(SYS_write, fd, &v, sizeof v);
-  } while (n < 0 && errno == EINTR);
+  RETRY_EINTR(n, syscall(SYS_write, fd, &v, sizeof v));
   int e = errno;
   g->in_write = 0;
   if (n == (long)sizeof v) return 1;
@@ -1220,9 +1224,7 @@ static int guarded_write(signal_guard* g, int fd, uint64_t v) {
     if (r < 0) return r;
     struct pollfd p = {fd, POLLOUT, 0};
     int k;
-    do {
-      k = poll(&p, 1, 0);
-    } while (k < 0 && errno == EINTR);
+    RETRY_EINTR(k, poll(&p, 1, 0));
     if (k < 0) return -errno;
     if (k == 0 || !(p.revents & POLLOUT)) return 0;
   }

@@ -61,7 +61,7 @@ export interface NativeAddon {
    * SCM_MAX_FD (else EINVAL) and only with at least one byte of data (else EINVAL). A partial
    * send returns the count: the fds went with the first byte, resend the rest without them.
    */
-  sendmsg(fd: number, bufs: ArrayBufferView[], fds: number[] | null): number;
+  sendmsg(fd: number, bufs: readonly ArrayBufferView[], fds?: readonly number[] | null): number;
   /**
    * send(MSG_NOSIGNAL|MSG_DONTWAIT) of buf[offset, offset+length) without fds (a reply's hot
    * path: no array to unpack). Returns bytes sent, or -1 on EAGAIN.
@@ -96,6 +96,11 @@ export interface NativeAddon {
    * the file, kills the process (SIGSEGV/SIGBUS) as in C. priv = true maps MAP_PRIVATE: with
    * PROT_WRITE, stores go to private copies of the pages and never reach the file (which may be
    * open read-only); pages not stored to keep showing the file's current contents.
+   *
+   * The buffer is the mapping of this thread only: posted to another thread (postMessage, with
+   * or without it in the transfer list), it arrives as a copy of the bytes at that moment, and
+   * stores into the copy never reach the file (nor does the sender's buffer get detached). To
+   * share the memory with a worker, send it the fd (fds are process-wide) and mmap there.
    */
   mmap(fd: number, offset: number, length: number, prot: number, priv?: boolean): ArrayBuffer;
   /**

@@ -103,11 +103,33 @@ test('sendmsg gathers Buffers, Uint8Array subarrays, DataViews and other typed a
   const [a, b] = pair();
   const backing = new Uint8Array([0, 1, 2, 3, 4, 5, 6, 7]);
   const u16 = new Uint16Array([0x0201]);
-  const n = native.sendmsg(a, [Buffer.from('ab'), backing.subarray(2, 4), new DataView(backing.buffer, 5, 2), u16, new Uint8Array(0)], undefined as unknown as null);
+  const n = native.sendmsg(a, [Buffer.from('ab'), backing.subarray(2, 4), new DataView(backing.buffer, 5, 2), u16, new Uint8Array(0)], undefined);
   assert.equal(n, 8);
   const buf = new Uint8Array(16);
   assert.equal(native.recvmsg(b, buf, 0, 16, fdsOut), 8);
   assert.deepEqual([...buf.subarray(0, 8)], [0x61, 0x62, 2, 3, 5, 6, 1, 2]);
+  closeAll(a, b);
+});
+
+test('sendmsg reads every array element before it takes a buffer pointer', T, () => {
+  const [a, b] = pair();
+  const first = new Uint8Array([1, 2, 3, 4]);
+  const second = new Uint8Array([5, 6]);
+  const bufs: Uint8Array[] = [first];
+  // reading element 1 runs JS that detaches element 0's memory: a pointer taken before would
+  // now point into freed memory; taken after, element 0 is an empty view
+  Object.defineProperty(bufs, 1, {
+    enumerable: true,
+    get: () => {
+      structuredClone(first.buffer, { transfer: [first.buffer] });
+      return second;
+    },
+  });
+  assert.equal(native.sendmsg(a, bufs, null), 2);
+  assert.equal(first.byteLength, 0, 'the getter detached element 0');
+  const buf = new Uint8Array(16);
+  assert.equal(native.recvmsg(b, buf, 0, 16, fdsOut), 2);
+  assert.deepEqual([...buf.subarray(0, 2)], [5, 6]);
   closeAll(a, b);
 });
 

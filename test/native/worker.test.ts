@@ -1,8 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Worker } from 'node:worker_threads';
+import { MessageChannel, Worker } from 'node:worker_threads';
 import { once } from 'node:events';
-import { native } from '../../src/native/index.js';
+import { native, PROT_READ, PROT_WRITE } from '../../src/native/index.js';
 import { sleep, WORKER } from './helpers.js';
 
 const T = { timeout: 10000 };
@@ -77,4 +77,28 @@ test('an exception in a worker poll callback becomes the worker error event', T,
   assert.equal(err.message, 'boom in worker');
   const [code] = (await w.exit) as [number];
   assert.equal(code, 1);
+});
+
+test('an mmapped buffer posted to another thread arrives as a copy (documented on mmap)', T, async () => {
+  const fd = native.memfdCreate('posted');
+  native.ftruncate(fd, native.PAGE_SIZE);
+  const ab = native.mmap(fd, 0, native.PAGE_SIZE, PROT_READ | PROT_WRITE);
+  new Uint8Array(ab)[0] = 7;
+  const { port1, port2 } = new MessageChannel();
+  try {
+    for (const transfer of [[], [ab]]) {
+      const got = once(port2, 'message');
+      port1.postMessage(ab, transfer);
+      const [copy] = (await got) as [ArrayBuffer];
+      assert.equal(copy.byteLength, native.PAGE_SIZE);
+      assert.equal(new Uint8Array(copy)[0], 7, 'the bytes at posting time');
+      new Uint8Array(copy)[0] = 9;
+      assert.equal(ab.byteLength, native.PAGE_SIZE, `not detached (transfer list: ${transfer.length})`);
+      assert.equal(new Uint8Array(ab)[0], 7, 'a store into the copy does not reach the mapping');
+    }
+  } finally {
+    port1.close();
+    native.munmap(ab);
+    native.close(fd);
+  }
 });
