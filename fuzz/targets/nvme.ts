@@ -96,7 +96,7 @@ function setupRig(): NonNullable<typeof rig> {
  */
 async function completions(cqid: number, n: number, what: string): Promise<void> {
   const end = Date.now() + 3000;
-  const cqs = (rig!.dev as unknown as { cqs: ({ tail: number } | undefined)[] }).cqs;
+  const cqs = (rig!.dev as unknown as { c: { cqs: ({ tail: number } | undefined)[] } }).c.cqs;
   for (;;) {
     const done = cqs[cqid]?.tail ?? 0;
     if (done >= n) return;

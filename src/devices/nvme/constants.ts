@@ -3,6 +3,9 @@
  * status codes, feature identifiers, log page identifiers.
  */
 
+export const NVME_VENDOR = 0x4e58; // "NX"
+export const NVME_DEVICE = 0x0002;
+
 /** controller registers (BAR0) */
 export const Reg = {
   CAP: 0x00, // u64
@@ -21,6 +24,22 @@ export const Reg = {
 
 /** start of the doorbells (CAP.DSTRD = 0: 4-byte stride) */
 export const DOORBELL_BASE = 0x1000;
+
+/**
+ * CAP (a 64-bit register) fields, as bit positions and flags of the whole value (bigint):
+ * MQES maximum queue entries (0's based), CQR contiguous queues required, TO ready timeout
+ * (500 ms units), DSTRD doorbell stride (4 << DSTRD bytes), CSS command sets (bit 37: NVM),
+ * MPSMIN/MPSMAX memory page sizes (4 KiB << n).
+ */
+export const CAP = {
+  MQES_SHIFT: 0n,
+  CQR: 1n << 16n,
+  TO_SHIFT: 24n,
+  DSTRD_SHIFT: 32n,
+  CSS_NVM: 1n << 37n,
+  MPSMIN_SHIFT: 48n,
+  MPSMAX_SHIFT: 52n,
+} as const;
 
 export const CC = {
   EN: 1,

@@ -1,0 +1,200 @@
+/**
+ * NVMe doorbells: trapped MMIO writes, the mmap'ed doorbell page (polled), and the shadow
+ * doorbells with their EventIdx buffer (Doorbell Buffer Config), polled while I/O flows and
+ * armed before the poller sleeps.
+ */
+import { DOORBELL_BASE, CSTS, Status, DNR } from './constants.js';
+import { u64 } from './dataptr.js';
+import { DoorbellBuffers, DoorbellTracker } from './shadow.js';
+import { runSq, cqHeadMoved, cqFull, sqTailFromShadow, cqHeadFromShadow } from './queues.js';
+import type { NvmeCore, SubQueue, CompQueue, Result } from './core.js';
+
+/** A doorbell write (MMIO, or a change found on the mmap'ed page). */
+export function doorbell(c: NvmeCore, off: number, value: number): void {
+  if (!(c.regs.csts & CSTS.RDY)) return;
+  const idx = (off - DOORBELL_BASE) >> 2;
+  const qid = idx >> 1;
+  if (idx & 1) {
+    const cq = c.cqs[qid];
+    if (!cq || value >= cq.size) return; // invalid doorbell: ignored
+    if (cq.db) {
+      // with shadows, a ring may be older than what the shadow already told us
+      const shadow = c.readShadow(idx);
+      const moved = shadow !== undefined && cqHeadFromShadow(cq, shadow);
+      const h = cq.db?.fromMmio(value, cq.head, cq.size, moved, (cq.tail - cq.head + cq.size) % cq.size) ?? -1;
+      if (h >= 0) cq.head = h;
+    } else cq.head = value;
+    cqHeadMoved(c, cq);
+  } else {
+    const sq = c.sqs[qid];
+    if (!sq || value >= sq.size) return;
+    if (sq.db) {
+      const shadow = c.readShadow(idx);
+      const moved = shadow !== undefined && sqTailFromShadow(sq, shadow);
+      const t = sq.db?.fromMmio(value, sq.tail, sq.size, moved, (sq.head - 1 - sq.tail + 2 * sq.size) % sq.size) ?? -1;
+      if (t >= 0) sq.tail = t;
+    } else sq.tail = value;
+    if (c.running) void runSq(c, sq);
+  }
+  if (c.dbbuf) c.poller.kick();
+}
+
+/** (re)starts the poller at enable: asleep until a doorbell, or on a slow timer in mmap mode */
+export function startPolling(c: NvmeCore): void {
+  const mem = c.bar0.memory;
+  if (mem) {
+    c.mmapDoorbells = new Uint32Array(mem.buffer, mem.byteOffset + DOORBELL_BASE, 2 * (c.maxIoQueues + 1));
+    c.mmapDoorbells.fill(0);
+    c.lastDoorbells = new Uint32Array(c.mmapDoorbells.length);
+  }
+  c.poller.start();
+  if (mem) c.poller.kick();
+}
+
+/** One poll: the mmap doorbell page, then the shadow doorbells. True when something moved. */
+export function scanDoorbells(c: NvmeCore): boolean {
+  if (!(c.regs.csts & CSTS.RDY) || !c.running) return false;
+  let moved = false;
+  const dbs = c.mmapDoorbells;
+  const last = c.lastDoorbells;
+  if (dbs && last) {
+    for (let i = 0; i < dbs.length; i++) {
+      const v = dbs[i]!;
+      if (v !== last[i]) {
+        last[i] = v;
+        moved = true;
+        doorbell(c, DOORBELL_BASE + 4 * i, v);
+      }
+    }
+  }
+  if (c.dbbuf) moved = scanShadows(c) || moved;
+  return moved;
+}
+
+/** Applies every shadow doorbell that changed; while polling, tells the host not to ring. */
+function scanShadows(c: NvmeCore): boolean {
+  const b = c.dbbuf;
+  if (!b) return false;
+  let db: Uint32Array;
+  try {
+    db = b.shadowView();
+  } catch (e) {
+    c.shadowFault(e);
+    return false;
+  }
+  let moved = false;
+  // CQ heads first: they free room for the SQs
+  for (const cq of c.cqs) {
+    if (cq?.db && cqHeadFromShadow(cq, Atomics.load(db, 2 * cq.id + 1))) {
+      moved = true;
+      cqHeadMoved(c, cq);
+      if (c.poller.polling && !lapEventIdx(c, b, 2 * cq.id + 1, cq.db, cq.head, cq.size)) return false;
+    }
+  }
+  for (const sq of c.sqs) {
+    if (!sq?.db || !sqTailFromShadow(sq, Atomics.load(db, 2 * sq.id))) continue;
+    moved = true;
+    if (c.poller.polling && !lapEventIdx(c, b, 2 * sq.id, sq.db, sq.tail, sq.size)) return false;
+    if (c.running) void runSq(c, sq);
+  }
+  return moved;
+}
+
+/**
+ * While polling the host need not ring, except about once per half lap of its queue: an
+ * EventIdx a quarter lap ahead, moved on every half lap. That keeps the age of any ring in
+ * flight within a lap, which DoorbellTracker.fromMmio needs. False when the buffer is gone.
+ */
+function lapEventIdx(c: NvmeCore, b: DoorbellBuffers, slot: number, t: DoorbellTracker, ptr: number, size: number): boolean {
+  if (t.lapAt >= 0 && (ptr - t.lapAt + size) % size < size >> 1) return true;
+  t.lapAt = ptr;
+  try {
+    publishEventIdx(b.eventIdxView(), slot, t, (ptr + (size >> 2)) % size);
+  } catch (e) {
+    c.shadowFault(e);
+    return false;
+  }
+  return true;
+}
+
+function publishEventIdx(ei: Uint32Array, slot: number, t: DoorbellTracker, v: number): void {
+  if (t.eventIdx === v) return;
+  t.eventIdx = v;
+  Atomics.store(ei, slot, v);
+}
+
+/**
+ * Before the poller sleeps: EventIdx values that make the host ring on its next SQ entry
+ * (and on a CQ head move when an SQ waits for room or INTx needs the head), then the
+ * shadows again: an entry written before the host could see the new EventIdx is found here.
+ */
+export function armEventIdx(c: NvmeCore): boolean {
+  const b = c.dbbuf;
+  if (!b || !(c.regs.csts & CSTS.RDY) || !c.running) return false;
+  let ei: Uint32Array;
+  try {
+    ei = b.eventIdxView();
+  } catch (e) {
+    c.shadowFault(e);
+    return false;
+  }
+  const intx = !c.msixEnabled();
+  for (const cq of c.cqs) {
+    if (!cq?.db) continue;
+    const waiting = intx || cq.backlog.length > 0 || cqFull(cq, 0);
+    publishEventIdx(ei, 2 * cq.id + 1, cq.db, waiting ? cq.head : (cq.head + cq.size - 1) % cq.size);
+  }
+  for (const sq of c.sqs) if (sq?.db) publishEventIdx(ei, 2 * sq.id, sq.db, sq.tail);
+  for (const q of [...c.sqs, ...c.cqs]) if (q?.db) q.db.lapAt = -1;
+  // Atomics.store then Atomics.load: the host's store-fence-load pairs with ours
+  return scanShadows(c);
+}
+
+/** Doorbell Buffer Config (0x7C): PRP1 the shadow doorbells, PRP2 the EventIdx buffer. */
+export function doorbellBufferConfig(c: NvmeCore, sqe: Uint8Array): Result {
+  const dbs = u64(sqe, 24);
+  const eis = u64(sqe, 32);
+  const slots = 2 * (c.maxIoQueues + 1);
+  const why = DoorbellBuffers.check(c.dev.dma, dbs, eis, slots, c.regs.pageSize);
+  if (why) {
+    c.log(`Doorbell Buffer Config refused: ${why}`);
+    return { status: (why.includes('aligned') || why.includes('overlap') ? Status.INVALID_FIELD : Status.DATA_TRANSFER_ERROR) | DNR };
+  }
+  const b = new DoorbellBuffers(c.dev.dma, dbs, eis, slots);
+  c.dbbuf = b;
+  // existing queues start from their current values, and the host rings for the next entry
+  const db = b.shadowView();
+  const ei = b.eventIdxView();
+  for (const sq of c.sqs) if (sq) attachShadow(sq, 2 * sq.id, sq.tail, db, ei);
+  for (const cq of c.cqs) if (cq) attachShadow(cq, 2 * cq.id + 1, cq.head, db, ei);
+  return { status: Status.SUCCESS };
+}
+
+function attachShadow(q: SubQueue | CompQueue, slot: number, value: number, db: Uint32Array, ei: Uint32Array): void {
+  Atomics.store(db, slot, value);
+  Atomics.store(ei, slot, value);
+  q.db = new DoorbellTracker(value);
+  q.db.eventIdx = value;
+}
+
+/** a queue created while shadows are on: its slots start at 0 */
+export function shadowNewQueue(c: NvmeCore, q: SubQueue | CompQueue, slot: number): void {
+  if (!c.dbbuf) return;
+  try {
+    attachShadow(q, slot, 0, c.dbbuf.shadowView(), c.dbbuf.eventIdxView());
+  } catch (e) {
+    c.shadowFault(e);
+  }
+}
+
+/**
+ * Shadow doorbells after a migration (optional field: older sources have none). The queues
+ * carry the values applied so far; the next scan applies whatever the host wrote since.
+ */
+export function restoreShadows(c: NvmeCore, b: { dbs: number; eis: number } | undefined): void {
+  c.dbbuf = undefined;
+  if (!b) return;
+  c.dbbuf = new DoorbellBuffers(c.dev.dma, b.dbs, b.eis, 2 * (c.maxIoQueues + 1));
+  for (const q of c.sqs) if (q) q.db = new DoorbellTracker(q.tail);
+  for (const q of c.cqs) if (q) q.db = new DoorbellTracker(q.head);
+}

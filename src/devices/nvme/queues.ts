@@ -1,0 +1,197 @@
+/**
+ * NVMe queues: fetching and executing an SQ's commands in order, posting completions to its
+ * CQ (with a backlog for asynchronous ones that do not fit), interrupts (MSI-X per CQ with
+ * interrupt coalescing, INTx level otherwise), and the data pointers of a command.
+ */
+import { IrqIndex } from '../../server/irq.js';
+import { DmaError } from '../../server/dma.js';
+import { Status, DNR, SQE_SIZE, CQE_SIZE, NvmeStatusError } from './constants.js';
+import { prpSegments, sglSegments, u64, type Segment } from './dataptr.js';
+import { guestRead } from '../guest.js';
+import type { NvmeCore, SubQueue, CompQueue, Result } from './core.js';
+
+export function cqFull(cq: CompQueue, extra: number): boolean {
+  const used = (cq.tail - cq.head + cq.size) % cq.size;
+  return used + cq.reserved + extra >= cq.size - 1;
+}
+
+/** Fetches and executes the commands of one SQ, in order, until it is empty or its CQ is full. */
+export async function runSq(c: NvmeCore, sq: SubQueue): Promise<void> {
+  if (sq.active) return;
+  sq.active = true;
+  const gen = c.generation;
+  c.inflight++;
+  let n = 0;
+  try {
+    while (c.running && gen === c.generation && c.sqs[sq.id] === sq && sq.head !== sq.tail) {
+      const cq = c.cqs[sq.cqid];
+      if (!cq) break;
+      if (cq.db && cqFull(cq, 0)) {
+        // the host may have consumed entries without ringing: look at its shadow head
+        const s = c.readShadow(2 * cq.id + 1);
+        if (s !== undefined && cqHeadFromShadow(cq, s)) cqHeadMoved(c, cq);
+      }
+      if (cq.backlog.length || cqFull(cq, 0)) break; // resumed by the CQ head doorbell
+      let sqe: Uint8Array;
+      try {
+        sqe = await guestRead(c.dev.dma, sq.base + sq.head * SQE_SIZE, SQE_SIZE);
+      } catch (e) {
+        c.fatal(`cannot fetch SQ ${sq.id} entry ${sq.head}: ${(e as Error).message}`);
+        break;
+      }
+      sq.head = (sq.head + 1) % sq.size;
+      cq.reserved++;
+      let res: Result | undefined;
+      try {
+        res = await c.execute(sq, sqe);
+      } finally {
+        cq.reserved--;
+      }
+      if (gen !== c.generation || c.sqs[sq.id] !== sq) break;
+      if (res) post(c, cq, sq.id, sqe, res);
+      if (++n % 32 === 0) flushIrqs(c);
+    }
+  } finally {
+    sq.active = false;
+    flushIrqs(c);
+    c.settled();
+  }
+}
+
+/** The host moved a CQ head: backlogged completions, INTx level, SQs that waited for room. */
+export function cqHeadMoved(c: NvmeCore, cq: CompQueue): void {
+  while (cq.backlog.length && !cqFull(cq, 0)) {
+    const b = cq.backlog.shift()!;
+    writeCqe(c, cq, b.sqid, b.cid, b.status, b.dw0);
+  }
+  updateIntx(c);
+  if (!c.running) return;
+  // SQs that stopped because this CQ was full
+  for (const sq of c.sqs) if (sq && sq.cqid === cq.id && sq.head !== sq.tail) void runSq(c, sq);
+  flushIrqs(c);
+}
+
+export function sqTailFromShadow(sq: SubQueue, s: number): boolean {
+  const t = sq.db!.fromShadow(s, sq.tail, sq.size);
+  if (t < 0) return false;
+  sq.tail = t;
+  return true;
+}
+
+export function cqHeadFromShadow(cq: CompQueue, s: number): boolean {
+  const h = cq.db!.fromShadow(s, cq.head, cq.size);
+  if (h < 0) return false;
+  cq.head = h;
+  return true;
+}
+
+/** Completes a command (and logs its error); into the backlog when the CQ is full. */
+export function post(c: NvmeCore, cq: CompQueue, sqid: number, sqe: Uint8Array, res: Result): void {
+  const cid = sqe[2]! | (sqe[3]! << 8);
+  if (res.status !== Status.SUCCESS) {
+    c.errorCount++;
+    const lba = sqid !== 0 ? BigInt(u64(sqe, 40)) : 0n;
+    c.errors.push({ count: c.errorCount, sqid, cid, status: res.status, lba, nsid: new DataView(sqe.buffer, sqe.byteOffset).getUint32(4, true) });
+    if (c.errors.length > 64) c.errors.shift();
+  }
+  if (cqFull(cq, 0) || cq.backlog.length) cq.backlog.push({ sqid, cid, status: res.status, dw0: res.dw0 ?? 0 });
+  else writeCqe(c, cq, sqid, cid, res.status, res.dw0 ?? 0);
+}
+
+function writeCqe(c: NvmeCore, cq: CompQueue, sqid: number, cid: number, status: number, dw0: number): void {
+  const sqhd = c.sqs[sqid]?.head ?? 0;
+  const addr = cq.base + cq.tail * CQE_SIZE;
+  const dw3 = (cid | (cq.phase << 16) | (status << 17)) >>> 0;
+  const dma = c.dev.dma;
+  try {
+    const v = dma.views(addr, CQE_SIZE, true);
+    if (v.length === 1 && v[0]!.byteOffset % 4 === 0) {
+      // the dword with the phase tag goes last, as a single store
+      const w = new Int32Array(v[0]!.buffer, v[0]!.byteOffset, 4);
+      w[0] = dw0;
+      w[1] = 0;
+      w[2] = sqhd | (sqid << 16);
+      Atomics.store(w, 3, dw3 | 0);
+    } else {
+      dma.writeSync(addr, cqeBytes(dw0, sqhd, sqid, dw3));
+    }
+  } catch (e) {
+    if (!(e instanceof DmaError)) throw e;
+    // not shared memory: DMA_WRITE message (in order on the socket)
+    const gen = c.generation;
+    c.inflight++;
+    void dma.write(addr, cqeBytes(dw0, sqhd, sqid, dw3)).then(
+      () => {
+        if (gen === c.generation) flushIrqs(c);
+      },
+      (err: Error) => c.fatal(`cannot post to CQ ${cq.id}: ${err.message}`),
+    ).finally(() => c.settled());
+  }
+  cq.tail++;
+  if (cq.tail === cq.size) {
+    cq.tail = 0;
+    cq.phase ^= 1;
+  }
+  cq.irqPending = true;
+  cq.coalesced++;
+}
+
+function cqeBytes(dw0: number, sqhd: number, sqid: number, dw3: number): Uint8Array {
+  const b = new Uint8Array(CQE_SIZE);
+  const dv = new DataView(b.buffer);
+  dv.setUint32(0, dw0 >>> 0, true);
+  dv.setUint32(8, (sqhd | (sqid << 16)) >>> 0, true);
+  dv.setUint32(12, dw3, true);
+  return b;
+}
+
+/** Raises the interrupts of the CQs that got entries (one per CQ per batch). */
+export function flushIrqs(c: NvmeCore, timeUp = false): void {
+  if (!c.running) return;
+  const msix = c.msixEnabled();
+  // Interrupt Coalescing (feature 08h): an I/O vector without Coalescing Disable waits for
+  // THR + 1 entries or TIME x 100 us, whichever comes first (TIME 0: no waiting)
+  const ic = c.features.intCoalescing;
+  const thr = (ic & 0xff) + 1;
+  const time = (ic >> 8) & 0xff;
+  let intx = false;
+  let waiting = false;
+  for (const cq of c.cqs) {
+    if (!cq || !cq.irqPending) continue;
+    if (cq.ien && msix && time && !timeUp && cq.id !== 0 && !c.features.ivConfig[cq.iv] && cq.coalesced < thr) {
+      waiting = true;
+      continue;
+    }
+    cq.irqPending = false;
+    cq.coalesced = 0;
+    if (!cq.ien) continue;
+    if (msix) c.dev.trigger(IrqIndex.MSIX, cq.iv);
+    else intx = true;
+  }
+  if (intx) updateIntx(c);
+  if (waiting && !c.coalesceTimer) {
+    c.coalesceTimer = setTimeout(() => {
+      c.coalesceTimer = undefined;
+      flushIrqs(c, true);
+    }, Math.max(1, time / 10));
+  }
+}
+
+/** INTx level: high while an interrupt-enabled CQ has entries the host has not consumed. */
+export function updateIntx(c: NvmeCore): void {
+  if (!c.running) return;
+  let level = false;
+  if (!c.msixEnabled() && !(c.regs.intms & 1)) {
+    for (const cq of c.cqs) if (cq && cq.ien && cq.head !== cq.tail) level = true;
+  }
+  c.dev.setIrqLevel(level);
+}
+
+/** The data segments of a command (PRPs, or SGLs for I/O commands), lists read from the guest. */
+export async function dataSegments(c: NvmeCore, sq: SubQueue, sqe: Uint8Array, len: number): Promise<Segment[]> {
+  const psdt = sqe[1]! >> 6;
+  const mem = { read: (iova: number, n: number) => guestRead(c.dev.dma, iova, n) };
+  if (psdt === 0) return prpSegments(mem, u64(sqe, 24), u64(sqe, 32), len, c.regs.pageSize);
+  if (sq.id === 0 || psdt === 3) throw new NvmeStatusError(Status.INVALID_FIELD | DNR, 'SGLs are for I/O commands');
+  return sglSegments(mem, sqe.subarray(24, 40), len);
+}
