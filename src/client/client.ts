@@ -19,6 +19,11 @@ import { connectPath, adoptFd } from '../transport/socket.js';
 import { VfioUserError, Errno } from '../errors.js';
 import { ProtocolError } from '../protocol/errors.js';
 import { decodeConfig, type DecodedConfig } from './pci-decode.js';
+import { GuestMemory } from './guest-memory.js';
+import { IrqHandleImpl, type IrqHandle } from './irq-handle.js';
+import { WriteBatchImpl, type WriteBatch } from './write-batch.js';
+
+export { GuestMemory, type IrqHandle, type WriteBatch };
 
 /** DMA requests the beforeDma hook may hold at once before the server is dropped as a flood */
 const MAX_HELD_DMA = 4096;
@@ -41,31 +46,6 @@ export interface ClientOptions {
    * after interrupts that may already be waiting there).
    */
   beforeDma?: (kind: 'read' | 'write', iova: number, length: number) => void | Promise<void>;
-}
-
-/** Guest memory backed by a memfd. */
-export class GuestMemory {
-  readonly fd: number;
-  readonly size: number;
-  private buf: ArrayBuffer | undefined;
-  readonly bytes: Uint8Array;
-  constructor(size: number, name = 'vfio-user-guest') {
-    if (!Number.isSafeInteger(size) || size <= 0 || size % native.PAGE_SIZE) {
-      throw new VfioUserError('VFU_INVALID_ARGUMENT', `guest memory size must be a positive multiple of ${native.PAGE_SIZE}`, Errno.EINVAL);
-    }
-    if (size >= 2 ** 32) throw new VfioUserError('VFU_INVALID_ARGUMENT', 'guest memory objects are limited to 4 GiB - 1 page', Errno.EINVAL);
-    this.fd = native.memfdCreate(name);
-    native.ftruncate(this.fd, size);
-    this.size = size;
-    this.buf = native.mmap(this.fd, 0, size, PROT_READ | PROT_WRITE);
-    this.bytes = new Uint8Array(this.buf);
-  }
-  free(): void {
-    if (!this.buf) return;
-    native.munmap(this.buf);
-    this.buf = undefined;
-    native.close(this.fd);
-  }
 }
 
 interface ClientMap {
@@ -99,53 +79,6 @@ export interface MappedRegion {
   /** one view per mmap-ed area */
   areas: { offset: number; size: number; bytes: Uint8Array }[];
   unmap(): void;
-}
-
-/**
- * The eventfds of vectors [start, start+count) of one IRQ index.
- *
- * Delivery: the 'irq' event (vector, count) for every signal, and next() / `for await` for
- * pull-style consumers. Signals nobody pulled yet are kept per vector (coalesced like a real
- * interrupt line: a vector is queued at most once until it is pulled).
- *
- * Lifetime: close() disables nothing on the server (use disableIrqs) but stops delivery,
- * closes the eventfds, rejects waiting next() calls and ends iterators. When the connection
- * dies the handle is *detached*: eventfds closed, waiting next() calls and iterators fail with
- * VFU_DISCONNECTED; VfioUserClient.reconnect() then re-binds the same handle to new eventfds
- * on the new connection, so 'irq' listeners keep working and next()/iteration can resume.
- */
-export interface IrqHandle extends EventEmitter, AsyncIterable<number> {
-  readonly index: number;
-  readonly start: number;
-  readonly count: number;
-  /** the current eventfds (empty while detached or closed) */
-  readonly eventfds: readonly number[];
-  /** 'active', 'detached' (connection lost, may be re-bound by reconnect) or 'closed' */
-  readonly state: 'active' | 'detached' | 'closed';
-  /** fires with the vector each time the server signals it (count: signals coalesced in the eventfd) */
-  on(event: 'irq', listener: (vector: number, count: number) => void): this;
-  /** fires when reconnect() re-bound this handle to a new connection */
-  on(event: 'rebound', listener: (client: VfioUserClient) => void): this;
-  off(event: 'irq', listener: (vector: number, count: number) => void): this;
-  /** resolves with the next vector signalled */
-  next(): Promise<number>;
-  close(): void;
-}
-
-/** Collects small writes into REGION_WRITE_MULTI messages (see VfioUserClient.batch). */
-export interface WriteBatch {
-  /**
-   * Queues a write (≤ 8 bytes go into WRITE_MULTI entries; larger ones flush the queue and go
-   * as REGION_WRITE, keeping order). Resolves when the message holding it is acknowledged
-   * (at once for posted batches, after the message is queued).
-   */
-  write(region: number, offset: number, data: Uint8Array): Promise<void>;
-  /** sends what is queued now; resolves when every write so far is done */
-  flush(): Promise<void>;
-  /** writes queued and not yet sent */
-  readonly queued: number;
-  /** WRITE_MULTI messages sent so far */
-  readonly messages: number;
 }
 
 export interface ReconnectOptions {
@@ -939,194 +872,6 @@ export class VfioUserClient extends EventEmitter {
       throw e;
     }
     return c;
-  }
-}
-
-class IrqHandleImpl extends EventEmitter implements IrqHandle {
-  readonly index: number;
-  readonly start: number;
-  readonly count: number;
-  private fds: number[] = [];
-  private pollers: { close(): void }[] = [];
-  private waiters: { resolve: (v: number) => void; reject: (e: Error) => void }[] = [];
-  private backlog: number[] = [];
-  private st: 'active' | 'detached' | 'closed' = 'detached';
-  private detachedErr: VfioUserError | undefined;
-  private owner: VfioUserClient | undefined;
-
-  constructor(index: number, start: number, count: number) {
-    super();
-    this.index = index;
-    this.start = start;
-    this.count = count;
-  }
-
-  get eventfds(): readonly number[] {
-    return this.fds;
-  }
-
-  get state(): 'active' | 'detached' | 'closed' {
-    return this.st;
-  }
-
-  /** binds to a client's new eventfds */
-  attach(owner: VfioUserClient, fds: number[]): void {
-    this.owner = owner;
-    owner.adoptIrqHandle(this);
-    this.fds = fds;
-    this.st = 'active';
-    this.detachedErr = undefined;
-    fds.forEach((fd, i) => {
-      const p = native.createPoller(fd, (status) => {
-        if (status < 0 || this.st !== 'active') return;
-        let n: number;
-        try {
-          n = native.eventfdRead(fd);
-        } catch {
-          return;
-        }
-        if (n <= 0) return;
-        const vector = this.start + i;
-        const w = this.waiters.shift();
-        if (w) w.resolve(vector);
-        else if (!this.backlog.includes(vector)) this.backlog.push(vector);
-        this.emit('irq', vector, n);
-      });
-      p.start(native.POLL_READABLE);
-      p.unref();
-      this.pollers.push(p);
-    });
-  }
-
-  /** re-binds an active handle to another client's eventfds, keeping waiters */
-  moveTo(owner: VfioUserClient, fds: number[]): void {
-    this.release();
-    this.attach(owner, fds);
-  }
-
-  private release(): void {
-    for (const p of this.pollers) p.close();
-    this.pollers = [];
-    closeFds(this.fds);
-    this.fds = [];
-  }
-
-  /** the connection is gone: stop, fail waiters, keep listeners for a re-bind */
-  detach(err: VfioUserError): void {
-    if (this.st !== 'active') return;
-    this.st = 'detached';
-    this.detachedErr = err;
-    this.release();
-    const ws = this.waiters;
-    this.waiters = [];
-    for (const w of ws) w.reject(err);
-  }
-
-  next(): Promise<number> {
-    const b = this.backlog.shift();
-    if (b !== undefined) return Promise.resolve(b);
-    if (this.st === 'closed') return Promise.reject(new VfioUserError('VFU_BAD_STATE', 'IRQ handle closed', Errno.EBADF));
-    if (this.st === 'detached') {
-      return Promise.reject(this.detachedErr ?? new VfioUserError('VFU_DISCONNECTED', 'IRQ handle detached', Errno.ENOTCONN));
-    }
-    return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
-  }
-
-  /** Yields vectors as they are signalled; ends when the handle is closed, throws VFU_DISCONNECTED when detached. */
-  [Symbol.asyncIterator](): AsyncIterator<number> {
-    return {
-      next: async (): Promise<IteratorResult<number>> => {
-        try {
-          return { value: await this.next(), done: false };
-        } catch (e) {
-          if (e instanceof VfioUserError && e.code === 'VFU_BAD_STATE') return { value: undefined, done: true };
-          throw e;
-        }
-      },
-      return: async (): Promise<IteratorResult<number>> => ({ value: undefined, done: true }),
-    };
-  }
-
-  close(): void {
-    if (this.st === 'closed') return;
-    const wasActive = this.st === 'active';
-    this.st = 'closed';
-    if (wasActive) this.release();
-    this.backlog = [];
-    const ws = this.waiters;
-    this.waiters = [];
-    const err = new VfioUserError('VFU_BAD_STATE', 'IRQ handle closed', Errno.EBADF);
-    for (const w of ws) w.reject(err);
-    this.owner?.dropIrqHandle(this);
-  }
-}
-
-class WriteBatchImpl implements WriteBatch {
-  private q: { region: number; offset: number; data: Uint8Array; resolve: () => void; reject: (e: unknown) => void }[] = [];
-  private scheduled = false;
-  private inflight: Promise<unknown>[] = [];
-  private sent = 0;
-  private readonly max: number;
-
-  constructor(
-    private readonly c: VfioUserClient,
-    private readonly opts: { posted?: boolean; maxEntries?: number },
-  ) {
-    this.max = Math.max(1, Math.min(opts.maxEntries ?? Infinity, c.writeMultiMaxEntries));
-  }
-
-  get queued(): number {
-    return this.q.length;
-  }
-
-  get messages(): number {
-    return this.sent;
-  }
-
-  write(region: number, offset: number, data: Uint8Array): Promise<void> {
-    if (data.length > P.WRITE_MULTI_MAX_DATA) {
-      this.send();
-      const p = this.c.write(region, offset, data, { posted: this.opts.posted });
-      this.track(p);
-      return p;
-    }
-    const p = new Promise<void>((resolve, reject) => this.q.push({ region, offset, data: data.slice(), resolve, reject }));
-    p.catch(() => {}); // a caller may rely on flush() alone
-    if (this.q.length >= this.max) this.send();
-    else if (!this.scheduled) {
-      this.scheduled = true;
-      queueMicrotask(() => {
-        this.scheduled = false;
-        this.send();
-      });
-    }
-    return p;
-  }
-
-  private track(p: Promise<unknown>): void {
-    p.catch(() => {}); // failures surface through the write's own promise and flush()
-    this.inflight.push(p);
-  }
-
-  private send(): void {
-    while (this.q.length) {
-      const chunk = this.q.splice(0, this.max);
-      if (this.c.serverCaps.writeMultiple) this.sent++;
-      const p = this.c.writeMulti(chunk, { posted: this.opts.posted });
-      this.track(p);
-      void p.then(
-        () => chunk.forEach((e) => e.resolve()),
-        (e: unknown) => chunk.forEach((x) => x.reject(e)),
-      );
-    }
-  }
-
-  /** Sends the queue; rejects with the first failure among the writes since the last flush. */
-  async flush(): Promise<void> {
-    this.send();
-    const ps = this.inflight;
-    this.inflight = [];
-    await Promise.all(ps);
   }
 }
 

@@ -1,0 +1,655 @@
+/**
+ * One client's session with the server: its connection (and twin socket), the negotiated
+ * capabilities, and the command handlers. Commands run strictly in arrival order: a handler
+ * that completes synchronously replies at once (the fast path for REGION_READ/WRITE); one
+ * that returns a promise holds later commands back until it settles (bounded: a client
+ * that piles up more is dropped). A failure becomes an error reply with an errno.
+ */
+import { native } from '../native/index.js';
+import * as P from '../protocol/index.js';
+import { HEADER_SIZE, FLAG_NO_REPLY, type Header } from '../protocol/header.js';
+import { ProtocolError } from '../protocol/errors.js';
+import { Connection, takeFds, closeFds, retain, type Message } from '../transport/connection.js';
+import { VfioUserError, Errno } from '../errors.js';
+import { RegionIndex, type Region } from './device.js';
+import { DmaController, type DmaMessenger } from './dma.js';
+import { ClientDmaMessenger, QEMU_DMA_READ_WINDOW } from './dma-messenger.js';
+import { IRQ_INDEX_COUNT } from './irq.js';
+import type { VfioUserServer } from './server.js';
+
+/** commands that may wait behind a pending asynchronous one before the client is dropped */
+const MAX_QUEUED_COMMANDS = 4096;
+const MAX_QUEUED_BYTES = 64 * 1024 * 1024;
+
+const SERVER_MAJOR = 0;
+const SERVER_MINOR = 0;
+const PAGE = 4096;
+
+/** Raised inside handlers to produce an error reply. */
+function fail(errno: number, message: string): never {
+  throw new VfioUserError('VFU_INVALID_ARGUMENT', message, errno);
+}
+
+function errnoOf(e: unknown): number {
+  if (e instanceof VfioUserError || e instanceof ProtocolError) return e.errno || Errno.EINVAL;
+  const n = (e as { errno?: number }).errno;
+  return typeof n === 'number' && n > 0 ? n : Errno.EINVAL;
+}
+
+export class Session {
+  readonly server: VfioUserServer;
+  readonly conn: Connection;
+  /** server-to-client command channel (the twin socket, or the main one) */
+  toClient: Connection;
+  private twin: Connection | undefined;
+  negotiated = false;
+  clientCaps: P.VersionCapabilities = {} as P.VersionCapabilities;
+  clientMaxDataXfer = 1048576;
+  /** layout for DMA messages to this client */
+  dmaLayout: 'spec' | 'qemu' = 'spec';
+  private queue: Message[] = [];
+  private queuedBytes = 0;
+  private busy = false;
+  private closed = false;
+  /**
+   * false while this client waits for the previous one to be torn down: its commands are
+   * queued, and a VERSION that arrives while another client is being served gets EBUSY
+   */
+  private active: boolean;
+  private handshakeTimer: NodeJS.Timeout | undefined;
+
+  constructor(server: VfioUserServer, fd: number, active: boolean) {
+    this.server = server;
+    this.active = active;
+    this.busy = !active;
+    this.conn = new Connection(fd, {
+      maxMessageSize: HEADER_SIZE + server.maxDataXferSize + 4096,
+      maxFdsPerMessage: server.maxMsgFds,
+      // a client that does not read its replies is not read either: memory stays bounded
+      pauseReadsWhenBacklogged: true,
+      onCommand: (msg) => this.onCommand(msg),
+      onClose: (err) => this.onClose(err),
+      onBadHeader: (h, why) => this.server.log('warn', `command ${P.commandName(h.command)} id ${h.msgId} refused (EINVAL): ${why}`),
+    });
+    this.toClient = this.conn;
+    this.handshakeTimer = setTimeout(() => {
+      this.server.log('warn', `client did not complete VERSION within ${server.handshakeTimeoutMs} ms: disconnecting`);
+      this.conn.close();
+    }, server.handshakeTimeoutMs);
+    this.handshakeTimer.unref();
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  close(): void {
+    this.conn.close();
+  }
+
+  /** The previous client is gone: this one is served from now on (its queued commands first). */
+  activate(): void {
+    this.active = true;
+    this.next();
+  }
+
+  private onClose(err: VfioUserError | undefined): void {
+    if (this.closed) return;
+    this.closed = true;
+    clearTimeout(this.handshakeTimer);
+    if (err) this.server.log('warn', `client connection failed: ${err.code} ${err.message}`);
+    this.twin?.close();
+    for (const m of this.queue) closeFds(m.fds);
+    this.queue = [];
+    this.server.sessionEnded(this);
+  }
+
+  // ------------------------------------------------------------ dispatch
+
+  private onCommand(msg: Message): void {
+    if (!this.active && msg.header.command === P.Command.VERSION && this.server.serving) {
+      // another client is being served (not just leaving): say so, clearly, and hang up
+      this.server.log('info', 'refusing a client while another one is served (EBUSY)');
+      this.conn.replyError(msg.header, Errno.EBUSY);
+      this.conn.close();
+      return;
+    }
+    if (this.busy || this.queue.length) {
+      // keep order: fds must be owned by us until the command runs
+      if (this.queue.length >= MAX_QUEUED_COMMANDS || this.queuedBytes + msg.payload.length > MAX_QUEUED_BYTES) {
+        // a client flooding us while a command waits (e.g. on its own DMA reply): drop it
+        this.server.log('warn', `client queued more than ${MAX_QUEUED_COMMANDS} commands or ${MAX_QUEUED_BYTES} bytes behind a pending one: disconnecting`);
+        this.conn.close();
+        return;
+      }
+      this.queuedBytes += msg.payload.length;
+      this.queue.push(retain(msg));
+      return;
+    }
+    this.run(msg);
+  }
+
+  private run(msg: Message): void {
+    let result: void | Promise<void>;
+    try {
+      result = this.handle(msg);
+    } catch (e) {
+      this.replyFailure(msg.header, e);
+      closeFds(takeFds(msg));
+      return;
+    }
+    if (result && typeof (result as Promise<void>).then === 'function') {
+      this.busy = true;
+      (result as Promise<void>).then(
+        () => this.next(),
+        (e) => {
+          this.replyFailure(msg.header, e);
+          this.next();
+        },
+      );
+    }
+  }
+
+  private next(): void {
+    if (!this.active) return;
+    this.busy = false;
+    while (!this.busy && this.queue.length && !this.closed) {
+      const m = this.queue.shift()!;
+      this.queuedBytes -= m.payload.length;
+      this.run(m);
+      if (m.fds.length) closeFds(takeFds(m));
+    }
+  }
+
+  private replyFailure(h: Header, e: unknown): void {
+    const errno = errnoOf(e);
+    if (!(e instanceof VfioUserError) && !(e instanceof ProtocolError)) {
+      // a bug in device code must not take the server down; report it loudly
+      this.server.log('warn', `command ${P.commandName(h.command)} failed: ${(e as Error)?.stack ?? String(e)}`);
+    } else {
+      this.server.log('debug', `command ${P.commandName(h.command)} -> ${errno}: ${(e as Error).message}`);
+    }
+    if (!this.conn.isClosed) this.conn.replyError(h, errno);
+  }
+
+  private handle(msg: Message): void | Promise<void> {
+    const h = msg.header;
+    const cmd = h.command;
+    if (!this.negotiated && cmd !== P.Command.VERSION) fail(Errno.EINVAL, 'VERSION must come first');
+    const mig = this.server.migration;
+    if (mig && !mig.allows(cmd)) fail(Errno.EINVAL, `${P.commandName(cmd)} not allowed in migration state ${mig.stateName}`);
+    switch (cmd) {
+      case P.Command.VERSION:
+        return this.version(msg);
+      case P.Command.DMA_MAP:
+        return this.dmaMap(msg);
+      case P.Command.DMA_UNMAP:
+        return this.dmaUnmap(msg);
+      case P.Command.DEVICE_GET_INFO:
+        return this.deviceInfo(msg);
+      case P.Command.DEVICE_GET_REGION_INFO:
+        return this.regionInfo(msg);
+      case P.Command.DEVICE_GET_REGION_IO_FDS:
+        return this.regionIoFds(msg);
+      case P.Command.DEVICE_GET_IRQ_INFO:
+        return this.irqInfo(msg);
+      case P.Command.DEVICE_SET_IRQS:
+        return this.setIrqs(msg);
+      case P.Command.REGION_READ:
+        return this.regionRead(msg);
+      case P.Command.REGION_WRITE:
+        return this.regionWrite(msg);
+      case P.Command.REGION_WRITE_MULTI:
+        return this.regionWriteMulti(msg);
+      case P.Command.DEVICE_RESET:
+        return this.deviceReset(msg);
+      case P.Command.DEVICE_FEATURE:
+        return this.deviceFeature(msg);
+      case P.Command.MIG_DATA_READ:
+        return this.migDataRead(msg);
+      case P.Command.MIG_DATA_WRITE:
+        return this.migDataWrite(msg);
+      default:
+        fail(Errno.ENOSYS, `unsupported command ${cmd}`);
+    }
+  }
+
+  // ------------------------------------------------------------ VERSION
+
+  private version(msg: Message): void {
+    if (this.negotiated) fail(Errno.EINVAL, 'VERSION already negotiated');
+    const req = P.decodeVersionRequest(msg.payload);
+    if (req.major !== SERVER_MAJOR) fail(Errno.ENOTSUP, `unsupported major version ${req.major}`);
+    const s = this.server;
+    const caps = req.capabilities;
+    this.clientCaps = caps;
+    this.clientMaxDataXfer = caps.maxDataXferSize ?? P.DEFAULT_CAPABILITIES.maxDataXferSize;
+    if (this.clientMaxDataXfer < P.MIN_DATA_XFER_SIZE) {
+      fail(Errno.EINVAL, `client max_data_xfer_size ${this.clientMaxDataXfer} is below the minimum ${P.MIN_DATA_XFER_SIZE}`);
+    }
+    const raw = caps.raw ?? {};
+    this.dmaLayout = s.dmaLayout !== 'auto' ? s.dmaLayout : 'write_multiple' in raw && !('twin_socket' in raw) ? 'qemu' : 'spec';
+    const reply: P.VersionCapabilities = {
+      maxMsgFds: s.maxMsgFds,
+      maxDataXferSize: s.maxDataXferSize,
+      maxDmaMaps: s.maxDmaMaps,
+      pgsizes: BigInt(PAGE),
+      writeMultiple: s.writeMultiple,
+    } as P.VersionCapabilities;
+    if (s.migration) {
+      reply.migration = { pgsize: PAGE, maxBitmapSize: 256 * 1024 * 1024 };
+    }
+    let fds: number[] = [];
+    if (caps.twinSocket?.supported && s.twinSocket) {
+      const [mine, theirs] = native.socketpair();
+      this.twin = new Connection(mine, {
+        maxMessageSize: HEADER_SIZE + Math.max(s.maxDataXferSize, this.clientMaxDataXfer) + 4096,
+        maxFdsPerMessage: 0,
+        onClose: () => {
+          // the twin going away means the client is gone
+          this.conn.close();
+        },
+      });
+      this.toClient = this.twin;
+      reply.twinSocket = { supported: true, fdIndex: 0 };
+      fds = [theirs];
+    }
+    const payload = P.encodeVersionReply({ major: SERVER_MAJOR, minor: Math.min(req.minor, SERVER_MINOR), capabilities: reply });
+    this.negotiated = true;
+    clearTimeout(this.handshakeTimer);
+    try {
+      this.conn.reply(msg.header, payload, fds);
+    } finally {
+      closeFds(fds);
+    }
+    this.server.attached(this);
+  }
+
+  // ------------------------------------------------------------ DMA
+
+  private dmaMap(msg: Message): void {
+    const req = P.decodeDmaMapRequest(msg.payload);
+    const dma = this.server.device.dma;
+    const fds = takeFds(msg);
+    if (fds.length > 1) {
+      closeFds(fds);
+      fail(Errno.EINVAL, 'DMA_MAP with more than one fd');
+    }
+    const prot = (req.flags & P.DmaMapFlags.READ ? 1 : 0) | (req.flags & P.DmaMapFlags.WRITE ? 2 : 0);
+    if (req.flags & ~(P.DmaMapFlags.READ | P.DmaMapFlags.WRITE)) {
+      closeFds(fds);
+      fail(Errno.EINVAL, `bad DMA_MAP flags 0x${req.flags.toString(16)}`);
+    }
+    if ((req.address | req.size) & BigInt(PAGE - 1)) {
+      // honour the pgsizes we advertised
+      closeFds(fds);
+      fail(Errno.EINVAL, `DMA_MAP [0x${req.address.toString(16)}, +0x${req.size.toString(16)}) is not aligned to ${PAGE}`);
+    }
+    const region = dma.map(req.address, req.size, prot, fds[0], req.offset); // full 64-bit; closes the fd on failure
+    if (!region.sealed) {
+      this.server.log('warn', `DMA map at 0x${region.iova.toString(16)}: its file cannot be sealed against shrinking; it is accessed by SIGBUS-safe copies only (slower, no zero-copy)`);
+    }
+    this.conn.reply(msg.header, null);
+  }
+
+  private async dmaUnmap(msg: Message): Promise<void> {
+    const req = P.decodeDmaUnmapRequest(msg.payload);
+    const dma = this.server.device.dma;
+    const F = P.DmaUnmapFlags;
+    if (req.flags & ~(F.GET_DIRTY_BITMAP | F.ALL)) fail(Errno.EINVAL, `bad DMA_UNMAP flags 0x${req.flags.toString(16)}`);
+    if (req.flags & F.GET_DIRTY_BITMAP) {
+      // libvfio-user's form: the region's dirty bitmap (from DMA logging), then the unmap
+      const bm = req.bitmap!;
+      const { iova, size } = DmaController.range(req.address, req.size, 'DMA_UNMAP range');
+      const pgsize = toSafe(bm.pgsize);
+      const bytes = toSafe(bm.size);
+      if (!dma.loggingActive) fail(Errno.EINVAL, 'DMA_UNMAP dirty bitmap requested but DMA logging is not started');
+      if (!(pgsize > 0) || size % pgsize) fail(Errno.EINVAL, `DMA_UNMAP bitmap page size ${pgsize} does not divide ${size}`);
+      const need = Math.ceil(size / pgsize / 8);
+      if (bytes < need || bytes > this.clientMaxDataXfer) fail(Errno.EINVAL, `DMA_UNMAP bitmap of ${bytes} bytes, ${need} needed`);
+      if (req.argsz < 24 + 16 + bytes) fail(Errno.EINVAL, `DMA_UNMAP argsz ${req.argsz} too small for the bitmap`);
+      const region = dma.regionAt(iova);
+      if (!region || region.iova !== iova || region.size !== size) fail(Errno.ENOENT, `no DMA map at [0x${iova.toString(16)}, +0x${size.toString(16)})`);
+      const data = new Uint8Array(bytes);
+      data.set(dma.report(iova, size, pgsize).subarray(0, need));
+      await dma.unmap(iova, size);
+      this.conn.reply(msg.header, P.encodeDmaUnmapReply({ flags: req.flags, address: req.address, size: req.size, bitmap: { pgsize: bm.pgsize, size: BigInt(bytes), data } }));
+      return;
+    }
+    if (req.flags & F.ALL) {
+      if (req.address !== 0n || req.size !== 0n) fail(Errno.EINVAL, 'DMA_UNMAP ALL needs address and size 0');
+      await dma.unmapAll();
+    } else {
+      // as Linux VFIO type1: every map inside the range goes, none is fine, cutting one is EINVAL
+      if ((req.address | req.size) & BigInt(PAGE - 1)) fail(Errno.EINVAL, `DMA_UNMAP range is not aligned to ${PAGE}`);
+      await dma.unmap(req.address, req.size);
+    }
+    this.conn.reply(msg.header, P.encodeDmaUnmapReply({ flags: req.flags, address: req.address, size: req.size }));
+  }
+
+  // ------------------------------------------------------------ info
+
+  private deviceInfo(msg: Message): void {
+    P.decodeDeviceGetInfoRequest(msg.payload); // validates argsz
+    const dev = this.server.device;
+    let numRegions = RegionIndex.VGA + 1;
+    for (const i of dev.regions.keys()) numRegions = Math.max(numRegions, i + 1);
+    this.conn.reply(
+      msg.header,
+      P.encodeDeviceGetInfoReply({
+        flags: P.DeviceInfoFlags.PCI | P.DeviceInfoFlags.RESET,
+        numRegions,
+        numIrqs: IRQ_INDEX_COUNT,
+      }),
+    );
+  }
+
+  private regionInfo(msg: Message): void {
+    const req = P.decodeRegionInfoRequest(msg.payload);
+    const dev = this.server.device;
+    const idx = req.index;
+    const F = P.RegionInfoFlags;
+    let flags = 0;
+    let size = 0;
+    const caps: P.RegionCap[] = [];
+    let fds: number[] = [];
+    if (idx === RegionIndex.CONFIG) {
+      flags = F.READ | F.WRITE;
+      size = dev.config.size;
+    } else {
+      const r = dev.regions.get(idx);
+      if (!r) {
+        let numRegions = RegionIndex.VGA + 1;
+        for (const i of dev.regions.keys()) numRegions = Math.max(numRegions, i + 1);
+        if (idx >= numRegions) fail(Errno.EINVAL, `no region ${idx}`);
+      } else {
+        size = r.size;
+        if (r.readable) flags |= F.READ;
+        if (r.writable) flags |= F.WRITE;
+        if (r.mappable) {
+          flags |= F.MMAP;
+          const whole = r.mmapAreas.length === 1 && r.mmapAreas[0]!.offset === 0 && r.mmapAreas[0]!.size === r.size;
+          if (!whole) caps.push({ kind: 'sparse-mmap', version: 1, areas: r.mmapAreas.map((a) => ({ offset: BigInt(a.offset), size: BigInt(a.size) })) });
+          fds = [r.memfd];
+        }
+        if (r.type) caps.push({ kind: 'type', version: 1, type: r.type.type, subtype: r.type.subtype });
+      }
+    }
+    const complete = P.regionInfoReplySize(caps) <= req.argsz;
+    // the fd goes along only with a complete reply (the client asks again with a larger
+    // argsz), and the MMAP flag only with the fd, as the spec says
+    if (!complete) flags &= ~F.MMAP;
+    const payload = P.encodeRegionInfoReply({ flags, index: idx, size: BigInt(size), offset: 0n, caps }, req.argsz);
+    this.conn.reply(msg.header, payload, complete ? fds : []);
+  }
+
+  private regionIoFds(msg: Message): void {
+    const req = P.decodeRegionIoFdsRequest(msg.payload);
+    const r = this.server.device.regions.get(req.index);
+    if (!r && req.index !== RegionIndex.CONFIG) fail(Errno.EINVAL, `no region ${req.index}`);
+    const evs = r?.ioeventfds ?? [];
+    const subRegions: P.IoFdSubRegion[] = evs.map((e, i) => ({
+      kind: 'ioeventfd' as const,
+      offset: BigInt(e.offset),
+      size: BigInt(e.size),
+      fdIndex: i,
+      flags: e.datamatch !== undefined ? P.IoEventFdFlags.DATAMATCH : 0,
+      datamatch: e.datamatch ?? 0n,
+    }));
+    const payload = P.encodeRegionIoFdsReply({ flags: 0, index: req.index, subRegions }, req.argsz);
+    const complete = P.regionIoFdsReplySize(subRegions.length) <= req.argsz;
+    this.conn.reply(msg.header, payload, complete ? evs.map((e) => e.fd) : []);
+  }
+
+  private irqInfo(msg: Message): void {
+    const req = P.decodeIrqInfoRequest(msg.payload);
+    if (req.index >= IRQ_INDEX_COUNT) fail(Errno.EINVAL, `no IRQ index ${req.index}`);
+    const irqs = this.server.device.irqs;
+    this.conn.reply(
+      msg.header,
+      P.encodeIrqInfoReply({ flags: irqs.infoFlags(req.index), index: req.index, count: irqs.count(req.index) }),
+    );
+  }
+
+  private setIrqs(msg: Message): void {
+    const req = P.decodeSetIrqsRequest(msg.payload);
+    const fds = takeFds(msg);
+    this.server.device.irqs.setIrqs({ flags: req.flags, index: req.index, start: req.start, count: req.count, data: req.data }, fds);
+    this.conn.reply(msg.header, null);
+  }
+
+  // ------------------------------------------------------------ region access
+
+  private checkAccess(region: number, offset: number, count: number, write: boolean): Region | undefined {
+    if (count > this.server.maxDataXferSize) fail(Errno.EINVAL, `access of ${count} bytes exceeds max_data_xfer_size`);
+    if (region === RegionIndex.CONFIG) {
+      if (offset + count > this.server.device.config.size) fail(Errno.EINVAL, 'config access out of range');
+      return undefined;
+    }
+    const r = this.server.device.regions.get(region);
+    if (!r) fail(Errno.EINVAL, `no region ${region}`);
+    if (offset + count > r.size || offset < 0) fail(Errno.EINVAL, `access [${offset}, +${count}) outside region ${region} of ${r.size} bytes`);
+    if (write ? !r.writable : !r.readable) fail(Errno.EINVAL, `region ${region} is not ${write ? 'writable' : 'readable'}`);
+    return r;
+  }
+
+  private regionRead(msg: Message): void | Promise<void> {
+    const req = P.decodeRegionReadRequest(msg.payload);
+    const { offset, region, count } = req;
+    const r = this.checkAccess(region, offset, count, false);
+    const dev = this.server.device;
+    const h = msg.header;
+    if (!r) return this.readReply(h, offset, region, count, dev.config.read(offset, count));
+    if (dev.msixTable) {
+      const buf = new Uint8Array(count);
+      if (dev.msixAccess(region, offset, buf, false)) return this.readReply(h, offset, region, count, buf);
+    }
+    if (r.access?.read) {
+      const out = r.access.read(offset, count);
+      if (out instanceof Uint8Array) return this.readReply(h, offset, region, count, out);
+      return out.then((d) => this.readReply(h, offset, region, count, d));
+    }
+    if (r.memory) return this.readReply(h, offset, region, count, r.memory.slice(offset, offset + count));
+    fail(Errno.EINVAL, `region ${region} has no read handler`);
+  }
+
+  // the REGION_READ reply is written in place by a bound filler (no closure per request)
+  private rdOffset = 0;
+  private rdRegion = 0;
+  private rdData: Uint8Array = new Uint8Array(0);
+  private readonly fillRead = (buf: Uint8Array, dv: DataView, at: number): number =>
+    P.encodeRegionReadReplyInto(buf, dv, at, this.rdOffset, this.rdRegion, this.rdData);
+
+  private readReply(h: Header, offset: number, region: number, count: number, data: Uint8Array): void {
+    if (data.length !== count) fail(Errno.EIO, `device returned ${data.length} bytes for a ${count}-byte read`);
+    this.rdOffset = offset;
+    this.rdRegion = region;
+    this.rdData = data;
+    this.conn.replyWith(h, 16 + count, this.fillRead);
+  }
+
+  private regionWrite(msg: Message): void | Promise<void> {
+    const req = P.decodeRegionWriteRequest(msg.payload);
+    const { offset, region, count } = req;
+    const data = copyOf(req.data); // the payload is only valid during this call; devices may keep data
+    const r = this.checkAccess(region, offset, count, true);
+    const h = msg.header;
+    const done = (): void => {
+      if (!(h.flags & FLAG_NO_REPLY)) this.conn.replyWith(h, 16, (_b, dv, at) => P.encodeRegionWriteReplyInto(dv, at, offset, region, count));
+    };
+    const res = this.write(r, region, offset, data);
+    if (res) return res.then(done);
+    done();
+  }
+
+  /** One write to a region; returns a promise only when the device's handler is async. */
+  private write(r: Region | undefined, region: number, offset: number, data: Uint8Array): void | Promise<void> {
+    const dev = this.server.device;
+    if (!r) {
+      dev.config.write(offset, data);
+      if (dev.flrRequested) return dev.reset('flr');
+      return;
+    }
+    if (dev.msixTable && dev.msixAccess(region, offset, data, true)) return;
+    if (r.access?.write) {
+      const res = r.access.write(offset, data);
+      if (res && typeof (res as Promise<void>).then === 'function') return res as Promise<void>;
+      return;
+    }
+    if (r.memory) {
+      r.memory.set(data, offset);
+      return;
+    }
+    fail(Errno.EINVAL, `region ${region} has no write handler`);
+  }
+
+  private async regionWriteMultiAsync(entries: P.RegionWriteMultiEntry[], from: number, first: Promise<void>): Promise<void> {
+    await first;
+    for (let i = from; i < entries.length; i++) {
+      const e = entries[i]!;
+      const r = this.checkAccess(e.region, e.offset, e.count, true);
+      await this.write(r, e.region, e.offset, e.data);
+    }
+  }
+
+  private regionWriteMulti(msg: Message): void | Promise<void> {
+    if (!this.server.writeMultiple) fail(Errno.ENOTSUP, 'REGION_WRITE_MULTI not enabled');
+    const req = P.decodeRegionWriteMultiRequest(msg.payload);
+    const entries = req.entries.map((e) => ({ ...e, data: copyOf(e.data) }));
+    const done = (): void => {
+      this.conn.reply(msg.header, P.encodeRegionWriteMultiReply({ wrCnt: entries.length }));
+    };
+    // validate everything first so a bad entry applies nothing
+    for (const e of entries) this.checkAccess(e.region, e.offset, e.count, true);
+    for (let i = 0; i < entries.length; i++) {
+      const e = entries[i]!;
+      const res = this.write(this.server.device.regions.get(e.region), e.region, e.offset, e.data);
+      if (res) return this.regionWriteMultiAsync(entries, i + 1, res).then(done);
+    }
+    done();
+  }
+
+  // ------------------------------------------------------------ reset, features, migration
+
+  private async deviceReset(msg: Message): Promise<void> {
+    if (msg.payload.length !== 0) fail(Errno.EINVAL, 'DEVICE_RESET takes no payload');
+    this.server.migration?.reset();
+    await this.server.device.reset('client');
+    this.conn.reply(msg.header, null);
+  }
+
+  private deviceFeature(msg: Message): void | Promise<void> {
+    const req = P.decodeDeviceFeatureRequest(msg.payload);
+    const F = P.DeviceFeatureFlags;
+    const feature = req.flags & F.MASK;
+    const op = req.flags & (F.GET | F.SET | F.PROBE);
+    const dev = this.server.device;
+    const mig = this.server.migration;
+    const replyData = (data: Uint8Array | null): void => {
+      this.conn.reply(msg.header, P.encodeDeviceFeatureReply({ flags: req.flags, data: data ?? new Uint8Array(0) }));
+    };
+    const supported = (get: boolean, set: boolean): void => {
+      if (op & F.PROBE) {
+        if ((op & F.GET && !get) || (op & F.SET && !set)) fail(Errno.EINVAL, `feature ${feature} does not support that operation`);
+        replyData(null);
+        return;
+      }
+      if (op === F.GET && !get) fail(Errno.EINVAL, `feature ${feature} cannot be read`);
+      if (op === F.SET && !set) fail(Errno.EINVAL, `feature ${feature} cannot be set`);
+      if (op !== F.GET && op !== F.SET) fail(Errno.EINVAL, 'DEVICE_FEATURE needs exactly one of GET, SET or PROBE');
+    };
+    switch (feature) {
+      case P.DeviceFeature.MIGRATION: {
+        if (!mig) fail(Errno.ENOTSUP, 'device does not support migration');
+        supported(true, false);
+        if (op & F.PROBE) return;
+        return replyData(P.encodeFeatureMigration({ flags: mig.flags }));
+      }
+      case P.DeviceFeature.MIG_DEVICE_STATE: {
+        if (!mig) fail(Errno.ENOTSUP, 'device does not support migration');
+        supported(true, true);
+        if (op & F.PROBE) return;
+        if (op === F.GET) return replyData(P.encodeFeatureMigDeviceState({ deviceState: mig.state, dataFd: 0xffffffff }));
+        const s = P.decodeFeatureMigDeviceState(req.data);
+        return mig.setState(s.deviceState).then(() =>
+          replyData(P.encodeFeatureMigDeviceState({ deviceState: mig.state, dataFd: 0xffffffff })),
+        );
+      }
+      case P.DeviceFeature.DMA_LOGGING_START: {
+        supported(false, true);
+        if (op & F.PROBE) return;
+        const s = P.decodeFeatureDmaLoggingControl(req.data);
+        dev.dma.startLogging(
+          toSafe(s.pageSize),
+          s.ranges.map((r) => ({ iova: r.iova, length: r.length })),
+        );
+        return replyData(null);
+      }
+      case P.DeviceFeature.DMA_LOGGING_STOP: {
+        supported(false, true);
+        if (op & F.PROBE) return;
+        dev.dma.stopLogging();
+        return replyData(null);
+      }
+      case P.DeviceFeature.DMA_LOGGING_REPORT: {
+        supported(true, false);
+        if (op & F.PROBE) return;
+        const r = P.decodeFeatureDmaLoggingReportRequest(req.data);
+        const bitmap = dev.dma.report(r.iova, r.length, toSafe(r.pageSize));
+        if (HEADER_SIZE + 8 + 24 + bitmap.length > HEADER_SIZE + this.clientMaxDataXfer + 4096) {
+          fail(Errno.EINVAL, 'dirty bitmap too large for one message');
+        }
+        return replyData(P.encodeFeatureDmaLoggingReportReply({ iova: r.iova, length: r.length, pageSize: r.pageSize, bitmap }));
+      }
+      default:
+        fail(Errno.ENOTSUP, `device feature ${feature} is not supported`);
+    }
+  }
+
+  private migDataRead(msg: Message): void | Promise<void> {
+    const mig = this.server.migration;
+    if (!mig) fail(Errno.ENOTSUP, 'device does not support migration');
+    const req = P.decodeMigDataReadRequest(msg.payload);
+    if (req.size > this.server.maxDataXferSize) fail(Errno.EINVAL, 'MIG_DATA_READ larger than max_data_xfer_size');
+    return mig.read(req.size).then((data) => {
+      this.conn.reply(msg.header, P.encodeMigDataReadReply({ data }));
+    });
+  }
+
+  private migDataWrite(msg: Message): void | Promise<void> {
+    const mig = this.server.migration;
+    if (!mig) fail(Errno.ENOTSUP, 'device does not support migration');
+    const req = P.decodeMigDataWriteRequest(msg.payload);
+    return mig.write(req.data).then(() => {
+      this.conn.reply(msg.header, null);
+    });
+  }
+
+  // ------------------------------------------------------------ server-to-client DMA
+
+  messenger(): DmaMessenger {
+    const s = this.server;
+    return new ClientDmaMessenger({
+      conn: this.toClient,
+      maxTransfer: Math.min(s.maxDataXferSize, this.clientMaxDataXfer),
+      layout: this.dmaLayout,
+      timeoutMs: s.dmaTimeoutMs,
+      readWindow: s.dmaReadWindow ?? (this.dmaLayout === 'qemu' ? QEMU_DMA_READ_WINDOW : Infinity),
+    });
+  }
+}
+
+/** A copy that small sizes keep on V8's heap (no malloc). */
+function copyOf(v: Uint8Array): Uint8Array {
+  const c = new Uint8Array(v.length);
+  c.set(v);
+  return c;
+}
+
+function toSafe(v: bigint, fds?: number[]): number {
+  if (v > BigInt(Number.MAX_SAFE_INTEGER) || v < 0n) {
+    if (fds) closeFds(fds);
+    fail(Errno.EINVAL, `value 0x${v.toString(16)} out of range`);
+  }
+  return Number(v);
+}
