@@ -1,10 +1,10 @@
-// Runs every compiled test file under dist/test with Node's test runner.
+// Runs every compiled test file under dist/test, and the examples' tests (examples/*.test.js,
+// plain JavaScript run from the source tree), with Node's test runner.
 // Usage: node scripts/run-tests.mjs [filter-substring...]
 import { readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 
-const root = new URL('../dist/test/', import.meta.url).pathname;
 const files = [];
 (function walk(dir) {
   for (const name of readdirSync(dir).sort()) {
@@ -12,7 +12,10 @@ const files = [];
     if (statSync(p).isDirectory()) walk(p);
     else if (name.endsWith('.test.js')) files.push(p);
   }
-})(root);
+})(new URL('../dist/test/', import.meta.url).pathname);
+for (const name of readdirSync(new URL('../examples/', import.meta.url)).sort()) {
+  if (name.endsWith('.test.js')) files.push(new URL(`../examples/${name}`, import.meta.url).pathname);
+}
 const filters = process.argv.slice(2);
 const chosen = filters.length ? files.filter((f) => filters.some((s) => f.includes(s))) : files;
 if (chosen.length === 0) {

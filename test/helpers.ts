@@ -1,95 +1,27 @@
 /**
- * Shared test helpers: temp socket paths, serving a device in a child process, fd counts.
+ * Shared test helpers: the CLI, serving a built-in device in a child process, fd counts, CPU
+ * time, a PRNG. Socket paths, device harnesses, drivers and register helpers are the public
+ * test kit's (src/testing), re-exported here under the names the tests use.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { createInterface } from 'node:readline';
+import { readdirSync, readFileSync, writeSync } from 'node:fs';
 import assert from 'node:assert/strict';
-import { VfioUserServer } from '../src/server/server.js';
 import { VfioUserClient } from '../src/client/client.js';
 import { migrate } from '../src/client/migrate.js';
-import type { PciDevice } from '../src/server/device.js';
+import { spawnServer, type ServerProcess } from '../src/testing/index.js';
+
+export { socketPath as sockPath, u32, u64, rd32 } from '../src/testing/index.js';
 
 export const CLI = new URL('../src/cli/main.js', import.meta.url).pathname;
-
-let seq = 0;
-let dir: string | undefined;
-/** A fresh socket path in this process's temp dir (made on first use, removed at exit). */
-export function sockPath(name = 'dev'): string {
-  if (!dir) {
-    const d = mkdtempSync(join(tmpdir(), 'vfu-test-'));
-    dir = d;
-    process.on('exit', () => rmSync(d, { recursive: true, force: true }));
-  }
-  return join(dir, `${name}-${process.pid}-${seq++}.sock`);
-}
 
 export function openFds(): number {
   return readdirSync('/proc/self/fd').length;
 }
 
-export interface Served {
-  child: ChildProcess;
-  path: string;
-  events: Record<string, unknown>[];
-  /** resolves with the next event of that name */
-  waitEvent(name: string, timeoutMs?: number): Promise<Record<string, unknown>>;
-  send(line: string): void;
-  stop(): Promise<number | null>;
-  stderr(): string;
-}
+export type Served = ServerProcess;
 
 /** Runs `vfio-user serve <device>` in a child process and waits until it is ready. */
-export async function serveChild(device: string, extra: string[] = [], opts: { taskset?: string } = {}): Promise<Served> {
-  const path = sockPath(device);
-  const args = [CLI, 'serve', device, `--socket-path=${path}`, ...extra];
-  const child = opts.taskset
-    ? spawn('taskset', ['-c', opts.taskset, process.execPath, ...args], { stdio: ['pipe', 'pipe', 'pipe'] })
-    : spawn(process.execPath, args, { stdio: ['pipe', 'pipe', 'pipe'] });
-  const events: Record<string, unknown>[] = [];
-  const waiters: { name: string; resolve: (e: Record<string, unknown>) => void }[] = [];
-  let err = '';
-  child.stderr!.on('data', (d) => (err += d));
-  createInterface({ input: child.stdout! }).on('line', (line) => {
-    let e: Record<string, unknown>;
-    try {
-      e = JSON.parse(line);
-    } catch {
-      return;
-    }
-    const i = waiters.findIndex((w) => w.name === e.event);
-    if (i >= 0) waiters.splice(i, 1)[0]!.resolve(e);
-    else events.push(e);
-  });
-  const waitEvent = (name: string, timeoutMs = 10000): Promise<Record<string, unknown>> => {
-    const i = events.findIndex((e) => e.event === name);
-    if (i >= 0) return Promise.resolve(events.splice(i, 1)[0]!);
-    return new Promise((resolve, reject) => {
-      const t = setTimeout(() => reject(new Error(`timeout waiting for ${name}; stderr: ${err}`)), timeoutMs);
-      waiters.push({ name, resolve: (e) => (clearTimeout(t), resolve(e)) });
-    });
-  };
-  const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
-  await Promise.race([
-    waitEvent('ready'),
-    exited.then((code) => {
-      throw new Error(`server exited with ${code}: ${err}`);
-    }),
-  ]);
-  return {
-    child,
-    path,
-    events,
-    waitEvent,
-    send: (line) => child.stdin!.write(line + '\n'),
-    stop: async () => {
-      if (child.exitCode === null) child.kill('SIGTERM');
-      return exited;
-    },
-    stderr: () => err,
-  };
+export function serveChild(device: string, extra: string[] = [], opts: { taskset?: string } = {}): Promise<Served> {
+  return spawnServer([CLI, 'serve', device, ...extra], { name: device, wrapper: opts.taskset ? ['taskset', '-c', opts.taskset] : undefined });
 }
 
 /**
@@ -104,21 +36,6 @@ export function fillEventfd(fd: number): void {
 
 export function delay(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
-}
-
-/** Little-endian byte helpers for register accesses. */
-export function u32(v: number): Uint8Array {
-  const b = new Uint8Array(4);
-  new DataView(b.buffer).setUint32(0, v, true);
-  return b;
-}
-export function u64(v: number | bigint): Uint8Array {
-  const b = new Uint8Array(8);
-  new DataView(b.buffer).setBigUint64(0, BigInt(v), true);
-  return b;
-}
-export function rd32(b: Uint8Array): number {
-  return new DataView(b.buffer, b.byteOffset, b.byteLength).getUint32(0, true);
 }
 
 export function concat(...parts: Uint8Array[]): Uint8Array {
@@ -166,14 +83,6 @@ export class Rng {
     for (let i = 0; i < n; i++) b[i] = this.u32() & 0xff;
     return b;
   }
-}
-
-/** A device served in this process on a fresh socket; close() stops the server and frees the device. */
-export function serveDevice<T extends PciDevice>(dev: T, name: string): { dev: T; server: VfioUserServer; path: string; close(): void } {
-  const server = new VfioUserServer(dev);
-  const path = sockPath(name);
-  server.listen(path);
-  return { dev, server, path, close: () => (server.close(), dev.destroy()) };
 }
 
 /** Migrating from one server to the other fails, and the source is back in RUNNING. */

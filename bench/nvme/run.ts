@@ -23,7 +23,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { VfioUserClient } from '../../src/client/client.js';
 import { serveChild } from '../../test/helpers.js';
-import { NvmeDriver } from '../../test/nvme/driver.js';
+import { NvmeDriver } from '../../src/testing/index.js';
 
 const { values } = parseArgs({
   options: { seconds: { type: 'string' }, size: { type: 'string' }, modes: { type: 'string' }, 'poll-us': { type: 'string' }, idle: { type: 'string' } },

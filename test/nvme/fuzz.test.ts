@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { NvmeDevice } from '../../src/devices/nvme/index.js';
 import { VfioUserServer } from '../../src/server/server.js';
 import { VfioUserClient } from '../../src/client/client.js';
-import { NvmeDriver, ADMIN, GUARD } from './driver.js';
+import { NvmeDriver, ADMIN, GUARD } from '../../src/testing/index.js';
 import { sockPath } from '../helpers.js';
 
 const seed = Number(process.env.VFU_FUZZ_SEED ?? Math.floor(Math.random() * 2 ** 31));

@@ -9,20 +9,14 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { VfioUserServer } from '../../src/server/server.js';
 import { VfioUserClient } from '../../src/client/client.js';
 import { migrate } from '../../src/client/migrate.js';
 import { NvmeDevice } from '../../src/devices/nvme/index.js';
-import { NvmeDriver, GUARD, pattern } from './driver.js';
-import { sockPath, serveDevice, assertMigrationRefused } from '../helpers.js';
+import { NvmeDriver, pattern, listenDevice, type InProcessServer } from '../../src/testing/index.js';
+import { assertMigrationRefused } from '../helpers.js';
 
-
-function serve(image: string): { dev: NvmeDevice; server: VfioUserServer; path: string } {
-  const dev = new NvmeDevice({ image, size: 32 << 20, serial: 'MIGRATE1', log: () => {} });
-  const server = new VfioUserServer(dev);
-  const path = sockPath('nvme-mig');
-  server.listen(path);
-  return { dev, server, path };
+function serve(image: string, size = 32 << 20): InProcessServer<NvmeDevice> {
+  return listenDevice(new NvmeDevice({ image, size, serial: 'MIGRATE1', log: () => {} }), { name: 'nvme-mig' });
 }
 
 test('nvme: live migration under continuous I/O loses no writes', async (t) => {
@@ -76,7 +70,7 @@ test('nvme: live migration under continuous I/O loses no writes', async (t) => {
 
     // the destination: same guest memory at the same IOVA
     const dstClient = await VfioUserClient.connect(dst.path);
-    await dstClient.dmaMap(d.mem, d.iova, { offset: GUARD, size: d.mem.size - 2 * GUARD });
+    await d.ram.mapInto(dstClient);
 
     // the workload keeps running through pre-copy; just before stop-and-copy it pauses (as a
     // VM's vCPUs stop), in-flight commands finish, and its interrupts move to the destination
@@ -126,10 +120,8 @@ test('nvme: live migration under continuous I/O loses no writes', async (t) => {
     openGate();
     d.close();
     srcClient.close();
-    src.server.close();
-    dst.server.close();
-    src.dev.destroy();
-    dst.dev.destroy();
+    await src.close();
+    await dst.close();
     d.mem.free();
     rmSync(dir, { recursive: true, force: true });
   }
@@ -138,13 +130,12 @@ test('nvme: live migration under continuous I/O loses no writes', async (t) => {
 test('nvme: a destination with a different namespace refuses the state', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'vfu-nvme-mig-'));
   const src = serve(join(dir, 'a.img'));
-  const other = serveDevice(new NvmeDevice({ image: join(dir, 'b.img'), size: 8 << 20, serial: 'MIGRATE1', log: () => {} }), 'nvme-mig');
+  const other = serve(join(dir, 'b.img'), 8 << 20);
   try {
     await assertMigrationRefused(src.path, other.path);
   } finally {
-    src.server.close();
-    src.dev.destroy();
-    other.close();
+    await src.close();
+    await other.close();
     rmSync(dir, { recursive: true, force: true });
   }
 });

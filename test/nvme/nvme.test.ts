@@ -8,7 +8,7 @@ import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync, statSync } from 'node:fs';
 import { VfioUserClient } from '../../src/client/client.js';
-import { NvmeDriver, ADMIN, sc, sglDesc, setU64, GUARD, pattern } from './driver.js';
+import { NvmeDriver, ADMIN, sc, sglDesc, setU64, GUARD, pattern } from '../../src/testing/index.js';
 import { serveChild } from '../helpers.js';
 import { rig, imagePath, type Rig } from './rig.js';
 import { within } from '../client/util.js';

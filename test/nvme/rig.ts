@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { VfioUserServer } from '../../src/server/server.js';
 import { VfioUserClient } from '../../src/client/client.js';
 import { NvmeDevice, type NvmeOptions } from '../../src/devices/nvme/index.js';
-import { NvmeDriver } from './driver.js';
+import { NvmeDriver } from '../../src/testing/index.js';
 import { sockPath } from '../helpers.js';
 
 // made at import (top level), so the hook belongs to the whole test file

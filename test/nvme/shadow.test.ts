@@ -5,7 +5,7 @@
  */
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { ADMIN, GUARD, pattern, sc, type NvmeDriver } from './driver.js';
+import { ADMIN, GUARD, pattern, sc, type NvmeDriver } from '../../src/testing/index.js';
 import { rig } from './rig.js';
 import { needEvent, DoorbellTracker } from '../../src/devices/nvme/shadow.js';
 import { delay } from '../helpers.js';

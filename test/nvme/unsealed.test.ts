@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { VfioUserClient, type GuestMemory } from '../../src/client/client.js';
 import { VfioUserError } from '../../src/errors.js';
 import { serveChild } from '../helpers.js';
-import { NvmeDriver, sc } from './driver.js';
+import { NvmeDriver, sc } from '../../src/testing/index.js';
 
 const SHM_IOVA = 0x2_0000_0000;
 

@@ -18,7 +18,7 @@ import { VfioUserError } from '../../src/errors.js';
 import { IrqController } from '../../src/server/irq.js';
 import * as P from '../../src/protocol/index.js';
 import { serveChild, fillEventfd, type Served } from '../helpers.js';
-import { NvmeDriver } from '../nvme/driver.js';
+import { NvmeDriver } from '../../src/testing/index.js';
 
 const C = P.Command;
 const F = P.SetIrqsFlags;

@@ -14,9 +14,8 @@ import { VfioUserClient } from '../../src/client/client.js';
 import { VfioUserServer } from '../../src/server/server.js';
 import { VirtioBlkDevice, BlkFeature, BlkType, BlkStatus, BlkConfig } from '../../src/devices/virtio/index.js';
 import { CapType, Common, Status, Feature, bit, Desc } from '../../src/devices/virtio/constants.js';
-import { VirtioDriver, BlkDriver } from './driver.js';
+import { VirtioDriver, BlkDriver, pattern } from '../../src/testing/index.js';
 import { serveChild, sockPath, CLI } from '../helpers.js';
-import { pattern } from '../nvme/driver.js';
 
 
 function tmp(): string {

@@ -14,9 +14,8 @@ import { VfioUserClient } from '../../src/client/client.js';
 import { VfioUserServer } from '../../src/server/server.js';
 import { VirtioBlkDevice, BlkType, BlkStatus } from '../../src/devices/virtio/index.js';
 import { Status, Desc, Feature, bit } from '../../src/devices/virtio/constants.js';
-import { VirtioDriver, BlkDriver } from './driver.js';
+import { VirtioDriver, BlkDriver, pattern } from '../../src/testing/index.js';
 import { sockPath, Rng } from '../helpers.js';
-import { pattern } from '../nvme/driver.js';
 
 const seed = Number(process.env.VFU_FUZZ_SEED ?? Math.floor(Math.random() * 2 ** 31));
 

@@ -5,10 +5,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { VfioUserClient } from '../../src/client/client.js';
-import { VirtioDriver } from './driver.js';
+import { VirtioDriver, serveDevice } from '../../src/testing/index.js';
 import { VirtioRng } from './guide-example.js';
-import { serveDevice } from '../helpers.js';
 
 const root = new URL('../../../', import.meta.url).pathname; // from dist/test/virtio
 
@@ -21,8 +19,8 @@ test('docs/virtio-guide.md: the example is the tested code', () => {
 });
 
 test('docs/virtio-guide.md: the example device serves random bytes', async () => {
-  const s = serveDevice(new VirtioRng(), 'virtio-rng');
-  const client = await VfioUserClient.connect(s.path);
+  await using s = await serveDevice(new VirtioRng(), { name: 'virtio-rng' });
+  const { client } = s;
   const d = await VirtioDriver.attach(client);
   try {
     const cfg = await client.readConfig(0, 4);
@@ -40,6 +38,5 @@ test('docs/virtio-guide.md: the example device serves random bytes', async () =>
     d.close();
     client.close();
     d.mem.free();
-    s.close();
   }
 });

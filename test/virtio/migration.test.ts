@@ -15,12 +15,11 @@ import { join } from 'node:path';
 import { VfioUserClient } from '../../src/client/client.js';
 import { migrate } from '../../src/client/migrate.js';
 import { VirtioBlkDevice, BlkStatus } from '../../src/devices/virtio/index.js';
-import { VirtioDriver, BlkDriver, GUARD } from './driver.js';
-import { serveDevice, assertMigrationRefused } from '../helpers.js';
-import { pattern } from '../nvme/driver.js';
+import { VirtioDriver, BlkDriver, pattern, listenDevice, type InProcessServer } from '../../src/testing/index.js';
+import { assertMigrationRefused } from '../helpers.js';
 
-function serve(image: string, size = 16 << 20): ReturnType<typeof serveDevice<VirtioBlkDevice>> {
-  return serveDevice(new VirtioBlkDevice({ image, size, queues: 2, serial: 'MIGRATE1', log: () => {} }), 'virtio-mig');
+function serve(image: string, size = 16 << 20): InProcessServer<VirtioBlkDevice> {
+  return listenDevice(new VirtioBlkDevice({ image, size, queues: 2, serial: 'MIGRATE1', log: () => {} }), { name: 'virtio-mig' });
 }
 
 for (const shared of [true, false]) {
@@ -71,7 +70,7 @@ for (const shared of [true, false]) {
       const before = ops;
       assert.ok(before > 10, `I/O is running (${before} ops)`);
       const dstClient = await VfioUserClient.connect(dst.path);
-      await dstClient.dmaMap(d.mem, d.iova, { offset: GUARD, size: d.mem.size - 2 * GUARD, shared });
+      await d.ram.mapInto(dstClient);
 
       // requests left in the rings at the stop: notified to the source, and never notified
       const submitLate = (q: number, sector: number, s: number, noNotify: boolean): void => {
@@ -105,20 +104,20 @@ for (const shared of [true, false]) {
         },
       });
       assert.ok(opsAtStop >= before + 20, `I/O ran while the source was in PRE_COPY (${opsAtStop - before} ops)`);
-      t.diagnostic(`migration under I/O: rounds=${res.rounds} bytes=${res.totalBytes} downtime=${res.downtimeMs.toFixed(2)} ms total=${res.totalMs.toFixed(2)} ms; source did ${src.dev.stats.writes} writes, destination ${dst.dev.stats.writes}`);
+      t.diagnostic(`migration under I/O: rounds=${res.rounds} bytes=${res.totalBytes} downtime=${res.downtimeMs.toFixed(2)} ms total=${res.totalMs.toFixed(2)} ms; source did ${src.device.stats.writes} writes, destination ${dst.device.stats.writes}`);
       assert.equal(await srcClient.getDeviceState(), 1, 'source stopped');
       gate = undefined;
       openGate();
       await Promise.all(late);
-      assert.ok(dst.dev.stats.writes >= 8, 'the requests published after the stop ran on the destination');
+      assert.ok(dst.device.stats.writes >= 8, 'the requests published after the stop ran on the destination');
       await new Promise((r) => setTimeout(r, 150));
       stop = true;
       await Promise.all(workers);
       assert.ok(ops > opsAtStop + 10, `I/O continued on the destination (${ops - opsAtStop} more ops)`);
 
       // exactly once: the devices executed what was submitted, no used entry came twice
-      assert.equal(src.dev.stats.writes + dst.dev.stats.writes, writes, 'writes executed once');
-      assert.equal(src.dev.stats.reads + dst.dev.stats.reads, reads, 'reads executed once');
+      assert.equal(src.device.stats.writes + dst.device.stats.writes, writes, 'writes executed once');
+      assert.equal(src.device.stats.reads + dst.device.stats.reads, reads, 'reads executed once');
       for (const q of d.queues) assert.deepEqual(q.stray, [], `queue ${q.index}: no unexpected used entries`);
       // every write, from before and after the migration, reads back on the destination
       const rb = d.alloc(4096);
@@ -133,8 +132,8 @@ for (const shared of [true, false]) {
       openGate();
       d.close();
       srcClient.close();
-      src.close();
-      dst.close();
+      await src.close();
+      await dst.close();
       d.mem.free();
       rmSync(dir, { recursive: true, force: true });
     }
@@ -148,8 +147,8 @@ test('virtio-blk: a destination with a different disk refuses the state, the sou
   try {
     await assertMigrationRefused(src.path, other.path);
   } finally {
-    src.close();
-    other.close();
+    await src.close();
+    await other.close();
     rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -4,9 +4,12 @@
  * eventfds by SET_IRQS) or INTx, and the controller is driven through BAR0 like a kernel
  * driver would: reset, admin queue, Identify, I/O queues, then I/O with PRPs or SGLs.
  */
-import { VfioUserClient, GuestMemory, type IrqHandle } from '../../src/client/client.js';
-import { needEvent } from '../../src/devices/nvme/shadow.js';
+import type { VfioUserClient, GuestMemory, IrqHandle } from '../client/client.js';
+import { needEvent } from '../devices/nvme/shadow.js';
+import { GuestRam, PAGE } from './memory.js';
+import { findCapability, enableMsix, armMsixVectors } from './pci.js';
 
+/** the admin queue's ID */
 export const ADMIN = 0;
 
 export interface Completion {
@@ -62,6 +65,7 @@ interface Cq {
   waiters: Map<number, (c: Completion) => void>;
 }
 
+/** Options of {@link NvmeDriver.attach}. */
 export interface DriverOptions {
   /** guest memory size (default 64 MiB) */
   memSize?: number;
@@ -79,17 +83,26 @@ export interface DriverOptions {
   mem?: GuestMemory;
 }
 
-const PAGE = 4096;
-/** one page of guard before and after the mapped part of guest memory */
-export const GUARD = PAGE;
-
+/**
+ * An NVMe host driver over a {@link VfioUserClient}: like Linux's nvme driver, it resets and
+ * enables the controller through BAR0, sets up the admin queue, identifies the controller and
+ * namespace 1, creates I/O queue pairs (one MSI-X vector each, or INTx), and submits commands
+ * with PRPs or SGLs; completions are taken from the completion queues when their interrupt
+ * arrives. Guest memory is a {@link GuestRam}.
+ *
+ * ```ts
+ * const d = await NvmeDriver.attach(client);
+ * await d.init({ queues: 2 });
+ * const buf = d.alloc(4096);
+ * const c = await d.rw('read', 1, 0, 8, { prp1: buf });   // 8 blocks from LBA 0 on queue 1
+ * d.close(); await d.ram.unmap(); d.mem.free();
+ * ```
+ */
 export class NvmeDriver {
   readonly client: VfioUserClient;
-  readonly mem: GuestMemory;
-  /** IOVA of mem offset GUARD (the first mapped byte) */
-  readonly iova: number;
+  /** guest RAM: queues, PRP lists and data buffers live there */
+  readonly ram: GuestRam;
   readonly opts: DriverOptions;
-  private brk = GUARD;
   private sqs = new Map<number, Sq>();
   private cqs = new Map<number, Cq>();
   irq: IrqHandle | undefined;
@@ -110,20 +123,26 @@ export class NvmeDriver {
   /** doorbell writes sent (MMIO / REGION_WRITE or the mmap page), and ones the EventIdx let us skip */
   readonly doorbellStats = { rung: 0, skipped: 0 };
 
-  private constructor(client: VfioUserClient, mem: GuestMemory, iova: number, opts: DriverOptions) {
+  private constructor(client: VfioUserClient, ram: GuestRam, opts: DriverOptions) {
     this.client = client;
-    this.mem = mem;
-    this.iova = iova;
+    this.ram = ram;
     this.opts = opts;
+  }
+
+  /** the memory object of guest RAM */
+  get mem(): GuestMemory {
+    return this.ram.mem;
+  }
+
+  /** IOVA of memory offset GUARD (the first mapped byte) */
+  get iova(): number {
+    return this.ram.iova;
   }
 
   /** Maps guest memory (all but a guard page at each end) and sets up interrupts. */
   static async attach(client: VfioUserClient, opts: DriverOptions = {}): Promise<NvmeDriver> {
-    const memSize = opts.memSize ?? 64 << 20;
-    const mem = opts.mem ?? new GuestMemory(memSize);
-    const iova = opts.iova ?? 0x1_0000_0000;
-    await client.dmaMap(mem, iova, { offset: GUARD, size: mem.size - 2 * GUARD, shared: opts.shared ?? true });
-    const d = new NvmeDriver(client, mem, iova, opts);
+    const ram = await GuestRam.map(client, { size: opts.memSize ?? 64 << 20, iova: opts.iova, shared: opts.shared, mem: opts.mem });
+    const d = new NvmeDriver(client, ram, opts);
     await d.setupInterrupts();
     if (opts.mmapDoorbells) {
       const m = await client.mapRegion(0);
@@ -137,23 +156,17 @@ export class NvmeDriver {
 
   /** IOVA of a byte of guest memory (by memfd offset) */
   iovaOf(memOffset: number): number {
-    return this.iova + memOffset - GUARD;
+    return this.ram.iovaOf(memOffset);
   }
 
   /** the guest memory bytes at an IOVA */
   at(iova: number, len: number): Uint8Array {
-    const off = iova - this.iova + GUARD;
-    return this.mem.bytes.subarray(off, off + len);
+    return this.ram.at(iova, len);
   }
 
   /** Allocates guest memory (page aligned by default); returns its IOVA. */
   alloc(len: number, align = PAGE): number {
-    this.brk = Math.ceil(this.brk / align) * align;
-    const off = this.brk;
-    if (off + len > this.mem.size - GUARD) throw new Error('guest memory exhausted');
-    this.brk += len;
-    this.mem.bytes.fill(0, off, off + len);
-    return this.iovaOf(off);
+    return this.ram.alloc(len, align);
   }
 
   // ------------------------------------------------------------ registers
@@ -202,15 +215,9 @@ export class NvmeDriver {
 
   // ------------------------------------------------------------ interrupts
 
-  /** Finds a capability in config space. */
+  /** Finds a capability in config space (its offset, 0 when absent). */
   async findCap(id: number): Promise<number> {
-    const cfg = await this.client.readConfig(0, 256);
-    let p = cfg[0x34]! & 0xfc;
-    for (let n = 0; p && n < 48; n++) {
-      if (cfg[p] === id) return p;
-      p = cfg[p + 1]! & 0xfc;
-    }
-    return 0;
+    return findCapability(this.client, id);
   }
 
   private async setupInterrupts(): Promise<void> {
@@ -223,27 +230,21 @@ export class NvmeDriver {
       });
       return;
     }
-    const cap = await this.findCap(0x11);
-    if (!cap) throw new Error('no MSI-X capability');
-    const ctl = await this.client.readConfig(cap + 2, 2);
-    const vectors = ((ctl[0]! | (ctl[1]! << 8)) & 0x7ff) + 1;
-    await this.client.writeConfig(cap + 2, Uint8Array.of(ctl[0]!, (ctl[1]! & 0x3f) | 0x80)); // enable, no function mask
+    const vectors = await enableMsix(this.client);
     await this.enableMsixVectors(this.client, vectors);
   }
 
-  /** SET_IRQS for MSI-X, in chunks of the server's max_msg_fds (the client sends one message per call). */
   private async enableMsixVectors(client: VfioUserClient, vectors: number): Promise<void> {
-    const max = client.serverCaps.maxMsgFds || 16;
-    this.irqs = [];
-    for (let start = 0; start < vectors; start += max) {
-      const h = await client.enableIrqs(2, Math.min(max, vectors - start), start);
-      h.on('irq', (v) => {
-        this.count(v);
-        for (const cq of this.cqs.values()) if (cq.vector === v) this.drain(cq);
-      });
-      this.irqs.push(h);
-    }
+    this.irqs = await armMsixVectors(client, vectors, (v) => {
+      this.count(v);
+      for (const cq of this.cqs.values()) if (cq.vector === v) this.drain(cq);
+    });
     this.irq = this.irqs[0];
+  }
+
+  /** the interrupt handles (MSI-X in chunks of the server's max_msg_fds, or INTx) */
+  get irqHandles(): readonly IrqHandle[] {
+    return this.irqs.length ? this.irqs : this.irq ? [this.irq] : [];
   }
 
   private count(v: number): void {
@@ -359,7 +360,10 @@ export class NvmeDriver {
     const eis = at.eis ?? this.alloc(PAGE);
     const c = await this.submit(ADMIN, { opc: 0x7c, prp1: dbs, prp2: eis });
     if (c.status === 0) {
-      const view = (iova: number): Uint32Array => new Uint32Array(this.mem.bytes.buffer, this.mem.bytes.byteOffset + iova - this.iova + GUARD, PAGE / 4);
+      const view = (iova: number): Uint32Array => {
+        const b = this.at(iova, PAGE);
+        return new Uint32Array(b.buffer, b.byteOffset, PAGE / 4);
+      };
       this.shadow = { db: view(dbs), ei: view(eis), dbs, eis };
     }
     return c;
@@ -541,11 +545,13 @@ export class NvmeDriver {
   }
 }
 
+/** Stores a number below 2^53 as a little-endian u64. */
 export function setU64(dv: DataView, off: number, v: number): void {
   dv.setUint32(off, v % 2 ** 32, true);
   dv.setUint32(off + 4, Math.floor(v / 2 ** 32), true);
 }
 
+/** A 16-byte SGL descriptor (type in the high nibble of byte 15: 0x00 data block, 0x20 segment, 0x30 last segment). */
 export function sglDesc(iova: number, len: number, type: number): Uint8Array {
   const d = new Uint8Array(16);
   const dv = new DataView(d.buffer);
@@ -553,17 +559,4 @@ export function sglDesc(iova: number, len: number, type: number): Uint8Array {
   dv.setUint32(8, len, true);
   d[15] = type;
   return d;
-}
-
-/** A deterministic byte pattern for a block range (data verification). */
-export function pattern(len: number, seed: number): Uint8Array {
-  const b = new Uint8Array(len);
-  let x = (seed * 2654435761) >>> 0 || 1;
-  for (let i = 0; i < len; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    b[i] = x & 0xff;
-  }
-  return b;
 }

@@ -5,23 +5,28 @@
  * interrupts (MSI-X per queue, or INTx with the ISR) and runs requests, like Linux's
  * virtio_pci and virtio_ring would. Raw ring access is there for fuzzing.
  */
-import { VfioUserClient, GuestMemory, type IrqHandle } from '../../src/client/client.js';
-import { CapType, Common, Status, Feature, NO_VECTOR, Desc, bit } from '../../src/devices/virtio/constants.js';
-import { BlkType } from '../../src/devices/virtio/blk.js';
+import type { VfioUserClient, GuestMemory, IrqHandle } from '../client/client.js';
+import { CapType, Common, Status, Feature, NO_VECTOR, Desc, bit } from '../devices/virtio/constants.js';
+import { BlkType } from '../devices/virtio/blk.js';
+import { IrqIndex } from '../server/irq.js';
+import { GuestRam, PAGE } from './memory.js';
+import { findCapability, enableMsix, disableMsix, armMsixVectors } from './pci.js';
 
-const PAGE = 4096;
-export const GUARD = PAGE;
-
+/** Options of {@link VirtioDriver.attach}. */
 export interface VirtioDriverOptions {
+  /** guest memory size (default 16 MiB) */
   memSize?: number;
+  /** IOVA of the first mapped byte (default 0x100000000) */
   iova?: number;
   /** pass the memfd (default) or make the server use DMA messages */
   shared?: boolean;
+  /** MSI-X (default: config on vector 0, queue i on vector i + 1) or INTx (with the ISR) */
   interrupts?: 'msix' | 'intx';
   /** an existing memory object (migration destination) */
   mem?: GuestMemory;
 }
 
+/** Where a virtio capability's structure is: its config-space offset, BAR and range. */
 export interface CapLocation {
   cap: number;
   bar: number;
@@ -30,6 +35,7 @@ export interface CapLocation {
   multiplier?: number;
 }
 
+/** A buffer of a descriptor chain. */
 export interface Buf {
   iova: number;
   len: number;
@@ -37,11 +43,13 @@ export interface Buf {
   write?: boolean;
 }
 
+/** A used-ring entry: the chain's head and the bytes the device wrote. */
 export interface Used {
   id: number;
   len: number;
 }
 
+/** A split virtqueue in guest memory, driver side: descriptor table, available ring, used ring. */
 export class DriverQueue {
   readonly index: number;
   readonly size: number;
@@ -72,8 +80,7 @@ export class DriverQueue {
   }
 
   private dv(iova: number, len: number): DataView {
-    const b = this.d.at(iova, len);
-    return new DataView(b.buffer, b.byteOffset, len);
+    return this.d.ram.view(iova, len);
   }
 
   get freeCount(): number {
@@ -163,12 +170,24 @@ export class DriverQueue {
   }
 }
 
+/**
+ * A virtio-pci (modern) driver over a {@link VfioUserClient}, like Linux's virtio_pci and
+ * virtio_ring: it finds the virtio capabilities, negotiates features, sets up split
+ * virtqueues in guest memory, takes interrupts (MSI-X per queue, or INTx with the ISR) and
+ * runs requests. Raw ring access ({@link DriverQueue}) is there for tests of malformed rings.
+ *
+ * ```ts
+ * const d = await VirtioDriver.attach(client);
+ * await d.init({ queues: 1, size: 64 });
+ * const buf = d.alloc(4096);
+ * const used = await d.submit(0, [{ iova: buf, len: 4096, write: true }]);
+ * ```
+ */
 export class VirtioDriver {
   readonly client: VfioUserClient;
-  readonly mem: GuestMemory;
-  readonly iova: number;
+  /** guest RAM: rings and buffers live there */
+  readonly ram: GuestRam;
   readonly opts: VirtioDriverOptions;
-  private brk = GUARD;
   caps = new Map<number, CapLocation>();
   queues: DriverQueue[] = [];
   features = 0n;
@@ -182,39 +201,44 @@ export class VirtioDriver {
   suppressed = 0;
   private readonly timers = new Set<NodeJS.Timeout>();
 
-  private constructor(client: VfioUserClient, mem: GuestMemory, iova: number, opts: VirtioDriverOptions) {
+  private constructor(client: VfioUserClient, ram: GuestRam, opts: VirtioDriverOptions) {
     this.client = client;
-    this.mem = mem;
-    this.iova = iova;
+    this.ram = ram;
     this.opts = opts;
   }
 
+  /** the memory object of guest RAM */
+  get mem(): GuestMemory {
+    return this.ram.mem;
+  }
+
+  /** IOVA of the first mapped byte of guest RAM */
+  get iova(): number {
+    return this.ram.iova;
+  }
+
+  /** Maps guest memory, finds the virtio capabilities and sets up interrupts (the device is not reset). */
   static async attach(client: VfioUserClient, opts: VirtioDriverOptions = {}): Promise<VirtioDriver> {
-    const mem = opts.mem ?? new GuestMemory(opts.memSize ?? 16 << 20);
-    const iova = opts.iova ?? 0x1_0000_0000;
-    await client.dmaMap(mem, iova, { offset: GUARD, size: mem.size - 2 * GUARD, shared: opts.shared ?? true });
-    const d = new VirtioDriver(client, mem, iova, opts);
+    const ram = await GuestRam.map(client, { size: opts.memSize ?? 16 << 20, iova: opts.iova, shared: opts.shared, mem: opts.mem });
+    const d = new VirtioDriver(client, ram, opts);
     await d.findCaps();
     await d.setupInterrupts();
     return d;
   }
 
+  /** IOVA of a byte of guest memory (by memfd offset) */
   iovaOf(memOffset: number): number {
-    return this.iova + memOffset - GUARD;
+    return this.ram.iovaOf(memOffset);
   }
 
+  /** the guest memory bytes at an IOVA */
   at(iova: number, len: number): Uint8Array {
-    const off = iova - this.iova + GUARD;
-    return this.mem.bytes.subarray(off, off + len);
+    return this.ram.at(iova, len);
   }
 
+  /** Allocates guest memory (page aligned by default); returns its IOVA. */
   alloc(len: number, align = PAGE): number {
-    this.brk = Math.ceil(this.brk / align) * align;
-    const off = this.brk;
-    if (off + len > this.mem.size - GUARD) throw new Error('guest memory exhausted');
-    this.brk += len;
-    this.mem.bytes.fill(0, off, off + len);
-    return this.iovaOf(off);
+    return this.ram.alloc(len, align);
   }
 
   // ------------------------------------------------------------ capabilities and registers
@@ -285,40 +309,29 @@ export class VirtioDriver {
   // ------------------------------------------------------------ interrupts
 
   private async setupInterrupts(): Promise<void> {
-    const cap = await this.findCap(0x11);
     if ((this.opts.interrupts ?? 'msix') === 'intx') {
       // MSI-X off (a previous client may have left it on), INTx by eventfd
-      const ctl = await this.client.readConfig(cap + 3, 1);
-      await this.client.writeConfig(cap + 3, Uint8Array.of(ctl[0]! & 0x3f));
-      const h = await this.client.enableIrqs(0, 1);
+      await disableMsix(this.client);
+      const h = await this.client.enableIrqs(IrqIndex.INTX, 1);
       h.on('irq', () => void this.intx());
       this.irqs = [h];
       return;
     }
-    const ctl = await this.client.readConfig(cap + 2, 2);
-    const vectors = ((ctl[0]! | (ctl[1]! << 8)) & 0x7ff) + 1;
-    await this.client.writeConfig(cap + 2, Uint8Array.of(ctl[0]!, (ctl[1]! & 0x3f) | 0x80));
-    await this.armMsix(this.client, vectors);
+    await this.armMsix(this.client, await enableMsix(this.client));
   }
 
   private async armMsix(client: VfioUserClient, vectors: number): Promise<void> {
-    const max = client.serverCaps.maxMsgFds || 16;
-    this.irqs = [];
-    for (let start = 0; start < vectors; start += max) {
-      const h = await client.enableIrqs(2, Math.min(max, vectors - start), start);
-      h.on('irq', (v) => this.msix(v));
-      this.irqs.push(h);
-    }
+    this.irqs = await armMsixVectors(client, vectors, (v) => this.msix(v));
   }
 
-  private async findCap(id: number): Promise<number> {
-    const cfg = await this.client.readConfig(0, 256);
-    let p = cfg[0x34]! & 0xfc;
-    for (let n = 0; p && n < 48; n++) {
-      if (cfg[p] === id) return p;
-      p = cfg[p + 1]! & 0xfc;
-    }
-    throw new Error(`no capability 0x${id.toString(16)}`);
+  /** the interrupt handles (MSI-X in chunks of the server's max_msg_fds, or INTx) */
+  get irqHandles(): readonly IrqHandle[] {
+    return this.irqs;
+  }
+
+  /** Finds a capability in config space (its offset, 0 when absent). */
+  async findCap(id: number): Promise<number> {
+    return findCapability(this.client, id);
   }
 
   private count(v: number): void {
@@ -348,11 +361,11 @@ export class VirtioDriver {
     for (const h of this.irqs) h.close();
     (this as { client: VfioUserClient }).client = client;
     if ((this.opts.interrupts ?? 'msix') === 'intx') {
-      const h = await client.enableIrqs(0, 1);
+      const h = await client.enableIrqs(IrqIndex.INTX, 1);
       h.on('irq', () => void this.intx());
       this.irqs = [h];
     } else {
-      const info = await client.irqInfo(2);
+      const info = await client.irqInfo(IrqIndex.MSIX);
       await this.armMsix(client, info.count);
     }
     for (const q of this.queues) q.drain(this.eventIdx);
@@ -481,6 +494,7 @@ export class VirtioDriver {
 
 // ------------------------------------------------------------ virtio-blk on top
 
+/** The outcome of a virtio-blk request: its status byte and the used length. */
 export interface BlkResult {
   status: number;
   used: number;

@@ -1,0 +1,160 @@
+/**
+ * The public test kit (src/testing, `vfio-user/testing`): harnesses clean up after themselves,
+ * interrupt waits lose nothing and time out with a useful message, guest RAM guards its
+ * ends, and nothing in it needs a test runner. It drives the example devices.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { IrqIndex } from '../../src/server/irq.js';
+import { serveDevice, listenDevice, spawnDevice, GuestRam, IrqRecorder, WaitTimeoutError, waitUntil, u32, rd32 } from '../../src/testing/index.js';
+import { openFds } from '../helpers.js';
+import { MmioDevice, REG } from '../../examples/mmio-device.js';
+import { DmaDevice, REG as DMA, STATUS } from '../../examples/dma-device.js';
+
+const root = new URL('../../../', import.meta.url).pathname; // from dist/test/testing
+const DMA_EXAMPLE = join(root, 'examples/dma-device.js');
+
+test('kit: IrqRecorder keeps interrupts that arrive before the wait, per vector; times out naming the vector; aborts', async () => {
+  const fds = openFds();
+  const h = await serveDevice(new MmioDevice());
+  try {
+    const irqs = new IrqRecorder(await h.client.enableIrqs(IrqIndex.MSIX, 4));
+    for (const v of [1, 2, 2]) await h.client.write(0, REG.DOORBELL, u32(v));
+    await irqs.waitCount(2, 2);
+    assert.equal(irqs.count(2), 2);
+    assert.equal(irqs.count(), 3);
+    assert.equal(await irqs.next(2), 2);
+    assert.equal(await irqs.next(2), 2);
+    assert.equal(await irqs.next(), 1, 'the vector-1 signal was still queued');
+    const t0 = Date.now();
+    const err = await irqs.next(3, { timeoutMs: 50 }).then(
+      () => assert.fail('no interrupt on vector 3 was raised'),
+      (e: unknown) => e,
+    );
+    assert.ok(err instanceof WaitTimeoutError);
+    assert.match(err.message, /no interrupt on vector 3 within 50 ms \(seen: vector 1 x1, vector 2 x2\)/);
+    assert.ok(Date.now() - t0 >= 45, 'it waited');
+    // a wait that timed out does not take a later interrupt from the next wait
+    await h.client.write(0, REG.DOORBELL, u32(3));
+    assert.equal(await irqs.next(3), 3);
+    const ac = new AbortController();
+    const p = irqs.next(0, { signal: ac.signal });
+    ac.abort(new Error('gave up'));
+    await assert.rejects(p, /gave up/);
+    await h.client.write(0, REG.DOORBELL, u32(0));
+    assert.equal(await irqs.next(0), 0, 'an aborted wait does not swallow the next interrupt');
+    // expectNone fails on an interrupt, queued or arriving
+    await h.client.write(0, REG.DOORBELL, u32(1));
+    await irqs.waitCount(1, 2);
+    await assert.rejects(irqs.expectNone(1, 10), /unexpected interrupt on vector 1/);
+    irqs.clear();
+    await irqs.expectNone(undefined, 10);
+    irqs.close();
+  } finally {
+    await h.close();
+  }
+  assert.equal(openFds(), fds, 'no fd left behind');
+  assert.ok(!existsSync(h.path), 'socket removed');
+});
+
+test('kit: waitUntil polls a condition, and says what it waited for', async () => {
+  let n = 0;
+  await waitUntil(() => ++n >= 3);
+  assert.equal(n, 3);
+  await assert.rejects(waitUntil(() => false, { timeoutMs: 20, what: 'the moon' }), (e: unknown) => e instanceof WaitTimeoutError && /the moon not met within 20 ms/.test(e.message));
+});
+
+test('kit: listenDevice serves clients one after the other; close() frees them all', async () => {
+  const s = listenDevice(new MmioDevice(), { name: 'kit' });
+  const a = await s.connect();
+  await a.write(0, REG.SCRATCH, u32(7));
+  a.close();
+  const b = await s.connect({ timeout: 5000 });
+  assert.equal(rd32(await b.read(0, REG.SCRATCH, 4)), 7, 'device state stays between clients');
+  await s.close();
+  await assert.rejects(b.read(0, 0, 4), /disconnect|closed/i);
+  await s.close(); // twice is fine
+});
+
+for (const shared of [true, false]) {
+  test(`kit: a device module in a child process does DMA into GuestRam, and refuses the guard pages (${shared ? 'shared memory' : 'DMA messages'})`, async () => {
+    const h = await spawnDevice(DMA_EXAMPLE);
+    const ram = await GuestRam.map(h.client, { size: 64 << 10, shared });
+    try {
+      const irqs = new IrqRecorder(await h.client.enableIrqs(IrqIndex.MSIX, 1));
+      assert.equal(rd32(await h.client.read(0, DMA.MAPS, 4)), 1, 'the device saw the map (dma.onChange)');
+      const src = ram.alloc(4096);
+      const dst = ram.alloc(4096);
+      ram.at(src, 11).set(new TextEncoder().encode('hello, dma!'));
+      const copy = async (from: number, to: number, len: number): Promise<number> => {
+        await h.client.write(0, DMA.SRC, u32(from % 2 ** 32));
+        await h.client.write(0, DMA.SRC + 4, u32(Math.floor(from / 2 ** 32)));
+        await h.client.write(0, DMA.DST, u32(to % 2 ** 32));
+        await h.client.write(0, DMA.DST + 4, u32(Math.floor(to / 2 ** 32)));
+        await h.client.write(0, DMA.LEN, u32(len));
+        await h.client.write(0, DMA.GO, u32(1));
+        await irqs.next(0, { timeoutMs: 10000 });
+        return rd32(await h.client.read(0, DMA.STATUS, 4));
+      };
+      assert.equal(await copy(src, dst, 11), STATUS.IDLE);
+      assert.equal(new TextDecoder().decode(ram.at(dst, 11)), 'hello, dma!');
+      const guard = ram.iova + ram.size; // the unmapped page past the end
+      assert.equal(await copy(src, guard - 8, 16), 14, 'EFAULT: the copy runs into the guard page');
+      assert.equal(await copy(ram.iova - 4096, dst, 16), 14, 'EFAULT: the guard page below');
+      assert.ok(ram.mem.bytes.subarray(0, 4096).every((b) => b === 0) && ram.mem.bytes.subarray(ram.mem.size - 4096).every((b) => b === 0), 'guard pages untouched');
+      assert.throws(() => ram.at(guard, 1), RangeError);
+      await ram.unmap();
+      assert.equal(rd32(await h.client.read(0, DMA.MAPS, 4)), 0, 'unmapped');
+    } finally {
+      assert.equal(await h.close(), 0, 'the child exits cleanly');
+      ram.free();
+    }
+  });
+}
+
+test('kit: an in-process DMA device sees maps come and go through its hooks', async () => {
+  const log: string[] = [];
+  const h = await serveDevice(new DmaDevice({ log: (m) => log.push(m) }));
+  try {
+    const ram = await GuestRam.map(h.client, { size: 16 << 10, iova: 0x4000_0000 });
+    await ram.unmap();
+    ram.free();
+    h.client.close();
+    await waitUntil(() => log.includes('client detached'), { what: 'the detach hook' });
+    assert.deepEqual(log, ['client attached', 'map 0x40000000 +8192', 'unmap 0x40000000 +8192', 'client detached']);
+  } finally {
+    await h.close();
+  }
+});
+
+test('kit: a module that exports no factory fails to start, with the reason', async () => {
+  await assert.rejects(spawnDevice(join(root, 'no-such-module.js')), /server exited with 1: .*Cannot find module/);
+  await assert.rejects(spawnDevice(join(root, 'dist/src/testing/data.js')), /exports no device factory/);
+});
+
+test('kit: nothing in src/ needs a test runner (the runtime package has no test dependencies)', () => {
+  const files: string[] = [];
+  (function walk(dir: string): void {
+    for (const e of readdirSync(dir, { withFileTypes: true })) {
+      if (e.isDirectory()) walk(join(dir, e.name));
+      else if (e.name.endsWith('.ts')) files.push(join(dir, e.name));
+    }
+  })(join(root, 'src'));
+  assert.ok(files.some((f) => f.includes('/src/testing/')), 'the kit is under src/');
+  for (const f of files) {
+    for (const m of readFileSync(f, 'utf8').matchAll(/^import .* from '([^']+)'/gm)) {
+      const spec = m[1]!;
+      assert.ok(spec.startsWith('.') || (spec.startsWith('node:') && spec !== 'node:test'), `${f} imports ${spec}`);
+    }
+  }
+  const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { dependencies?: Record<string, string>; exports: Record<string, string> };
+  assert.deepEqual(Object.keys(pkg.dependencies ?? {}), [], 'no runtime dependencies');
+  assert.equal(pkg.exports['./testing'], './dist/src/testing/index.js');
+});
+
+test("kit: 'vfio-user/testing' resolves through the package's exports", async () => {
+  const kit = (await import('vfio-user/testing')) as Record<string, unknown>;
+  for (const name of ['serveDevice', 'spawnDevice', 'GuestRam', 'IrqRecorder', 'NvmeDriver', 'VirtioDriver', 'BlkDriver']) assert.equal(typeof kit[name], 'function', name);
+});
