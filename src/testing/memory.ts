@@ -2,7 +2,8 @@
  * Guest RAM for tests: a memfd-backed {@link GuestMemory} that a client maps into the device
  * (DMA_MAP, shared by fd or served by DMA messages), with a bump allocator and views by IOVA.
  */
-import { GuestMemory, type VfioUserClient } from '../client/client.js';
+import { GuestMemory } from '../client/guest-memory.js';
+import type { VfioUserClient } from '../client/client.js';
 
 /** The page size guest RAM is laid out in. */
 export const PAGE = 4096;
