@@ -9,6 +9,11 @@
  * Guest memory is a memfd (GuestMemory). Mapping it with `shared: true` passes its fd so the
  * server accesses it directly; with `shared: false` the server must use DMA_READ/DMA_WRITE,
  * which this client answers from the memory after checking the access lies in a map.
+ *
+ * One idea in one file although it passes 800 lines: the client API, one short method per
+ * vfio-user command plus the connection's lifetime (reconnect moves maps and IRQ handles).
+ * The parts that stand alone are their own files: guest-memory.ts, irq-handle.ts,
+ * write-batch.ts, pci-decode.ts, migrate.ts.
  */
 import { EventEmitter } from 'node:events';
 import { native, PROT_READ, PROT_WRITE } from '../native/index.js';

@@ -24,360 +24,25 @@
  *   in well under a second. The total size of the maps is limited (maxBytes, ENOSPC).
  * - Every access is checked against the table; nothing outside what the client mapped, with
  *   the permissions it gave, is ever touched.
+ *
+ * Files: this one is the controller (maps, accesses, pins); dma-table.ts the map table,
+ * dma-files.ts the mmaps of client files, dma-dirty.ts dirty-page logging, dma-iova.ts exact
+ * IOVA numbers, dma-messenger.ts DMA by message.
  */
 import { WriteOrder } from './write-order.js';
 import { native, PROT_READ, PROT_WRITE } from '../native/index.js';
-import { VfioUserError, Errno } from '../errors.js';
+import { Errno } from '../errors.js';
+import { DmaError } from './dma-error.js';
+import { MappedFile, Windows, WINDOW } from './dma-files.js';
+import { RegionTable, type DmaRegion } from './dma-table.js';
 
-export const WINDOW = 1 << 30; // 1 GiB windows: an ArrayBuffer can hold at most 4 GiB - 1
-const MAX_SAFE = Number.MAX_SAFE_INTEGER;
-const MAX_SAFE_BIG = BigInt(MAX_SAFE);
-const PAGE = 4096;
-/** maps that end above this must be page aligned (so a page never straddles two maps up there) */
-const HIGH = 2 ** 53 - PAGE;
-const TOP = 2 ** 64;
+import { DirtyLog } from './dma-dirty.js';
+import { exactIova, hex, MAX_SAFE, MAX_SAFE_BIG, PAGE, HIGH, TOP, type Iova } from './dma-iova.js';
 
-/** An IOVA or length: a number (a safe integer) or a bigint (any u64). */
-export type Iova = number | bigint;
+export { DmaError, WINDOW, exactIova, type DmaRegion, type Iova };
+
 /** files kept mapped after their last DMA map goes, so map/unmap churn costs no mmap */
 const MAX_IDLE_FILES = 8;
-/** smallest window: a map of one page of a huge sparse file costs a 2 MiB mapping, not 1 GiB */
-const MIN_WINDOW = 2 << 20;
-
-export class DmaError extends VfioUserError {
-  constructor(message: string, errno: number = Errno.EFAULT) {
-    super('VFU_DMA', message, errno);
-    this.name = 'DmaError';
-  }
-}
-
-/** One mmap of a piece of a client file, inside one WINDOW-aligned slot of the file. */
-interface Window {
-  buf: ArrayBuffer;
-  bytes: Uint8Array;
-  fileOffset: number; // where bytes[0] is in the file
-  end: number; // fileOffset + bytes.length
-  file: MappedFile;
-  slot: number;
-}
-
-/** One client file (shared by every map made with it). */
-class MappedFile {
-  readonly key: string;
-  readonly fd: number;
-  readonly writable: boolean;
-  refs = 0;
-  /** pins on maps of this file: while > 0, none of its windows is unmapped */
-  pins = 0;
-  /** largest size seen (a sealed file can only grow) */
-  size = 0;
-  /** slot -> the window accesses use */
-  readonly windows = new Map<number, Window>();
-  /** windows replaced by larger ones, unmapped once nothing can hold views into them */
-  retired: Window[] = [];
-  /** slot -> the part of it [lo, hi) that maps use (it only grows while the file is mapped) */
-  readonly need = new Map<number, { lo: number; hi: number }>();
-  /** sealed against shrinking; if not, it is only ever copied with the SIGBUS-safe native copy */
-  readonly sealed: boolean;
-  constructor(key: string, fd: number, writable: boolean, sealed: boolean) {
-    this.key = key;
-    this.fd = fd;
-    this.writable = writable;
-    this.sealed = sealed;
-  }
-
-  /** Records that a map uses [off, off+len) of the file (no mmap: that happens on access). */
-  use(off: number, len: number): void {
-    for (let slot = Math.floor(off / WINDOW); slot * WINDOW < off + len; slot++) {
-      const lo = Math.max(off, slot * WINDOW);
-      const hi = Math.min(off + len, (slot + 1) * WINDOW);
-      const n = this.need.get(slot);
-      if (!n) this.need.set(slot, { lo, hi });
-      else {
-        n.lo = Math.min(n.lo, lo);
-        n.hi = Math.max(n.hi, hi);
-      }
-    }
-  }
-}
-
-/**
- * The mmaps of client files. Maps cost no mmap: a window is created on the first access to a
- * slot, just large enough for what maps use there (the smallest power-of-two block of at least
- * MIN_WINDOW that holds it), and replaced by a larger one when maps grow. Windows beyond the
- * soft limits are unmapped (oldest first) at the next turn of the event loop, when no view
- * handed out can still be in use, skipping files with pinned maps; past the hard limits an
- * access fails (ENOMEM) rather than exhausting address space or the kernel's map count.
- */
-class Windows {
-  private readonly all = new Set<Window>(); // creation order
-  private readonly withRetired = new Set<MappedFile>();
-  private bytes = 0;
-  private trimScheduled = false;
-  /** windows created (for tests and stats) */
-  created = 0;
-
-  constructor(
-    readonly softCount: number,
-    readonly softBytes: number,
-    readonly hardCount: number,
-    readonly hardBytes: number,
-  ) {}
-
-  get count(): number {
-    return this.all.size;
-  }
-
-  get mappedBytes(): number {
-    return this.bytes;
-  }
-
-  /** The window of f holding file offset fo (creating it if needed); fo must be in a map's range. */
-  get(f: MappedFile, fo: number): Window {
-    const slot = Math.floor(fo / WINDOW);
-    const w = f.windows.get(slot);
-    if (w !== undefined && fo >= w.fileOffset && fo < w.end) return w;
-    const n = f.need.get(slot);
-    if (!n || fo < n.lo || fo >= n.hi) throw new DmaError(`file offset 0x${fo.toString(16)} is in no map`, Errno.EFAULT);
-    let block = MIN_WINDOW;
-    while (Math.floor(n.lo / block) !== Math.floor((n.hi - 1) / block)) block *= 2;
-    const start = Math.floor(n.lo / block) * block;
-    const length = Math.min(block, roundUp(f.size - start, PAGE));
-    if (this.all.size >= this.hardCount || this.bytes + length > this.hardBytes) {
-      this.scheduleTrim();
-      throw new DmaError(`too many client memory windows mapped (${this.all.size}, ${this.bytes} bytes)`, Errno.ENOMEM);
-    }
-    let buf: ArrayBuffer;
-    try {
-      // a read-only map is mapped private and writable: a device storing through a view it
-      // asked for reading (a bug) changes only its own copy of the page, never the client's
-      // memory, and never faults (a PROT_READ mapping would kill the process with SIGSEGV)
-      buf = native.mmap(f.fd, start, length, PROT_READ | PROT_WRITE, !f.writable);
-    } catch (e) {
-      const err = e as { errno?: number; message?: string };
-      throw new DmaError(`cannot mmap client memory: ${err.message}`, err.errno ?? Errno.ENOMEM);
-    }
-    const nw: Window = { buf, bytes: new Uint8Array(buf), fileOffset: start, end: start + length, file: f, slot };
-    if (w !== undefined) {
-      f.retired.push(w); // views into it may be in use until the turn ends
-      this.withRetired.add(f);
-    }
-    f.windows.set(slot, nw);
-    this.all.add(nw);
-    this.bytes += length;
-    this.created++;
-    if (w !== undefined || this.all.size > this.softCount || this.bytes > this.softBytes) this.scheduleTrim();
-    return nw;
-  }
-
-  private unmap(w: Window): void {
-    if (!this.all.delete(w)) return;
-    this.bytes -= w.bytes.length;
-    native.munmap(w.buf);
-  }
-
-  /** Unmaps every window of a file that no map uses any more. */
-  releaseFile(f: MappedFile): void {
-    for (const w of f.windows.values()) this.unmap(w);
-    for (const w of f.retired) this.unmap(w);
-    f.windows.clear();
-    f.retired = [];
-    this.withRetired.delete(f);
-    try {
-      native.close(f.fd);
-    } catch {
-      /* ignore */
-    }
-  }
-
-  /** a file's last pin went: what waited for it can be trimmed now */
-  unpinned(f: MappedFile): void {
-    if (f.retired.length || this.all.size > this.softCount || this.bytes > this.softBytes) this.scheduleTrim();
-  }
-
-  scheduleTrim(): void {
-    if (this.trimScheduled) return;
-    this.trimScheduled = true;
-    setImmediate(() => {
-      this.trimScheduled = false;
-      this.trim();
-    });
-  }
-
-  /** At a turn boundary: unmap retired windows, then the oldest beyond the soft limits. */
-  trim(): void {
-    for (const f of this.withRetired) {
-      if (f.pins > 0) continue; // trimmed again when its pins go
-      for (const r of f.retired) this.unmap(r);
-      f.retired = [];
-      this.withRetired.delete(f);
-    }
-    if (this.all.size <= this.softCount && this.bytes <= this.softBytes) return;
-    const targetCount = this.softCount >> 1;
-    const targetBytes = this.softBytes / 2;
-    for (const w of this.all) {
-      if (this.all.size <= targetCount && this.bytes <= targetBytes) break;
-      if (w.file.pins > 0) continue; // (an unpinned file has no retired windows left)
-      w.file.windows.delete(w.slot);
-      this.unmap(w);
-    }
-  }
-}
-
-export interface DmaRegion {
-  /** first byte (exact: a safe integer, or a multiple of 4 KiB up to 2^64) */
-  readonly iova: number;
-  readonly size: number;
-  /** iova + size (exact, at most 2^64) */
-  readonly end: number;
-  readonly prot: number; // PROT_READ | PROT_WRITE
-  /** file and offset when the client shared memory; undefined for message-only maps */
-  readonly file: MappedFile | undefined;
-  readonly fileOffset: number;
-  /** false when the file could not be sealed against shrinking (the client could make us fault) */
-  readonly sealed: boolean;
-  /** in-flight operations (pins); unmap waits for them */
-  pins: number;
-  unmapWaiters: (() => void)[];
-  /** the maps just below and above (internal: the table's order) */
-  prev: DmaRegion | undefined;
-  next: DmaRegion | undefined;
-}
-
-/** most maps in one chunk of the table before it is split */
-const CHUNK = 512;
-
-/**
- * The map table: sorted by IOVA in chunks of at most 2 * CHUNK maps (with the first IOVA of
- * each chunk in a sorted array), and linked in order. A lookup is two binary searches; adding
- * or removing a map moves at most one chunk's entries, so 65,535 maps come and go in any
- * order in well under a second (one flat sorted array moved 64K entries per change).
- */
-class RegionTable {
-  private chunks: DmaRegion[][] = [];
-  private starts: number[] = [];
-  first: DmaRegion | undefined;
-  count = 0;
-  private hit: DmaRegion | undefined;
-
-  all(): DmaRegion[] {
-    return this.chunks.flat();
-  }
-
-  clear(): DmaRegion[] {
-    const all = this.all();
-    this.chunks = [];
-    this.starts = [];
-    this.first = undefined;
-    this.hit = undefined;
-    this.count = 0;
-    return all;
-  }
-
-  /** index of the last chunk starting at or before iova, -1 if none */
-  private chunkAt(iova: number): number {
-    let lo = 0;
-    let hi = this.starts.length - 1;
-    let at = -1;
-    while (lo <= hi) {
-      const mid = (lo + hi) >>> 1;
-      if (this.starts[mid]! <= iova) {
-        at = mid;
-        lo = mid + 1;
-      } else hi = mid - 1;
-    }
-    return at;
-  }
-
-  /** the last map starting at or before iova */
-  floor(iova: number): DmaRegion | undefined {
-    const k = this.chunkAt(iova);
-    if (k < 0) return undefined;
-    const c = this.chunks[k]!;
-    let lo = 0;
-    let hi = c.length - 1;
-    while (lo < hi) {
-      const mid = (lo + hi + 1) >>> 1;
-      if (c[mid]!.iova <= iova) lo = mid;
-      else hi = mid - 1;
-    }
-    return c[lo];
-  }
-
-  /** the map containing iova (the last one found is tried first: devices work in one map at a time) */
-  find(iova: number): DmaRegion | undefined {
-    const h = this.hit;
-    if (h !== undefined && iova >= h.iova && iova < h.end) return h;
-    const r = this.floor(iova);
-    if (r === undefined || !(iova < r.end)) return undefined;
-    this.hit = r;
-    return r;
-  }
-
-  /** the first map starting at or after iova */
-  ceil(iova: number): DmaRegion | undefined {
-    const r = this.floor(iova);
-    if (r === undefined) return this.first;
-    return r.iova === iova ? r : r.next;
-  }
-
-  private indexIn(c: DmaRegion[], iova: number): number {
-    let lo = 0;
-    let hi = c.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      if (c[mid]!.iova < iova) lo = mid + 1;
-      else hi = mid;
-    }
-    return lo;
-  }
-
-  insert(r: DmaRegion): void {
-    this.count++;
-    if (this.chunks.length === 0) {
-      this.chunks.push([r]);
-      this.starts.push(r.iova);
-      r.prev = r.next = undefined;
-      this.first = r;
-      return;
-    }
-    const k = Math.max(0, this.chunkAt(r.iova));
-    const c = this.chunks[k]!;
-    const i = this.indexIn(c, r.iova);
-    const prev = i > 0 ? c[i - 1] : k > 0 ? this.chunks[k - 1]![this.chunks[k - 1]!.length - 1] : undefined;
-    c.splice(i, 0, r);
-    this.starts[k] = c[0]!.iova;
-    const next = prev ? prev.next : this.first;
-    r.prev = prev;
-    r.next = next;
-    if (prev) prev.next = r;
-    else this.first = r;
-    if (next) next.prev = r;
-    if (c.length > 2 * CHUNK) {
-      const tail = c.splice(CHUNK);
-      this.chunks.splice(k + 1, 0, tail);
-      this.starts.splice(k + 1, 0, tail[0]!.iova);
-    }
-  }
-
-  remove(r: DmaRegion): void {
-    const k = this.chunkAt(r.iova);
-    const c = this.chunks[k]!;
-    const i = this.indexIn(c, r.iova);
-    if (c[i] !== r) throw new Error('DMA map table corrupt');
-    c.splice(i, 1);
-    if (c.length === 0) {
-      this.chunks.splice(k, 1);
-      this.starts.splice(k, 1);
-    } else this.starts[k] = c[0]!.iova;
-    if (r.prev) r.prev.next = r.next;
-    else this.first = r.next;
-    if (r.next) r.next.prev = r.prev;
-    r.prev = r.next = undefined;
-    if (this.hit === r) this.hit = undefined;
-    this.count--;
-  }
-}
 
 /** Sends DMA_READ/DMA_WRITE messages for regions without shared memory. */
 export interface DmaMessenger {
@@ -387,11 +52,6 @@ export interface DmaMessenger {
   readonly maxTransfer: number;
 }
 
-interface DirtyLog {
-  pageSize: number;
-  ranges: { iova: number; length: number; bitmap: Uint8Array }[];
-}
-
 /** A piece of an access: `len` bytes at offset `off` of map `r`. */
 interface Segment {
   r: DmaRegion;
@@ -399,21 +59,6 @@ interface Segment {
   len: number;
 }
 
-const hex = (v: number | bigint): string => `0x${v.toString(16)}`;
-
-/**
- * A map bound or length given as a number or bigint, as an exact number: a safe integer, or
- * a multiple of 4 KiB up to 2^64. NaN when it is neither.
- */
-export function exactIova(v: Iova): number {
-  if (typeof v === 'bigint') {
-    if (v < 0n || v > 1n << 64n) return NaN;
-    if (v <= MAX_SAFE_BIG) return Number(v);
-    return v % BigInt(PAGE) === 0n ? Number(v) : NaN;
-  }
-  if (!Number.isInteger(v) || v < 0 || v > TOP) return NaN;
-  return v <= MAX_SAFE || v % PAGE === 0 ? v : NaN;
-}
 
 /** The bigint of an exact IOVA number (for messages and error text). */
 function big(v: number): bigint {
@@ -738,7 +383,7 @@ export class DmaController {
         left -= n;
       }
     }
-    if (write && this.dirty) for (const s of segs) this.dirtySegment(s.r, s.off, s.len);
+    if (write && this.dirty) for (const s of segs) this.dirty.mark(s.r, s.off, s.len);
     return out;
   }
 
@@ -753,7 +398,7 @@ export class DmaController {
       const fo = r.fileOffset + off;
       const w = f.windows.get(Math.floor(fo / WINDOW));
       if (w !== undefined && fo >= w.fileOffset && fo + length <= w.end) {
-        if (write && this.dirty) this.dirtySegment(r, off, length);
+        if (write && this.dirty) this.dirty.mark(r, off, length);
         return w.bytes.subarray(fo - w.fileOffset, fo - w.fileOffset + length);
       }
     }
@@ -802,7 +447,7 @@ export class DmaController {
       this.copySegment(s, data.subarray(pos, pos + s.len), true);
       pos += s.len;
     }
-    if (this.dirty) for (const s of segs) this.dirtySegment(s.r, s.off, s.len);
+    if (this.dirty) for (const s of segs) this.dirty.mark(s.r, s.off, s.len);
   }
 
   /** segments() of memory shared with an fd (EFAULT before anything is copied otherwise) */
@@ -890,7 +535,7 @@ export class DmaController {
             done += n;
           }
         }
-        if (this.dirty) this.dirtySegment(s.r, s.off, s.len);
+        this.dirty?.mark(s.r, s.off, s.len);
         pos += s.len;
       }
     } finally {
@@ -941,27 +586,7 @@ export class DmaController {
    */
   startLogging(pageSize: number, ranges: { iova: Iova; length: Iova }[]): void {
     if (this.dirty) throw new DmaError('DMA logging already started', Errno.EBUSY);
-    if (!Number.isSafeInteger(pageSize) || pageSize < PAGE || pageSize > 2 ** 40 || (pageSize & (pageSize - 1)) !== 0) {
-      throw new DmaError(`bad logging page size ${pageSize}`, Errno.EINVAL);
-    }
-    if (ranges.length === 0) throw new DmaError('DMA logging needs at least one range', Errno.EINVAL);
-    const exact = ranges.map((r) => {
-      const iova = exactIova(r.iova);
-      const length = exactIova(r.length);
-      if (!(length > 0) || iova % pageSize || length % pageSize || iova + length > TOP) {
-        throw new DmaError(`bad logging range iova=${hex(r.iova)} length=${hex(r.length)}`, Errno.EINVAL);
-      }
-      if (length / pageSize > 2 ** 30) throw new DmaError('logging range too large', Errno.EINVAL);
-      return { iova, length };
-    });
-    const sorted = exact.sort((a, b) => a.iova - b.iova);
-    for (let i = 1; i < sorted.length; i++) {
-      if (sorted[i - 1]!.iova + sorted[i - 1]!.length > sorted[i]!.iova) throw new DmaError('logging ranges overlap', Errno.EINVAL);
-    }
-    this.dirty = {
-      pageSize,
-      ranges: sorted.map((r) => ({ iova: r.iova, length: r.length, bitmap: new Uint8Array(Math.ceil(r.length / pageSize / 8)) })),
-    };
+    this.dirty = new DirtyLog(pageSize, ranges);
   }
 
   stopLogging(): void {
@@ -979,63 +604,15 @@ export class DmaController {
       if (e instanceof DmaError) return; // not writable memory: nothing there can have been written
       throw e;
     }
-    for (const s of segs) this.dirtySegment(s.r, s.off, s.len);
-  }
-
-  /** Marks bytes [off, off+len) of map r dirty. Page arithmetic in 4 KiB units stays exact. */
-  private dirtySegment(r: DmaRegion, off: number, len: number): void {
-    const d = this.dirty;
-    if (!d || len <= 0) return;
-    const unit = d.pageSize / PAGE;
-    for (const l of d.ranges) {
-      if (l.iova >= r.end || l.iova + l.length <= r.iova) continue;
-      // 4 KiB pages of the access, relative to the logged range's start
-      const base = (r.iova - l.iova) / PAGE; // exact: both are page multiples above 2^53
-      const first = Math.max(0, Math.floor((base + Math.floor(off / PAGE)) / unit));
-      const last = Math.min(l.length / d.pageSize - 1, Math.floor((base + Math.floor((off + len - 1) / PAGE)) / unit));
-      for (let p = first; p <= last; p++) l.bitmap[p >> 3]! |= 1 << (p & 7);
-    }
+    for (const s of segs) this.dirty.mark(s.r, s.off, s.len);
   }
 
   /**
    * DMA_LOGGING_REPORT: the dirty bitmap of [iova, iova+length) at pageSize (bit i = page i),
-   * as u64 little-endian words, clearing what it reports. A report page is dirty when any
-   * logged page it overlaps is dirty (a finer report page replicates its logged page's bit).
+   * as u64 little-endian words, clearing what it reports.
    */
   report(iova: Iova, length: Iova, pageSize: number): Uint8Array {
-    const d = this.dirty;
-    if (!d) throw new DmaError('DMA logging is not started', Errno.EINVAL);
-    const a = exactIova(iova);
-    const n = exactIova(length);
-    const ok = Number.isSafeInteger(pageSize) && pageSize > 0 && (pageSize & (pageSize - 1)) === 0 && n > 0 && !(a % pageSize) && !(n % pageSize);
-    // above 2^53 only whole 4 KiB pages are exact
-    if (!ok || a + n > TOP || (a + n > HIGH && pageSize < PAGE) || n / pageSize > 2 ** 33) {
-      throw new DmaError(`bad report range iova=${hex(iova)} length=${hex(length)} page=${pageSize}`, Errno.EINVAL);
-    }
-    const pages = n / pageSize;
-    const out = new Uint8Array(Math.ceil(pages / 64) * 8);
-    const end = a + n;
-    // the report must lie within logged ranges
-    let covered = 0;
-    for (const r of d.ranges) covered += Math.max(0, Math.min(end, r.iova + r.length) - Math.max(a, r.iova));
-    if (covered !== n) throw new DmaError('report range is not within the logged ranges', Errno.EINVAL);
-    for (const r of d.ranges) {
-      const s = Math.max(a, r.iova);
-      const e = Math.min(end, r.iova + r.length);
-      if (s >= e) continue;
-      for (let lp = Math.floor((s - r.iova) / d.pageSize); lp * d.pageSize + r.iova < e; lp++) {
-        if (!(r.bitmap[lp >> 3]! & (1 << (lp & 7)))) continue;
-        const ls = Math.max(s, r.iova + lp * d.pageSize);
-        const le = Math.min(e, r.iova + (lp + 1) * d.pageSize);
-        for (let rp = Math.floor((ls - a) / pageSize); rp * pageSize + a < le; rp++) out[rp >> 3]! |= 1 << (rp & 7);
-        // the logged page is reported only if it lies wholly within the report
-        if (r.iova + lp * d.pageSize >= a && r.iova + (lp + 1) * d.pageSize <= end) r.bitmap[lp >> 3]! &= ~(1 << (lp & 7));
-      }
-    }
-    return out;
+    if (!this.dirty) throw new DmaError('DMA logging is not started', Errno.EINVAL);
+    return this.dirty.report(iova, length, pageSize);
   }
-}
-
-function roundUp(n: number, to: number): number {
-  return Math.ceil(n / to) * to;
 }

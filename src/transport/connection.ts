@@ -17,6 +17,11 @@
  *
  * Closing: a hang-up, an error or close() ends the connection exactly once: pending requests
  * reject with VFU_DISCONNECTED, queued fds are closed, `onClose` runs once.
+ *
+ * One idea in one file although it passes 800 lines: reading, writing and closing share the
+ * socket, its poller, the fds in flight and the pending requests, and each path must see the
+ * others' state at once (a hang-up found while writing fails the reads' requests; a backlog
+ * pauses reads). Split, every part would reach into one object anyway.
  */
 import { native, type NativePoller } from '../native/index.js';
 import {

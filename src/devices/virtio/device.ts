@@ -27,6 +27,11 @@
  * flight (their completions are in the used rings before the state is taken), so the
  * destination resumes with nothing half done: it continues from each queue's last available
  * index, and every request is completed exactly once.
+ *
+ * One idea in one file although it passes 600 lines: the virtio PCI transport, whose common
+ * configuration, queues, ISR, PCI_CFG window, reset and migration all act on the same device
+ * status and queue state. The parts that stand alone are elsewhere: the rings (virtqueue.ts),
+ * the device types (blk.ts).
  */
 import { PciDevice, type Region } from '../../server/device.js';
 import { IrqIndex } from '../../server/irq.js';
