@@ -1,6 +1,16 @@
 /**
- * Errors raised above the codec (transport, server, client). Like undici, every error has
- * a stable `code`; remote failures also carry the peer's `errno`.
+ * One error family for the whole package. Every error it raises is a VfioUserError with a
+ * stable `code` (callers switch on it, never on the message text, as with undici) and an
+ * `errno`: the errno an error reply carries for it, or the one the peer sent
+ * (VFU_REMOTE_ERROR). Each layer has its subclass with its own codes:
+ *
+ *   VfioUserError        transport, server, client (the codes below)
+ *   ├─ ProtocolError     the codec: a malformed message (protocol/errors.ts)
+ *   ├─ ConfigSpaceError  the PCI config-space model (server/pci/errors.ts)
+ *   └─ DmaError          a DMA access or map the client's maps do not allow (server/dma-error.ts)
+ *
+ * A server replies to any of them with their errno and logs them as client errors; anything
+ * else thrown by device code is a device bug (logged with its stack).
  */
 export type VfioUserErrorCode =
   | 'VFU_DISCONNECTED' // the peer hung up, or the connection was closed locally
@@ -16,11 +26,36 @@ export type VfioUserErrorCode =
   | 'VFU_BAD_STATE' // an operation that the current state forbids
   | 'VFU_INVALID_ARGUMENT'; // a local caller's argument is invalid
 
+/** The codes of ProtocolError: what is wrong with a malformed message. */
+export type ProtocolErrorCode =
+  | 'VFU_SHORT_MESSAGE' // fewer bytes than the fixed part of the message needs
+  | 'VFU_BAD_SIZE' // a size field disagrees with the message size or with itself
+  | 'VFU_BAD_ARGSZ' // argsz smaller than the structure or larger than the message
+  | 'VFU_BAD_COUNT' // a count that exceeds what the message holds or a protocol limit
+  | 'VFU_BAD_OFFSET' // an offset (cap chain, data) pointing outside the message
+  | 'VFU_BAD_FLAGS' // reserved or contradictory flag bits
+  | 'VFU_BAD_VERSION' // malformed VERSION payload or capability JSON
+  | 'VFU_BAD_HEADER' // malformed 16-byte header
+  | 'VFU_MESSAGE_TOO_LARGE' // exceeds the negotiated or configured maximum
+  | 'VFU_BAD_VALUE' // a field value that cannot be encoded (out of range, wrong type) or is invalid for its field
+  | 'VFU_UNKNOWN_COMMAND';
+
+/** The codes of ConfigSpaceError. */
+export type ConfigSpaceErrorCode =
+  | 'VFU_CONFIG_RANGE' // an access (offset/length) outside config space or the MSI-X table
+  | 'VFU_CONFIG_BAD_ARG' // an invalid argument to a builder or device-side method
+  | 'VFU_CONFIG_CONFLICT' // a BAR index already taken, a capability added twice
+  | 'VFU_CONFIG_NO_SPACE' // capability does not fit (standard: below 0x100; extended: below size)
+  | 'VFU_CONFIG_BAD_STATE'; // save/load blob malformed or from a different device layout
+
+/** Every stable code an error of this package carries. */
+export type ErrorCode = VfioUserErrorCode | ProtocolErrorCode | ConfigSpaceErrorCode;
+
 export class VfioUserError extends Error {
-  readonly code: VfioUserErrorCode;
+  readonly code: ErrorCode;
   /** errno from the peer (VFU_REMOTE_ERROR) or the local errno to report */
   readonly errno: number;
-  constructor(code: VfioUserErrorCode, message: string, errno = 0, options?: { cause?: unknown }) {
+  constructor(code: ErrorCode, message: string, errno = 0, options?: { cause?: unknown }) {
     super(message, options);
     this.name = 'VfioUserError';
     this.code = code;

@@ -12,9 +12,8 @@
 import { native } from '../native/index.js';
 import * as P from '../protocol/index.js';
 import { HEADER_SIZE, FLAG_NO_REPLY, type Header } from '../protocol/header.js';
-import { ProtocolError } from '../protocol/errors.js';
 import { Connection, takeFds, closeFds, retain, type Message } from '../transport/connection.js';
-import { VfioUserError, Errno } from '../errors.js';
+import { VfioUserError, Errno, errnoName } from '../errors.js';
 import { RegionIndex, type Region } from './device.js';
 import { DmaController, type DmaMessenger } from './dma.js';
 import { ClientDmaMessenger, QEMU_DMA_READ_WINDOW } from './dma-messenger.js';
@@ -35,7 +34,7 @@ function fail(errno: number, message: string): never {
 }
 
 function errnoOf(e: unknown): number {
-  if (e instanceof VfioUserError || e instanceof ProtocolError) return e.errno || Errno.EINVAL;
+  if (e instanceof VfioUserError) return e.errno || Errno.EINVAL;
   const n = (e as { errno?: number }).errno;
   return typeof n === 'number' && n > 0 ? n : Errno.EINVAL;
 }
@@ -167,11 +166,14 @@ export class Session {
 
   private replyFailure(h: Header, e: unknown): void {
     const errno = errnoOf(e);
-    if (!(e instanceof VfioUserError) && !(e instanceof ProtocolError)) {
-      // a bug in device code must not take the server down; report it loudly
-      this.server.log('warn', `command ${P.commandName(h.command)} failed: ${(e as Error)?.stack ?? String(e)}`);
+    const cmd = P.commandName(h.command);
+    if (!(e instanceof VfioUserError)) {
+      // a bug in device code must not take the server down; report it loudly (every error
+      // of this package, a ConfigSpaceError from a client's config-space blob included, is a
+      // VfioUserError: a client error)
+      this.server.log('warn', `device error in ${cmd} (client gets ${errnoName(errno)}): ${(e as Error)?.stack ?? String(e)}`);
     } else {
-      this.server.log('debug', `command ${P.commandName(h.command)} -> ${errno}: ${(e as Error).message}`);
+      this.server.log('debug', `client error: ${cmd} -> ${errnoName(errno)} (${e.code}): ${e.message}`);
     }
     if (!this.conn.isClosed) this.conn.replyError(h, errno);
   }

@@ -113,7 +113,7 @@ test(`server fuzz: hostile sessions against a running server (seed ${SEED})`, as
     dev.destroy();
   }
   assert.ok(cases >= 30, `only ${cases} cases ran`);
-  // device code must not have thrown unexpected (non-protocol) errors
-  const bugs = warnings.filter((w) => /failed: (?!.*VfioUserError)/.test(w) && /\n\s+at /.test(w));
+  // device code must not have thrown unexpected errors (anything not a VfioUserError)
+  const bugs = warnings.filter((w) => w.startsWith('device error in '));
   assert.deepEqual(bugs, [], 'device/handler bugs logged as warnings');
 });
