@@ -26,3 +26,5 @@ export type { ErrorCode, VfioUserErrorCode, ProtocolErrorCode, ConfigSpaceErrorC
 export { ProtocolError } from './protocol/errors.js';
 export { ConfigSpaceError } from './server/pci/errors.js';
 export * as protocol from './protocol/index.js';
+export { defineDevice, UsageError } from './cli/factory.js';
+export type { DeviceFactory, DeviceOption, DeviceOptions, DeviceContext, ControlCommand, ParsedOptions, OptionValue } from './cli/factory.js';

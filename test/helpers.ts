@@ -4,6 +4,7 @@
  * test kit's (src/testing), re-exported here under the names the tests use.
  */
 import { readdirSync, readFileSync, writeSync } from 'node:fs';
+import { basename } from 'node:path';
 import assert from 'node:assert/strict';
 import { VfioUserClient } from '../src/client/client.js';
 import { migrate } from '../src/client/migrate.js';
@@ -21,7 +22,7 @@ export type Served = ServerProcess;
 
 /** Runs `vfio-user serve <device>` in a child process and waits until it is ready. */
 export function serveChild(device: string, extra: string[] = [], opts: { taskset?: string } = {}): Promise<Served> {
-  return spawnServer([CLI, 'serve', device, ...extra], { name: device, wrapper: opts.taskset ? ['taskset', '-c', opts.taskset] : undefined });
+  return spawnServer([CLI, 'serve', device, ...extra], { name: basename(device).replace(/\.[cm]?js$/, ''), wrapper: opts.taskset ? ['taskset', '-c', opts.taskset] : undefined });
 }
 
 /**

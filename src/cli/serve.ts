@@ -1,127 +1,233 @@
 /**
- * `vfio-user serve <device> --socket-path=PATH | --fd=N`
+ * `vfio-user serve <device | ./module.js> (--socket-path=PATH | --fd=N) [options] [device options]`
  *
  * Follows the spec's backend program conventions: no daemonizing, --socket-path or --fd,
- * a clean exit on SIGTERM (and SIGINT). Logs go to stderr. Host-side control lines are read
- * from stdin (see `help` on stdin); device events are printed to stdout as JSON lines.
+ * a clean exit on SIGTERM (and SIGINT) that removes the socket file, logs on stderr, a JSON
+ * description (--print-description, --install-description=DIR). Host-side control lines
+ * are read from stdin (`help` lists them); device events are printed to stdout as JSON lines.
+ *
+ * The device is a built-in one (src/cli/devices.ts) or a module whose default export is a
+ * device factory (src/cli/factory.ts); both go through the same code below.
  */
 import { parseArgs } from 'node:util';
 import { createInterface } from 'node:readline';
+import { basename, extname, join, resolve } from 'node:path';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { pathToFileURL } from 'node:url';
 import { VfioUserServer } from '../server/server.js';
+import type { PciDevice } from '../server/device.js';
 import { DEVICES } from './devices.js';
-import { GpioDevice } from '../devices/gpio.js';
-import { parseSize } from '../devices/nvme/index.js';
+import { UsageError, checkFactory, optionsHelp, parseOptionValue, type DeviceContext, type DeviceFactory, type DeviceOptions } from './factory.js';
+
+/** serve's own options (a device may not declare these) */
+export const SERVE_OPTIONS = {
+  'socket-path': { type: 'string', help: 'listen on this UNIX socket path (removed again on exit)' },
+  fd: { type: 'integer', min: 0, max: 0x7fffffff, help: 'serve the client already connected on this file descriptor' },
+  verbose: { type: 'boolean', help: 'also log debug messages: each failed command with its errno and reason' },
+  quiet: { type: 'boolean', help: 'no logs' },
+  'no-twin-socket': { type: 'boolean', help: 'never offer twin-socket mode' },
+  'max-data-xfer-size': { type: 'size', min: 512, max: 64 << 20, help: 'largest data transfer offered to the client (default 1M)' },
+  'max-dma-maps': { type: 'integer', min: 1, max: 1 << 30, help: 'most DMA maps a client may hold (default 65535)' },
+  'max-dma-bytes': { type: 'size', help: 'most address space all DMA maps may cover (default 16T)' },
+  'allow-unsealed-dma': { type: 'boolean', help: 'accept DMA files that cannot be sealed against shrinking (copied safely, no zero-copy); refused by default' },
+  'print-description': { type: 'boolean', help: "print the device's JSON description (the spec's /usr/share/vfio-user file) and exit" },
+  'install-description': { type: 'string', help: 'write the JSON description into this directory (e.g. /usr/share/vfio-user) and exit' },
+  help: { type: 'boolean', help: 'this help' },
+} as const satisfies DeviceOptions;
+
+const SHORT: Record<string, string> = { v: 'verbose', q: 'quiet', h: 'help' };
+
+/** A device to serve: a built-in name or a module path, with its factory. */
+export interface ResolvedDevice {
+  /** the built-in name, or the module file's name without extension */
+  name: string;
+  factory: DeviceFactory;
+  /** the module's absolute path (undefined for a built-in device) */
+  module?: string;
+}
+
+function isModuleSpec(spec: string): boolean {
+  return spec.includes('/') || /\.[cm]?js$/.test(spec);
+}
+
+/** Finds a built-in device by name, or imports a device module (`./x.js`, `/abs/x.mjs`). */
+export async function resolveDevice(spec: string): Promise<ResolvedDevice> {
+  if (!isModuleSpec(spec)) {
+    const factory = DEVICES[spec];
+    if (!factory) throw new UsageError(`unknown device '${spec}' (built-in: ${Object.keys(DEVICES).join(', ')}; or a module path such as ./my-device.js)`);
+    return { name: spec, factory };
+  }
+  const path = resolve(spec);
+  let mod: { default?: unknown };
+  try {
+    mod = (await import(pathToFileURL(path).href)) as { default?: unknown };
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    if (err.code === 'ERR_MODULE_NOT_FOUND' && String(err.message).includes(path)) throw new UsageError(`device module ${path} not found`);
+    throw new Error(`device module ${path} failed to load: ${err.stack ?? String(e)}`);
+  }
+  const factory = checkFactory(mod.default, `device module ${path}`, [...Object.keys(SERVE_OPTIONS), 'v', 'q', 'h']);
+  return { name: basename(path, extname(path)), factory, module: path };
+}
+
+export interface ParsedServeArgs {
+  /** serve's own options, parsed */
+  serve: { [K in keyof typeof SERVE_OPTIONS]?: (typeof SERVE_OPTIONS)[K]['type'] extends 'boolean' ? boolean : (typeof SERVE_OPTIONS)[K]['type'] extends 'string' ? string : number };
+  /** the device's options, parsed and checked */
+  device: Record<string, string | number | boolean>;
+  /** the device options as given, for the JSON description's args */
+  deviceArgs: string[];
+}
+
+/**
+ * Parses `argv` (after the device spec is known) against serve's and the device's options:
+ * an unknown option, a missing or malformed value, or an extra argument is a UsageError.
+ */
+export function parseServeArgs(argv: string[], dev: ResolvedDevice): ParsedServeArgs {
+  const devOpts: DeviceOptions = dev.factory.options ?? {};
+  const all: DeviceOptions = { ...SERVE_OPTIONS, ...devOpts };
+  const config: Record<string, { type: 'string' | 'boolean'; short?: string }> = {};
+  for (const [n, o] of Object.entries(all)) config[n] = { type: o.type === 'boolean' ? 'boolean' : 'string' };
+  for (const [s, n] of Object.entries(SHORT)) config[n]!.short = s;
+  const { tokens } = parseArgs({ args: argv, options: config, strict: false, allowPositionals: true, tokens: true });
+  const out: ParsedServeArgs = { serve: {}, device: {}, deviceArgs: [] };
+  let positionals = 0;
+  for (const t of tokens) {
+    if (t.kind === 'positional') {
+      if (++positionals > 1) throw new UsageError(`unexpected argument '${t.value}' (one device only)`);
+      continue;
+    }
+    if (t.kind !== 'option') continue;
+    const decl = all[t.name];
+    if (!decl) {
+      const takes = Object.keys(devOpts);
+      throw new UsageError(`unknown option ${t.rawName} (device ${dev.name} takes ${takes.length ? takes.map((n) => `--${n}`).join(', ') : 'no options of its own'}; see vfio-user serve ${dev.module ?? dev.name} --help)`);
+    }
+    if (decl.type === 'boolean' && t.value !== undefined) throw new UsageError(`option ${t.rawName} takes no value`);
+    if (decl.type !== 'boolean' && t.value === undefined) throw new UsageError(`option ${t.rawName} needs a value (${t.rawName}=...)`);
+    const v = parseOptionValue(t.name, decl, t.value ?? true);
+    if (t.name in devOpts) {
+      out.device[t.name] = v;
+      out.deviceArgs.push(decl.type === 'boolean' ? `--${t.name}` : `--${t.name}=${t.value}`);
+    } else {
+      (out.serve as Record<string, unknown>)[t.name] = v;
+    }
+  }
+  return out;
+}
+
+/** The device's JSON description, as the spec wants one under /usr/share/vfio-user. */
+export function describeDevice(dev: ResolvedDevice, deviceArgs: string[] = []): Record<string, unknown> {
+  return {
+    description: dev.factory.description,
+    type: dev.factory.type ?? dev.name,
+    binary: 'vfio-user',
+    args: ['serve', dev.module ?? dev.name, ...deviceArgs],
+  };
+}
+
+function help(dev: ResolvedDevice | undefined): string {
+  const head = 'usage: vfio-user serve <device | ./module.js> (--socket-path=PATH | --fd=N) [options] [device options]\n\n';
+  const devices = dev
+    ? `device ${dev.module ?? dev.name}: ${dev.factory.description}\n` + optionsHelp(dev.factory.options ?? {}, '  ')
+    : 'devices:\n' +
+      Object.entries(DEVICES)
+        .map(([n, d]) => `  ${n.padEnd(12)}${d.description}\n` + optionsHelp(d.options ?? {}, '      '))
+        .join('') +
+      '  ./module.js  a device module whose default export is a device factory (docs/device-guide.md)\n';
+  const control = dev?.factory.control ? '\nstdin control commands:\n' + Object.values(dev.factory.control).map((c) => `  ${c.usage}\n`).join('') : '';
+  return head + devices + control + '\noptions:\n  -v, -q, -h: --verbose, --quiet, --help\n' + optionsHelp(SERVE_OPTIONS, '  ');
+}
+
+function firstPositional(argv: string[]): string | undefined {
+  const config: Record<string, { type: 'string' | 'boolean'; short?: string }> = {};
+  for (const [n, o] of Object.entries(SERVE_OPTIONS)) config[n] = { type: o.type === 'boolean' ? 'boolean' : 'string' };
+  return parseArgs({ args: argv, options: config, strict: false, allowPositionals: true }).positionals[0];
+}
 
 export async function serve(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    allowPositionals: true,
-    options: {
-      'socket-path': { type: 'string' },
-      fd: { type: 'string' },
-      verbose: { type: 'boolean', short: 'v' },
-      quiet: { type: 'boolean', short: 'q' },
-      'no-twin-socket': { type: 'boolean' },
-      'max-data-xfer-size': { type: 'string' },
-      'max-dma-maps': { type: 'string' },
-      'max-dma-bytes': { type: 'string' },
-      'allow-unsealed-dma': { type: 'boolean' },
-      inputs: { type: 'string' },
-      image: { type: 'string' },
-      size: { type: 'string' },
-      'lba-size': { type: 'string' },
-      doorbells: { type: 'string' },
-      'poll-us': { type: 'string' },
-      'shadow-doorbells': { type: 'string' },
-      serial: { type: 'string' },
-      'read-only': { type: 'boolean' },
-      queues: { type: 'string' },
-      help: { type: 'boolean', short: 'h' },
-    },
-  });
-  const name = positionals[0];
-  if (values.help || !name) {
-    process.stdout.write(
-      'usage: vfio-user serve <device> (--socket-path=PATH | --fd=N) [options]\n\ndevices:\n' +
-        Object.entries(DEVICES)
-          .map(([n, d]) => `  ${n.padEnd(10)} ${d.description}\n` + Object.entries(d.options).map(([o, h]) => `             --${o}: ${h}\n`).join(''))
-          .join('') +
-        '\noptions:\n  -v, --verbose   log every command\n  -q, --quiet     no logs\n  --no-twin-socket  never offer twin-socket mode\n' +
-        '  --max-dma-maps=N  most DMA maps a client may hold (default 65535)\n' +
-        '  --max-dma-bytes=SIZE  most address space all DMA maps may cover (default 16T)\n' +
-        '  --allow-unsealed-dma  accept DMA files that cannot be sealed against shrinking (copied\n' +
-        '                        safely, no zero-copy); refused by default\n',
-    );
-    return name || values.help ? 0 : 2;
+  const spec = firstPositional(argv);
+  const wantsHelp = argv.includes('--help') || argv.includes('-h');
+  if (!spec) {
+    if (!wantsHelp) throw new UsageError('no device given\n' + help(undefined));
+    process.stdout.write(help(undefined));
+    return 0;
   }
-  const factory = DEVICES[name];
-  if (!factory) {
-    process.stderr.write(`vfio-user serve: unknown device '${name}' (try: ${Object.keys(DEVICES).join(', ')})\n`);
-    return 2;
+  const dev = await resolveDevice(spec);
+  if (wantsHelp) {
+    process.stdout.write(help(dev));
+    return 0;
   }
-  if (!!values['socket-path'] === !!values.fd) {
-    process.stderr.write('vfio-user serve: give exactly one of --socket-path=PATH or --fd=N\n');
-    return 2;
-  }
-  let maxDmaBytes: number | undefined;
-  let maxDmaMaps: number | undefined;
-  try {
-    if (values['max-dma-bytes']) maxDmaBytes = parseSize(values['max-dma-bytes']);
-    if (values['max-dma-maps']) {
-      maxDmaMaps = Number(values['max-dma-maps']);
-      if (!Number.isSafeInteger(maxDmaMaps) || maxDmaMaps < 1) throw new Error(`bad --max-dma-maps '${values['max-dma-maps']}'`);
+  const args = parseServeArgs(argv, dev);
+  const o = args.serve;
+  if (o['print-description'] || o['install-description'] !== undefined) {
+    const json = JSON.stringify(describeDevice(dev, args.deviceArgs), null, 2) + '\n';
+    if (o['print-description']) process.stdout.write(json);
+    if (o['install-description'] !== undefined) {
+      mkdirSync(o['install-description'], { recursive: true });
+      const file = join(o['install-description'], `50-vfio-user-${dev.name}.json`);
+      writeFileSync(file, json);
+      process.stderr.write(`vfio-user serve: wrote ${file}\n`);
     }
-  } catch (e) {
-    process.stderr.write(`vfio-user serve: ${(e as Error).message}\n`);
-    return 2;
+    return 0;
   }
-  const device = await factory.create(values as Record<string, string | undefined>);
-  const quiet = values.quiet ?? false;
-  const verbose = values.verbose ?? false;
-  const server = new VfioUserServer(device, {
-    twinSocket: !values['no-twin-socket'],
-    maxDataXferSize: values['max-data-xfer-size'] ? Number(values['max-data-xfer-size']) : undefined,
-    maxDmaMaps,
-    maxDmaBytes,
-    requireSealedDmaFiles: !values['allow-unsealed-dma'],
-    log: (level, msg) => {
-      if (quiet || (level === 'debug' && !verbose)) return;
-      process.stderr.write(`vfio-user[${name}] ${level}: ${msg}\n`);
-    },
-  });
-  const event = (o: Record<string, unknown>): void => {
-    process.stdout.write(JSON.stringify(o) + '\n');
+  if ((o['socket-path'] === undefined) === (o.fd === undefined)) throw new UsageError('give exactly one of --socket-path=PATH or --fd=N');
+  return serveDevice(dev, args);
+}
+
+/** Serves a resolved device with parsed arguments until SIGTERM/SIGINT or `quit` on stdin. */
+export async function serveDevice(dev: ResolvedDevice, args: ParsedServeArgs): Promise<number> {
+  const o = args.serve;
+  const log: DeviceContext['log'] = (level, msg) => {
+    if (o.quiet || (level === 'debug' && !o.verbose)) return;
+    process.stderr.write(`vfio-user[${dev.name}] ${level}: ${msg}\n`);
   };
-  server.on('connect', () => event({ event: 'connect' }));
-  server.on('disconnect', () => event({ event: 'disconnect' }));
-  if (device instanceof GpioDevice) {
-    device.onOutputs = (outputs) => event({ event: 'outputs', value: outputs });
+  const event = (name: string, fields: Record<string, unknown> = {}): void => {
+    process.stdout.write(JSON.stringify({ event: name, ...fields }) + '\n');
+  };
+  const ctx: DeviceContext = { name: dev.name, log, event };
+  let device: PciDevice;
+  try {
+    device = await dev.factory.create(args.device, ctx);
+  } catch (e) {
+    if (e instanceof UsageError) throw e;
+    throw new Error(`device ${dev.name}: ${(e as Error).message ?? String(e)}`, { cause: e });
   }
-  if (values['socket-path']) server.listen(values['socket-path']);
-  else server.serveFd(Number(values.fd));
-  event({ event: 'ready', device: name, socket: values['socket-path'] ?? `fd:${values.fd}` });
+  const server = new VfioUserServer(device, {
+    twinSocket: !o['no-twin-socket'],
+    maxDataXferSize: o['max-data-xfer-size'],
+    maxDmaMaps: o['max-dma-maps'],
+    maxDmaBytes: o['max-dma-bytes'],
+    requireSealedDmaFiles: !o['allow-unsealed-dma'],
+    log,
+  });
+  server.on('connect', () => event('connect'));
+  server.on('disconnect', () => event('disconnect'));
+  try {
+    if (o['socket-path'] !== undefined) server.listen(o['socket-path']);
+    else server.serveFd(o.fd!);
+  } catch (e) {
+    device.destroy();
+    const where = o['socket-path'] !== undefined ? o['socket-path'] : `fd ${o.fd}`;
+    throw new Error(`cannot serve on ${where}: ${(e as Error).message}`, { cause: e });
+  }
+  event('ready', { device: dev.name, socket: o['socket-path'] ?? `fd:${o.fd}` });
 
   // host-side control on stdin
+  const control = dev.factory.control ?? {};
+  const usage = [...Object.values(control).map((c) => c.usage), 'help', 'quit'].join(' | ');
   const rl = createInterface({ input: process.stdin });
   rl.on('line', (line) => {
-    const [cmd, ...args] = line.trim().split(/\s+/);
+    const [cmd, ...rest] = line.trim().split(/\s+/);
+    if (!cmd) return;
+    const report = (e: unknown): void => event('error', { message: (e as Error).message ?? String(e) });
     try {
-      if (!cmd) return;
-      if (device instanceof GpioDevice && cmd === 'inputs') {
-        device.setInputs(Number(args[0]));
-        event({ event: 'inputs', value: device.inputs });
-      } else if (device instanceof GpioDevice && cmd === 'input') {
-        device.setInput(Number(args[0]), args[1] === '1');
-        event({ event: 'inputs', value: device.inputs });
-      } else if (device instanceof GpioDevice && cmd === 'state') {
-        event({ event: 'state', outputs: device.outputs, inputs: device.inputs, irqEnabled: device.irqEnabled });
-      } else if (cmd === 'quit') {
-        shutdown();
-      } else {
-        event({ event: 'error', message: `unknown control command '${cmd}'`, help: 'inputs <n> | input <line> <0|1> | state | quit' });
-      }
+      if (cmd === 'quit') shutdown();
+      else if (cmd === 'help') event('help', { commands: usage });
+      else if (Object.hasOwn(control, cmd)) Promise.resolve(control[cmd]!.run(device, rest, ctx)).catch(report);
+      else event('error', { message: `unknown control command '${cmd}'`, help: usage });
     } catch (e) {
-      event({ event: 'error', message: (e as Error).message });
+      report(e);
     }
   });
   // stdin closing (e.g. </dev/null) must not stop the server
