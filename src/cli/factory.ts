@@ -126,12 +126,21 @@ export function optionsHelp(options: DeviceOptions, indent: string): string {
     .join('');
 }
 
-/** Checks a factory loaded from a module (plain JavaScript gets no type checking). */
+/**
+ * Checks a factory loaded from a module (plain JavaScript gets no type checking). A plain
+ * function default export, `export default function createDevice(options, ctx)`, is a
+ * factory too: it declares no options (unless it carries an `options` property), and its
+ * `description` property, if any, describes it.
+ */
 export function checkFactory(f: unknown, where: string, reserved: readonly string[]): DeviceFactory {
   const bad = (why: string): never => {
     throw new UsageError(`${where}: ${why} (see "Serve it" in docs/device-guide.md)`);
   };
-  if (!f || typeof f !== 'object') bad('its default export must be a device factory: defineDevice({ description, options, create })');
+  if (typeof f === 'function') {
+    const fn = f as ((o: ParsedOptions<DeviceOptions>, ctx: DeviceContext) => PciDevice | Promise<PciDevice>) & Partial<DeviceFactory>;
+    f = { description: fn.description ?? `device from ${where.replace(/^device module /, '')}`, type: fn.type, options: fn.options, control: fn.control, create: fn };
+  }
+  if (!f || typeof f !== 'object') bad('its default export must be a device factory: defineDevice({ description, options, create }) or a function returning a PciDevice');
   const d = f as Partial<DeviceFactory>;
   if (typeof d.create !== 'function') bad('the factory has no create(options, context) function');
   if (typeof d.description !== 'string') bad('the factory has no description string');

@@ -193,6 +193,8 @@ export async function serveDevice(dev: ResolvedDevice, args: ParsedServeArgs): P
     if (e instanceof UsageError) throw e;
     throw new Error(`device ${dev.name}: ${(e as Error).message ?? String(e)}`, { cause: e });
   }
+  // duck-typed: a module may import another copy of the package than this command's
+  if (typeof (device as Partial<PciDevice> | null)?.addRegion !== 'function' || typeof (device as Partial<PciDevice>).destroy !== 'function') throw new Error(`device ${dev.name}: the factory returned ${device === null ? 'null' : typeof device}, not a PciDevice`);
   const server = new VfioUserServer(device, {
     twinSocket: !o['no-twin-socket'],
     maxDataXferSize: o['max-data-xfer-size'],

@@ -15,6 +15,7 @@ import { serveChild, CLI } from '../helpers.js';
 import { u32, rd32 } from '../client/util.js';
 
 const MODULE = new URL('./fixtures/my-device.js', import.meta.url).pathname;
+const EXAMPLE = new URL('../../../examples/mmio-device.js', import.meta.url).pathname;
 const SHARE = new URL('../../../share/vfio-user/', import.meta.url).pathname;
 
 function run(args: string[], opts: { cwd?: string } = {}): { status: number | null; stdout: string; stderr: string } {
@@ -45,6 +46,19 @@ test('serve ./module.js: options reach the factory, events and logs flow, info d
     assert.equal(await srv.stop(), 0);
   }
   assert.ok(!existsSync(srv.path), 'SIGTERM removed the socket file');
+});
+
+test('serve ./examples/mmio-device.js (a plain function factory) serves the example that info describes', async () => {
+  const srv = await serveChild(EXAMPLE);
+  try {
+    const info = spawnSync(process.execPath, [CLI, 'info', srv.path], { encoding: 'utf8', timeout: 30000 });
+    assert.equal(info.status, 0, info.stderr);
+    assert.match(info.stdout, /Vendor 1234 Device 11e1/);
+    assert.match(info.stdout, /IRQ MSI-X: count=4/);
+  } finally {
+    assert.equal(await srv.stop(), 0);
+  }
+  assert.ok(!existsSync(srv.path));
 });
 
 test('serve ./module.js --fd=N serves the client on that fd', async () => {
@@ -93,6 +107,13 @@ test('serve: a module that is missing, fails to load or exports no factory is re
     const throws = run(['serve', './throws.mjs', '--socket-path=x.sock'], { cwd: dir });
     assert.equal(throws.status, 1);
     assert.match(throws.stderr, /throws\.mjs failed to load: Error: module body failed/);
+    writeFileSync(join(dir, 'notdev.mjs'), 'export default function createDevice() { return {}; }\n');
+    const notdev = run(['serve', './notdev.mjs', '--socket-path=x.sock'], { cwd: dir });
+    assert.equal(notdev.status, 1);
+    assert.match(notdev.stderr, /device notdev: the factory returned object, not a PciDevice/);
+    const opt = run(['serve', './notdev.mjs', '--socket-path=x.sock', '--speed=3'], { cwd: dir });
+    assert.equal(opt.status, 2, 'a plain function declares no options');
+    assert.match(opt.stderr, /unknown option --speed \(device notdev takes no options of its own/);
     writeFileSync(join(dir, 'create.mjs'), 'export default { description: "d", create() { throw new Error("no hardware"); } };\n');
     const create = run(['serve', './create.mjs', '--socket-path=x.sock'], { cwd: dir });
     assert.equal(create.status, 1);
