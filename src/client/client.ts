@@ -133,6 +133,7 @@ function protocolError(msg: string): VfioUserError {
 }
 
 export class VfioUserClient extends EventEmitter {
+  /** @internal */
   readonly conn: Connection;
   private twin: Connection | undefined;
   readonly opts: ClientOptions;

@@ -123,7 +123,7 @@ export class PciDevice {
   readonly irqs: IrqController;
   readonly dma: DmaController;
   msixTable: MsixTable | undefined;
-  /** set once the client writes the MSI-X table (it forwards table accesses to us) */
+  /** set once the client writes the MSI-X table (it forwards table accesses to us) @internal */
   msixTableDriven = false;
   private msixLocation: { tableBar: number; tableOffset: number; pbaBar: number; pbaOffset: number } | undefined;
   /** called on DEVICE_RESET and FLR: return the device to its power-on state */
@@ -136,7 +136,7 @@ export class PciDevice {
   get migratable(): boolean {
     return this.migration !== undefined;
   }
-  /** pending FLR reset request, consumed by the server */
+  /** pending FLR reset request, consumed by the server @internal */
   flrRequested = false;
 
   constructor(o: PciDeviceOptions) {
@@ -210,7 +210,7 @@ export class PciDevice {
     else if (index === IrqIndex.MSI && this.config.msi()?.perVectorMask) this.config.setMsiPending(v, on);
   }
 
-  /** If [offset, offset+length) of a BAR is the MSI-X table or PBA, handles it and returns true. */
+  /** If [offset, offset+length) of a BAR is the MSI-X table or PBA, handles it and returns true. @internal */
   msixAccess(region: number, offset: number, data: Uint8Array, write: boolean): boolean {
     const loc = this.msixLocation;
     const t = this.msixTable;

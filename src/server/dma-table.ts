@@ -10,16 +10,18 @@ export interface DmaRegion {
   /** iova + size (exact, at most 2^64) */
   readonly end: number;
   readonly prot: number; // PROT_READ | PROT_WRITE
-  /** file and offset when the client shared memory; undefined for message-only maps */
+  /** file and offset when the client shared memory; undefined for message-only maps @internal */
   readonly file: MappedFile | undefined;
   readonly fileOffset: number;
   /** false when the file could not be sealed against shrinking (the client could make us fault) */
   readonly sealed: boolean;
-  /** in-flight operations (pins); unmap waits for them */
+  /** in-flight operations (pins); unmap waits for them @internal */
   pins: number;
+  /** @internal */
   unmapWaiters: (() => void)[];
-  /** the maps just below and above (internal: the table's order) */
+  /** the maps just below and above (the table's order) @internal */
   prev: DmaRegion | undefined;
+  /** @internal */
   next: DmaRegion | undefined;
 }
 

@@ -89,7 +89,7 @@ export class DmaController {
   /** mapped files no DMA map uses (least recently used first), kept for reuse */
   private readonly idle = new Set<MappedFile>();
   private messenger: DmaMessenger | undefined;
-  /** message-based writes in flight, for ordering interrupts after them */
+  /** message-based writes in flight, for ordering interrupts after them @internal */
   readonly writeOrder = new WriteOrder();
   readonly maxMaps: number;
   private dirty: DirtyLog | undefined;
@@ -132,6 +132,7 @@ export class DmaController {
     return this.files.size - this.idle.size;
   }
 
+  /** the server's DMA_READ/DMA_WRITE sender for the client being served (none between clients) @internal */
   setMessenger(m: DmaMessenger | undefined): void {
     this.messenger = m;
     if (!m) this.writeOrder.clear();

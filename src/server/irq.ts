@@ -116,6 +116,7 @@ export class IrqController {
   /**
    * Applies a SET_IRQS request. Takes ownership of fds (closed on error or when replaced).
    * Throws VfioUserError(EINVAL) for requests the index cannot take.
+   * @internal
    */
   setIrqs(a: SetIrqsArgs, fds: number[]): void {
     try {
@@ -300,7 +301,7 @@ export class IrqController {
     }
   }
 
-  /** Client went away: close every fd it gave, forget masks it set. Pending and level state stay. */
+  /** Client went away: close every fd it gave, forget masks it set. Pending and level state stay. @internal */
   clientGone(): void {
     for (let i = 0; i < this.lines.length; i++) {
       const line = this.lines[i]!;

@@ -15,8 +15,6 @@ import { DEFAULT_MAX_DMA_BYTES } from './dma.js';
 import { Migration } from './migration.js';
 import { Session } from './session.js';
 
-export { Session };
-
 export interface ServerOptions {
   /** most bytes of data in one REGION_READ/WRITE or DMA message (default 1 MiB) */
   maxDataXferSize?: number;
@@ -82,6 +80,7 @@ export class VfioUserServer extends EventEmitter {
   readonly maxDmaMaps: number;
   readonly twinSocket: boolean;
   readonly writeMultiple: boolean;
+  /** @internal */
   readonly migration: Migration | undefined;
   readonly dmaLayout: 'auto' | 'spec' | 'qemu';
   readonly dmaTimeoutMs: number;
@@ -89,7 +88,7 @@ export class VfioUserServer extends EventEmitter {
   readonly handshakeTimeoutMs: number;
   private readonly logFn: ServerOptions['log'];
   private listener: Listener | undefined;
-  /** the client being served (or torn down: see `serving`) */
+  /** the client being served (or torn down: see `serving`) @internal */
   session: Session | undefined;
   /** clients that connected while another was served or torn down */
   private readonly waiting: Session[] = [];
@@ -172,14 +171,14 @@ export class VfioUserServer extends EventEmitter {
     }
   }
 
-  /** called by a session after VERSION */
+  /** called by a session after VERSION @internal */
   attached(s: Session): void {
     this.device.dma.setMessenger(s.messenger());
     this.device.onAttach?.();
     this.emit('connect');
   }
 
-  /** called by a session when its client is gone: unmap, close IRQ fds, keep device state. */
+  /** called by a session when its client is gone: unmap, close IRQ fds, keep device state. @internal */
   sessionEnded(s: Session): void {
     const w = this.waiting.indexOf(s);
     if (w >= 0) this.waiting.splice(w, 1);

@@ -39,6 +39,7 @@ function errnoOf(e: unknown): number {
   return typeof n === 'number' && n > 0 ? n : Errno.EINVAL;
 }
 
+/** One client connection of a VfioUserServer: handshake, command dispatch, teardown. @internal */
 export class Session {
   readonly server: VfioUserServer;
   readonly conn: Connection;

@@ -271,7 +271,7 @@ export class NvmeDriver {
   }
 
   /** Processes new entries of a CQ (phase tag), then writes its head doorbell. */
-  drain(cq: Cq): void {
+  private drain(cq: Cq): void {
     let n = 0;
     const dv = new DataView(cq.bytes.buffer, cq.bytes.byteOffset, cq.bytes.byteLength);
     for (;;) {

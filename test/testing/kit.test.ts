@@ -114,16 +114,20 @@ for (const shared of [true, false]) {
   });
 }
 
-test('kit: an in-process DMA device sees maps come and go through its hooks', async () => {
+test('kit: an in-process DMA device sees the client, its maps and its interrupt fds come and go through its hooks', async () => {
   const log: string[] = [];
   const h = await serveDevice(new DmaDevice({ log: (m) => log.push(m) }));
+  h.device.irqs.onTriggersChange = (index) => log.push(`irqs ${index}: vector 0 ${h.device.irqs.enabled(index, 0) ? 'on' : 'off'}`);
   try {
     const ram = await GuestRam.map(h.client, { size: 16 << 10, iova: 0x4000_0000 });
+    const irq = await h.client.enableIrqs(IrqIndex.MSIX, 1);
+    await h.client.disableIrqs(IrqIndex.MSIX);
+    irq.close();
     await ram.unmap();
     ram.free();
     h.client.close();
     await waitUntil(() => log.includes('client detached'), { what: 'the detach hook' });
-    assert.deepEqual(log, ['client attached', 'map 0x40000000 +8192', 'unmap 0x40000000 +8192', 'client detached']);
+    assert.deepEqual(log, ['client attached', 'map 0x40000000 +8192', 'irqs 2: vector 0 on', 'irqs 2: vector 0 off', 'unmap 0x40000000 +8192', 'client detached']);
   } finally {
     await h.close();
   }
