@@ -65,10 +65,14 @@ try {
     await w64(0x00, iova); // SRC
     await w64(0x08, iova + 4096); // DST
     await client.write(0, 0x10, le32(text.length)); // LEN
-    const done = irq.next();
     await client.write(0, 0x14, le32(1)); // GO
-    await done;
-    console.log(`STATUS ${rd32(await client.read(0, 0x18, 4))}, copied: ${Buffer.from(mem.bytes.subarray(4096, 4096 + text.length)).toString()}`);
+    // on each interrupt read STATUS, as a driver would: done when it is no longer BUSY (1)
+    let status = 1;
+    while (status === 1) {
+      await irq.next();
+      status = rd32(await client.read(0, 0x18, 4));
+    }
+    console.log(`STATUS ${status}, copied: ${Buffer.from(mem.bytes.subarray(4096, 4096 + text.length)).toString()}`);
     irq.close();
     await client.dmaUnmap(iova, mem.size);
     mem.free();

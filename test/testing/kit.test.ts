@@ -7,7 +7,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { EventEmitter } from 'node:events';
 import { IrqIndex } from '../../src/server/irq.js';
+import type { IrqHandle } from '../../src/client/client.js';
 import { serveDevice, listenDevice, spawnDevice, GuestRam, IrqRecorder, WaitTimeoutError, waitUntil, u32, rd32 } from '../../src/testing/index.js';
 import { openFds } from '../helpers.js';
 import { MmioDevice, REG } from '../../examples/mmio-device.js';
@@ -16,42 +18,69 @@ import { DmaDevice, REG as DMA, STATUS } from '../../examples/dma-device.js';
 const root = new URL('../../../', import.meta.url).pathname; // from dist/test/testing
 const DMA_EXAMPLE = join(root, 'examples/dma-device.js');
 
-test('kit: IrqRecorder keeps interrupts that arrive before the wait, per vector; times out naming the vector; aborts', async () => {
+/** An IrqHandle stand-in: the recorder's logic checked signal by signal, with no eventfd in between. */
+function fakeHandle(): IrqHandle & { fire(vector: number, count?: number): void } {
+  const e = new EventEmitter() as unknown as IrqHandle & { fire(vector: number, count?: number): void };
+  e.fire = (vector, count = 1) => void e.emit('irq', vector, count);
+  return e;
+}
+
+test('kit: IrqRecorder keeps signals that arrive before the wait, per vector; times out naming the vector; aborts', async () => {
+  const h = fakeHandle();
+  const irqs = new IrqRecorder(h);
+  h.fire(1);
+  h.fire(2);
+  h.fire(2);
+  assert.equal(irqs.count(2), 2);
+  assert.equal(irqs.count(), 3);
+  assert.equal(await irqs.next(2), 2);
+  assert.equal(await irqs.next(2), 2);
+  assert.equal(await irqs.next(), 1, 'the vector-1 signal was still queued');
+  const t0 = Date.now();
+  const err = await irqs.next(3, { timeoutMs: 50 }).then(
+    () => assert.fail('no interrupt on vector 3 was raised'),
+    (e: unknown) => e,
+  );
+  assert.ok(err instanceof WaitTimeoutError);
+  assert.match(err.message, /no interrupt on vector 3 within 50 ms \(seen: vector 1 x1, vector 2 x2\)/);
+  assert.ok(Date.now() - t0 >= 45, 'it waited');
+  // a wait that timed out, or was aborted, takes nothing from the next one
+  h.fire(3);
+  assert.equal(await irqs.next(3), 3);
+  const ac = new AbortController();
+  const p = irqs.next(0, { signal: ac.signal });
+  ac.abort(new Error('gave up'));
+  await assert.rejects(p, /gave up/);
+  h.fire(0);
+  assert.equal(await irqs.next(0), 0, 'an aborted wait does not swallow the next interrupt');
+  // waiters first, then the signal (vector 0 included: a falsy vector is a vector)
+  const w0 = irqs.next(0);
+  const wAny = irqs.next();
+  h.fire(0, 2); // two signals the eventfd coalesced
+  assert.deepEqual(await Promise.all([w0, wAny]), [0, 0]);
+  // expectNone fails on a queued signal and on one that arrives
+  h.fire(1);
+  await assert.rejects(irqs.expectNone(1, 10), /unexpected interrupt on vector 1/);
+  irqs.clear();
+  const none = irqs.expectNone(undefined, 50);
+  h.fire(5);
+  await assert.rejects(none, /unexpected interrupt within 50 ms/);
+  irqs.close();
+  h.fire(1);
+  assert.equal(irqs.count(1), 2, 'closed: no longer counting');
+});
+
+test('kit: serveDevice with IrqRecorder on a real device; close() leaves no fd or socket behind', async () => {
   const fds = openFds();
   const h = await serveDevice(new MmioDevice());
   try {
-    const irqs = new IrqRecorder(await h.client.enableIrqs(IrqIndex.MSIX, 4));
+    using irqs = new IrqRecorder(await h.client.enableIrqs(IrqIndex.MSIX, 4));
     for (const v of [1, 2, 2]) await h.client.write(0, REG.DOORBELL, u32(v));
+    // (at least: under load the native eventfd signal can deliver one twice, see the report on issue 13)
     await irqs.waitCount(2, 2);
-    assert.equal(irqs.count(2), 2);
-    assert.equal(irqs.count(), 3);
     assert.equal(await irqs.next(2), 2);
-    assert.equal(await irqs.next(2), 2);
-    assert.equal(await irqs.next(), 1, 'the vector-1 signal was still queued');
-    const t0 = Date.now();
-    const err = await irqs.next(3, { timeoutMs: 50 }).then(
-      () => assert.fail('no interrupt on vector 3 was raised'),
-      (e: unknown) => e,
-    );
-    assert.ok(err instanceof WaitTimeoutError);
-    assert.match(err.message, /no interrupt on vector 3 within 50 ms \(seen: vector 1 x1, vector 2 x2\)/);
-    assert.ok(Date.now() - t0 >= 45, 'it waited');
-    // a wait that timed out does not take a later interrupt from the next wait
-    await h.client.write(0, REG.DOORBELL, u32(3));
-    assert.equal(await irqs.next(3), 3);
-    const ac = new AbortController();
-    const p = irqs.next(0, { signal: ac.signal });
-    ac.abort(new Error('gave up'));
-    await assert.rejects(p, /gave up/);
-    await h.client.write(0, REG.DOORBELL, u32(0));
-    assert.equal(await irqs.next(0), 0, 'an aborted wait does not swallow the next interrupt');
-    // expectNone fails on an interrupt, queued or arriving
-    await h.client.write(0, REG.DOORBELL, u32(1));
-    await irqs.waitCount(1, 2);
-    await assert.rejects(irqs.expectNone(1, 10), /unexpected interrupt on vector 1/);
-    irqs.clear();
-    await irqs.expectNone(undefined, 10);
-    irqs.close();
+    assert.equal(await irqs.next(1), 1);
+    assert.equal(h.device.count, 3);
   } finally {
     await h.close();
   }
@@ -95,8 +124,13 @@ for (const shared of [true, false]) {
         await h.client.write(0, DMA.DST + 4, u32(Math.floor(to / 2 ** 32)));
         await h.client.write(0, DMA.LEN, u32(len));
         await h.client.write(0, DMA.GO, u32(1));
-        await irqs.next(0, { timeoutMs: 10000 });
-        return rd32(await h.client.read(0, DMA.STATUS, 4));
+        // like a driver: on each interrupt read STATUS, done when it is no longer BUSY (an
+        // interrupt may be spurious)
+        for (;;) {
+          await irqs.next(0, { timeoutMs: 10000 });
+          const st = rd32(await h.client.read(0, DMA.STATUS, 4));
+          if (st !== STATUS.BUSY) return st;
+        }
       };
       assert.equal(await copy(src, dst, 11), STATUS.IDLE);
       assert.equal(new TextDecoder().decode(ram.at(dst, 11)), 'hello, dma!');
