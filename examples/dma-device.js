@@ -5,7 +5,7 @@
  *
  *   0x00 SRC     u64, IOVA to read from
  *   0x08 DST     u64, IOVA to write to
- *   0x10 LEN     u32, bytes (at most 1 MiB)
+ *   0x10 LEN     u32, bytes (at most 1 MiB, or --max-len)
  *   0x14 GO      write 1: start the copy (STATUS becomes BUSY)
  *   0x18 STATUS  0 idle/done, 1 busy, else the errno of a failed copy (14 EFAULT: outside the maps, 5 EIO)
  *   0x1c MAPS    read-only: DMA maps the client holds (kept up to date by the dma.onChange hook)
@@ -17,7 +17,7 @@
  *
  * Serve it:   vfio-user serve ./examples/dma-device.js --socket-path=/tmp/dma.sock
  */
-import { PciDevice, IrqIndex, VfioUserError, Errno } from 'vfio-user';
+import { PciDevice, IrqIndex, VfioUserError, Errno, defineDevice } from 'vfio-user';
 
 export const REG = { SRC: 0x00, DST: 0x08, LEN: 0x10, GO: 0x14, STATUS: 0x18, MAPS: 0x1c };
 export const STATUS = { IDLE: 0, BUSY: 1 };
@@ -31,10 +31,14 @@ export class DmaDevice extends PciDevice {
   /** @type {(msg: string) => void} */
   log;
 
-  /** @param {{ log?: (msg: string) => void }} [opts] */
+  /** longest copy */
+  maxLen = MAX_LEN;
+
+  /** @param {{ log?: (msg: string) => void, maxLen?: number }} [opts] */
   constructor(opts = {}) {
     super({ name: 'dma-example', vendorId: 0x1234, deviceId: 0x11e2, classCode: 0xff0000, irqs: { msix: 1 } });
     this.log = opts.log ?? (() => {});
+    this.maxLen = opts.maxLen ?? MAX_LEN;
     this.addRegion(0, {
       size: 4096,
       access: { read: (offset, length) => this.read(offset, length), write: (offset, data) => this.write(offset, data) },
@@ -81,7 +85,7 @@ export class DmaDevice extends PciDevice {
   async copy() {
     const src = this.regs.getBigUint64(REG.SRC, true);
     const dst = this.regs.getBigUint64(REG.DST, true);
-    const len = Math.min(this.regs.getUint32(REG.LEN, true), MAX_LEN);
+    const len = Math.min(this.regs.getUint32(REG.LEN, true), this.maxLen);
     this.regs.setUint32(REG.STATUS, STATUS.BUSY, true);
     let status = STATUS.IDLE;
     try {
@@ -99,9 +103,12 @@ export class DmaDevice extends PciDevice {
 }
 
 /**
- * The device factory `vfio-user serve ./examples/dma-device.js` and spawnDevice() call.
- * @param {{ verbose?: boolean | string }} [options]
+ * The device factory `vfio-user serve ./examples/dma-device.js` and spawnDevice() call: the
+ * device logs through serve's logger (its messages show with -v), and it takes a --max-len
+ * option (checked by serve before create runs).
  */
-export default function createDevice(options = {}) {
-  return new DmaDevice({ log: options.verbose ? (msg) => process.stderr.write(`dma-example: ${msg}\n`) : undefined });
-}
+export default defineDevice({
+  description: 'example copy engine with DMA and MSI-X',
+  options: { 'max-len': { type: 'size', max: MAX_LEN, help: `longest copy (default and most ${MAX_LEN} bytes)` } },
+  create: (opts, ctx) => new DmaDevice({ log: (msg) => ctx.log('debug', msg), maxLen: opts['max-len'] }),
+});

@@ -218,13 +218,15 @@ export interface SpawnDeviceOptions extends SpawnOptions {
   client?: ClientOptions;
 }
 
-const SERVE_MODULE = fileURLToPath(new URL('./serve-module.js', import.meta.url));
+const CLI = fileURLToPath(new URL('../cli/main.js', import.meta.url));
 
 /**
- * Serves the device a module makes in a child process, and connects a client to it. The
- * module's default export (or its `createDevice` export) is a factory: it gets the options as
- * an object and returns a `PciDevice` (or a promise of one). A device crashing takes only the
- * child with it, and the server and device code run on another event loop, like under QEMU.
+ * Serves the device a module makes in a child process with `vfio-user serve <module>`, and
+ * connects a client to it. The module's default export is a device factory, as `vfio-user
+ * serve` takes it (`defineDevice({ description, options, create })`, or a plain function
+ * returning a `PciDevice`; see the device guide), and `options` become its command-line
+ * options (`verbose: true` is serve's `-v`). A device crashing takes only the child with it,
+ * and the server and device code run on another event loop, like under QEMU.
  *
  * ```ts
  * await using h = await spawnDevice(new URL('./my-device.js', import.meta.url), { options: { lines: 8 } });
@@ -234,7 +236,7 @@ const SERVE_MODULE = fileURLToPath(new URL('./serve-module.js', import.meta.url)
 export async function spawnDevice(module: string | URL, opts: SpawnDeviceOptions = {}): Promise<ChildHarness> {
   const file = module instanceof URL ? fileURLToPath(module) : module;
   const optArgs = Object.entries(opts.options ?? {}).map(([k, v]) => (v === true ? `--${k}` : `--${k}=${v}`));
-  const p = await spawnServer([SERVE_MODULE, file, ...optArgs], opts);
+  const p = await spawnServer([CLI, 'serve', file, ...optArgs], opts);
   const clients: VfioUserClient[] = [];
   const connect = async (o: ClientOptions = opts.client ?? {}): Promise<VfioUserClient> => {
     const c = await VfioUserClient.connect(p.path, o);

@@ -109,11 +109,12 @@ test('kit: listenDevice serves clients one after the other; close() frees them a
 
 for (const shared of [true, false]) {
   test(`kit: a device module in a child process does DMA into GuestRam, and refuses the guard pages (${shared ? 'shared memory' : 'DMA messages'})`, async () => {
-    const h = await spawnDevice(DMA_EXAMPLE);
+    const h = await spawnDevice(DMA_EXAMPLE, { options: { verbose: true, 'max-len': '8K' } });
     const ram = await GuestRam.map(h.client, { size: 64 << 10, shared });
     try {
       const irqs = new IrqRecorder(await h.client.enableIrqs(IrqIndex.MSIX, 1));
       assert.equal(rd32(await h.client.read(0, DMA.MAPS, 4)), 1, 'the device saw the map (dma.onChange)');
+      await waitUntil(() => /vfio-user\[dma-device\] debug: map 0x100000000 \+57344/.test(h.stderr()), { what: 'the device log through serve -v' });
       const src = ram.alloc(4096);
       const dst = ram.alloc(4096);
       ram.at(src, 11).set(new TextEncoder().encode('hello, dma!'));
@@ -139,6 +140,11 @@ for (const shared of [true, false]) {
       assert.equal(await copy(ram.iova - 4096, dst, 16), 14, 'EFAULT: the guard page below');
       assert.ok(ram.mem.bytes.subarray(0, 4096).every((b) => b === 0) && ram.mem.bytes.subarray(ram.mem.size - 4096).every((b) => b === 0), 'guard pages untouched');
       assert.throws(() => ram.at(guard, 1), RangeError);
+      const big = ram.alloc(12288);
+      const out = ram.alloc(12288);
+      ram.at(big, 12288).fill(7);
+      assert.equal(await copy(big, out, 12288), STATUS.IDLE);
+      assert.ok(ram.at(out, 8192).every((b) => b === 7) && ram.at(out + 8192, 4096).every((b) => b === 0), '--max-len=8K cut the copy to 8 KiB');
       await ram.unmap();
       assert.equal(rd32(await h.client.read(0, DMA.MAPS, 4)), 0, 'unmapped');
     } finally {
@@ -167,9 +173,10 @@ test('kit: an in-process DMA device sees the client, its maps and its interrupt 
   }
 });
 
-test('kit: a module that exports no factory fails to start, with the reason', async () => {
-  await assert.rejects(spawnDevice(join(root, 'no-such-module.js')), /server exited with 1: .*Cannot find module/);
-  await assert.rejects(spawnDevice(join(root, 'dist/src/testing/data.js')), /exports no device factory/);
+test('kit: a module that is not a device fails to start, with the reason', async () => {
+  await assert.rejects(spawnDevice(join(root, 'no-such-module.js')), /server exited with \d: .*no-such-module/s);
+  await assert.rejects(spawnDevice(join(root, 'dist/src/testing/data.js')), /server exited with 2: .*default export must be a device factory/s);
+  await assert.rejects(spawnDevice(DMA_EXAMPLE, { options: { 'max-len': '2M' } }), /server exited with 2: .*--max-len: 2M is out of range/s);
 });
 
 test('kit: nothing in src/ needs a test runner (the runtime package has no test dependencies)', () => {
