@@ -22,6 +22,19 @@ async function packedFiles(): Promise<Set<string>> {
   return new Set(info!.files.map((f) => f.path));
 }
 
+/** GitHub's (and TypeDoc's) anchors of a Markdown file's headings. */
+function anchors(file: string): Set<string> {
+  const text = readFileSync(file, 'utf8').replace(/```[\s\S]*?```/g, '');
+  return new Set(
+    [...text.matchAll(/^#{1,6} +(.+?) *#*$/gm)].map((m) =>
+      m[1]!
+        .toLowerCase()
+        .replace(/[^\p{L}\p{N} _-]/gu, '')
+        .replace(/ /g, '-'),
+    ),
+  );
+}
+
 test('README, CHANGELOG and docs/ link only to files in the package', async () => {
   const files = await packedFiles();
   const docs = ['README.md', 'CHANGELOG.md', ...readdirSync(join(root, 'docs')).map((f) => `docs/${f}`)];
@@ -31,8 +44,10 @@ test('README, CHANGELOG and docs/ link only to files in the package', async () =
     for (const m of text.matchAll(/\]\(([^)\s]+)\)/g)) {
       const href = m[1]!;
       assert.ok(!/^[a-z]+:/i.test(href), `${doc}: ${href} leaves the package`);
-      if (href.startsWith('#')) continue;
-      const target = normalize(join(dirname(doc), href.split('#')[0]!));
+      const [path, anchor] = href.split('#') as [string, string | undefined];
+      const target = path ? normalize(join(dirname(doc), path)) : doc;
+      if (anchor !== undefined) assert.ok(target.endsWith('.md') && anchors(join(root, target)).has(anchor), `${doc}: ${href}: no such heading`);
+      if (!path) continue;
       assert.ok(!relative('.', target).startsWith('..'), `${doc}: ${href} is outside the package`);
       assert.ok(existsSync(join(root, target)), `${doc}: ${href} does not exist`);
       assert.ok(files.has(target), `${doc}: ${href} is not in the package files`);
