@@ -1103,21 +1103,98 @@ struct signal_guard {
   timer_t timer;
   int64_t armed_until; /* CLOCK_MONOTONIC ns; the timer does not expire before */
   volatile sig_atomic_t in_write;
+  volatile sig_atomic_t expired; /* the timer fired during this write, outside the system call */
   sigjmp_buf jmp;
 };
+
+/*
+ * Where the write may be cut short. A jump is only safe while the write has not happened: the
+ * signal can also land just after the system call returned (a thread preempted there for the
+ * whole GUARD_NS), and jumping then would report a completed write as cut short, so it would
+ * be written twice (one interrupt delivered twice). So the write is a tiny assembly routine
+ * with known bounds, as musl does for cancellation points: the handler jumps only when the
+ * interrupted PC lies in [guard_cp_begin, guard_cp_end), that is before the system call
+ * instruction, or on it (the kernel rewinds the PC to it when a waiting write is interrupted
+ * with SA_RESTART: nothing was written). Anywhere else it sets `expired`, which the routine
+ * checks before it enters the kernel, so a timer that fired early cannot leave the write
+ * blocked without a guard. guard_write(flag, fd, buf, len) returns the raw result (-errno on
+ * failure, -EINTR when `flag` was set).
+ */
+#if defined(__x86_64__) || defined(__aarch64__)
+#include <ucontext.h>
+#define GUARD_HAVE_CP 1
+long vfu_guard_write(volatile sig_atomic_t* expired, long fd, const void* buf, long len)
+    __attribute__((visibility("hidden")));
+extern const char vfu_guard_cp_begin[] __attribute__((visibility("hidden")));
+extern const char vfu_guard_cp_end[] __attribute__((visibility("hidden")));
+#if defined(__x86_64__)
+__asm__(
+    ".text\n"
+    ".globl vfu_guard_write\n.hidden vfu_guard_write\n.type vfu_guard_write,@function\n"
+    ".globl vfu_guard_cp_begin\n.hidden vfu_guard_cp_begin\n"
+    ".globl vfu_guard_cp_end\n.hidden vfu_guard_cp_end\n"
+    "vfu_guard_write:\n"
+    "vfu_guard_cp_begin:\n"
+    "  movl (%rdi), %eax\n"
+    "  testl %eax, %eax\n"
+    "  jnz 1f\n"
+    "  mov %rsi, %rdi\n"
+    "  mov %rdx, %rsi\n"
+    "  mov %rcx, %rdx\n"
+    "  mov $1, %eax\n" /* SYS_write */
+    "  syscall\n"
+    "vfu_guard_cp_end:\n"
+    "  ret\n"
+    "1:\n"
+    "  mov $-4, %rax\n" /* -EINTR */
+    "  ret\n"
+    ".size vfu_guard_write, .-vfu_guard_write\n");
+#define GUARD_PC(uc) ((uintptr_t)((ucontext_t*)(uc))->uc_mcontext.gregs[REG_RIP])
+#else
+__asm__(
+    ".text\n"
+    ".globl vfu_guard_write\n.hidden vfu_guard_write\n.type vfu_guard_write,%function\n"
+    ".globl vfu_guard_cp_begin\n.hidden vfu_guard_cp_begin\n"
+    ".globl vfu_guard_cp_end\n.hidden vfu_guard_cp_end\n"
+    "vfu_guard_write:\n"
+    "vfu_guard_cp_begin:\n"
+    "  ldr w9, [x0]\n"
+    "  cbnz w9, 1f\n"
+    "  mov x0, x1\n"
+    "  mov x1, x2\n"
+    "  mov x2, x3\n"
+    "  mov x8, #64\n" /* SYS_write */
+    "  svc #0\n"
+    "vfu_guard_cp_end:\n"
+    "  ret\n"
+    "1:\n"
+    "  mov x0, #-4\n" /* -EINTR */
+    "  ret\n"
+    ".size vfu_guard_write, .-vfu_guard_write\n");
+#define GUARD_PC(uc) ((uintptr_t)((ucontext_t*)(uc))->uc_mcontext.pc)
+#endif
+#else
+#define GUARD_HAVE_CP 0 /* other CPUs: the jump is taken anywhere in the write (the old rule) */
+#endif
 
 static pthread_once_t guard_once = PTHREAD_ONCE_INIT;
 static int guard_signo; /* set once by guard_install; 0 when no signal was free */
 
 static void guard_handler(int sig, siginfo_t* si, void* uc) {
   (void)sig;
-  (void)uc;
+  (void)uc; /* unused where GUARD_HAVE_CP is 0 */
   if (si == NULL || si->si_code != SI_TIMER) return;
   signal_guard* g = (signal_guard*)si->si_value.sival_ptr;
-  if (g != NULL && g->in_write) {
-    g->in_write = 0;
-    siglongjmp(g->jmp, 1);
+  if (g == NULL || !g->in_write) return;
+#if GUARD_HAVE_CP
+  uintptr_t pc = GUARD_PC(uc);
+  if (pc < (uintptr_t)vfu_guard_cp_begin || pc >= (uintptr_t)vfu_guard_cp_end) {
+    g->expired = 1;
+    return;
   }
+#endif
+  g->in_write = 0;
+  siglongjmp(g->jmp, 1);
 }
 
 static void guard_install(void) {
@@ -1188,6 +1265,7 @@ static int guarded_write_once(signal_guard* g, int fd, uint64_t v) {
     g->armed_until = 0; /* the timer has expired */
     return 0;
   }
+  g->expired = 0;
   g->in_write = 1;
   int64_t now = mono_ns();
   if (g->armed_until - now < GUARD_REARM_NS) {
@@ -1204,9 +1282,23 @@ static int guarded_write_once(signal_guard* g, int fd, uint64_t v) {
   /* the raw system call: glibc's write() is a cancellation point whose bookkeeping a jump
    * out of it would skip */
   long n;
-  RETRY_EINTR(n, syscall(SYS_write, fd, &v, sizeof v));
-  int e = errno;
+  int e;
+#if GUARD_HAVE_CP
+  do {
+    n = vfu_guard_write(&g->expired, fd, &v, (long)sizeof v);
+  } while (n == -EINTR && !g->expired); /* another signal without SA_RESTART: try again */
   g->in_write = 0;
+  e = n < 0 ? (int)-n : 0;
+  if (n < 0) n = -1;
+  if (n == -1 && e == EINTR) { /* the timer fired before the system call: nothing written */
+    g->armed_until = 0;
+    return 0;
+  }
+#else
+  RETRY_EINTR(n, syscall(SYS_write, fd, &v, sizeof v));
+  e = errno;
+  g->in_write = 0;
+#endif
   if (n == (long)sizeof v) return 1;
   if (n < 0 && (e == EAGAIN || e == EWOULDBLOCK)) return 2;
   return n < 0 ? -e : -EIO;

@@ -6,12 +6,14 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Worker } from 'node:worker_threads';
 import { once } from 'node:events';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { openSync, closeSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { native, isNativeError } from '../../src/native/index.js';
 import { WORKER } from './helpers.js';
+
+const COUNT = new URL('./fixtures/eventfd-count.js', import.meta.url).pathname;
 import { fillEventfd } from '../helpers.js';
 
 const T = { timeout: 20000 };
@@ -115,4 +117,24 @@ test('eventfdSignal in a worker thread uses its own timer', T, async () => {
   assert.ok(msg.ms < 1000, `${msg.ms} ms`);
   const [code] = (await exit) as [number];
   assert.equal(code, 0);
+});
+
+test('eventfdSignal adds exactly once when the guard timer fires as the write returns', T, async () => {
+  // Pinned to one CPU beside a busy process, the signalling thread is preempted again and
+  // again on its way out of write(2), and the 2 ms guard timer often expires meanwhile. The
+  // handler used to jump out then as if the write had been cut short, and the interrupt was
+  // written a second time (14-23 extra in 300,000 on this machine).
+  const cpu = '0';
+  const hog = spawn('taskset', ['-c', cpu, process.execPath, '-e', 'for (;;) {}'], { stdio: 'ignore' });
+  try {
+    await once(hog, 'spawn');
+    const out = execFileSync('taskset', ['-c', cpu, process.execPath, COUNT, '300000'], {
+      encoding: 'utf8',
+      timeout: 15000,
+    });
+    const r = JSON.parse(out) as { sent: number; received: number };
+    assert.equal(r.received, r.sent, 'every signal added once');
+  } finally {
+    hog.kill('SIGKILL');
+  }
 });
