@@ -21,8 +21,8 @@ export function openFds(): number {
 export type Served = ServerProcess;
 
 /** Runs `vfio-user serve <device>` in a child process and waits until it is ready. */
-export function serveChild(device: string, extra: string[] = [], opts: { taskset?: string } = {}): Promise<Served> {
-  return spawnServer([CLI, 'serve', device, ...extra], { name: basename(device).replace(/\.[cm]?js$/, ''), wrapper: opts.taskset ? ['taskset', '-c', opts.taskset] : undefined });
+export function serveChild(device: string, extra: string[] = [], opts: { taskset?: string; nodeArgs?: string[] } = {}): Promise<Served> {
+  return spawnServer([...(opts.nodeArgs ?? []), CLI, 'serve', device, ...extra], { name: basename(device).replace(/\.[cm]?js$/, ''), wrapper: opts.taskset ? ['taskset', '-c', opts.taskset] : undefined });
 }
 
 /**

@@ -1,16 +1,25 @@
 /**
  * NVMe from inside a Linux guest, in one run: our vfio-user controller vs QEMU's built-in
- * emulated nvme, on the same raw image, the same guest (RAM shared, -M, for both), both
- * through the host page cache (ours: buffered pread/pwrite; QEMU: cache=writeback), with and
- * without a vIOMMU (-I), alternating ours and QEMU's for each round. In the guest
- * (test/interop/guest/nvme-bench.sh): busybox dd O_DIRECT at queue depth 1, fio libaio
- * O_DIRECT at queue depth 32, then 10 idle seconds, over which the server's CPU time is read
- * from /proc/PID/stat. Needs VFU_GUEST_RUN (see test/interop/README.md).
+ * emulated nvme, on the same raw image, the same guest setup, both through the host page cache
+ * (ours: buffered pread/pwrite; QEMU: cache=writeback), for each setup asked: guest RAM shared
+ * with the server by fd (-M) or not (every data transfer is then a DMA_READ/DMA_WRITE message),
+ * with and without a vIOMMU (-I, intel-iommu strict: a DMA_MAP and a DMA_UNMAP per I/O);
+ * ours and QEMU's alternate within each round. In the guest (test/interop/guest/nvme-bench.sh):
+ * busybox dd O_DIRECT at queue depth 1, fio libaio O_DIRECT at queue depth 32, then (ours only)
+ * 10 idle seconds, over which the server's CPU time is read from /proc/PID/stat.
  *
- * Usage: VFU_GUEST_RUN=... node dist/bench/nvme/guest.js [--rounds=1] [--iommu=both|on|off] [--poll-us=N]
+ * Per I/O breakdown of our server, from its `stats` control command sampled at the start and
+ * the end of every job: CPU time, wake-ups (voluntary context switches), messages by kind
+ * (doorbell REGION_WRITEs, DMA_MAP/UNMAP received; DMA_READ/WRITE sent and their mean round
+ * trip, i.e. what QEMU takes to answer), interrupts raised. Needs VFU_GUEST_RUN (see
+ * test/interop/README.md).
+ *
+ * Usage: VFU_GUEST_RUN=... node dist/bench/nvme/guest.js [--rounds=1] [--iommu=both|on|off]
+ *          [--ram=both|shared|unshared] [--fio=on|off] [--fio-secs=4] [--cpus=1] [--poll-us=N]
+ *          [--also="--server-option ..."]...   (extra server variants in the same run)
  */
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -19,14 +28,27 @@ import { parseArgs } from 'node:util';
 const CLI = new URL('../../src/cli/main.js', import.meta.url).pathname;
 const SCRIPT = new URL('../../../test/interop/guest/nvme-bench.sh', import.meta.url).pathname;
 const TICK = 100; // clock ticks per second (USER_HZ)
+const CMD = { DMA_MAP: 2, DMA_UNMAP: 3, REGION_WRITE: 10, DMA_READ: 11, DMA_WRITE: 12 };
 
 const { values } = parseArgs({
-  options: { rounds: { type: 'string' }, iommu: { type: 'string' }, 'poll-us': { type: 'string' }, also: { type: 'string', multiple: true } },
+  options: {
+    rounds: { type: 'string' },
+    iommu: { type: 'string' },
+    ram: { type: 'string' },
+    fio: { type: 'string' },
+    'fio-secs': { type: 'string' },
+    cpus: { type: 'string' },
+    'poll-us': { type: 'string' },
+    also: { type: 'string', multiple: true },
+  },
 });
 /** extra server variants measured in the same run, e.g. --also=--shadow-doorbells=off */
 const variants: string[][] = [[], ...(values.also ?? []).map((v) => v.split(' ').filter(Boolean))];
 const rounds = Number(values.rounds ?? 1);
 const iommus = values.iommu === 'on' ? [true] : values.iommu === 'off' ? [false] : [false, true];
+const rams = values.ram === 'shared' ? [true] : values.ram === 'unshared' ? [false] : [true, false];
+const cpus = values.cpus ?? '1';
+const cmdline = [`vfu_fio=${values.fio === 'off' ? 0 : 1}`, `vfu_fio_secs=${Number(values['fio-secs'] ?? 4)}`];
 
 /** server CPU seconds (utime + stime) */
 function cpuSeconds(pid: number): number {
@@ -35,61 +57,133 @@ function cpuSeconds(pid: number): number {
   return (Number(rest[11]) + Number(rest[12])) / TICK;
 }
 
+/** the server's `stats` event (see src/cli/serve.ts) */
+interface Stats {
+  cpuUs: number;
+  wakeups: number;
+  conn?: { commandsIn: number[]; requestsOut: number[]; rttUs: number[]; postedOut: number[]; polls: number };
+  device?: { commands: number; irqs: number; mmioDoorbells: number; pollWakeups: number; pollTurns: number };
+}
+
+/** one job's counters, per I/O */
+interface Breakdown {
+  ios: number;
+  cpuUs: number;
+  wakeups: number;
+  doorbells: number;
+  maps: number;
+  dmaMsgs: number;
+  dmaRttUs: number;
+  irqs: number;
+  msgs: number;
+  pollWakeups: number;
+}
+
+function breakdown(a: Stats, b: Stats, ios: number): Breakdown | undefined {
+  if (!a.conn || !b.conn || !ios) return undefined;
+  const d = (f: (s: Stats) => number): number => f(b) - f(a);
+  const inn = (c: number) => d((s) => s.conn!.commandsIn[c]!);
+  const out = (c: number) => d((s) => s.conn!.requestsOut[c]!);
+  const dmaMsgs = out(CMD.DMA_READ) + out(CMD.DMA_WRITE);
+  const rtt = d((s) => s.conn!.rttUs[CMD.DMA_READ]! + s.conn!.rttUs[CMD.DMA_WRITE]!);
+  const irqs = d((s) => s.device?.irqs ?? 0);
+  const allIn = d((s) => s.conn!.commandsIn.reduce((x, y) => x + y, 0));
+  const allOut = d((s) => s.conn!.requestsOut.reduce((x, y) => x + y, 0) + s.conn!.postedOut.reduce((x, y) => x + y, 0));
+  return {
+    ios,
+    cpuUs: d((s) => s.cpuUs) / ios,
+    wakeups: d((s) => s.wakeups) / ios,
+    doorbells: inn(CMD.REGION_WRITE) / ios,
+    maps: (inn(CMD.DMA_MAP) + inn(CMD.DMA_UNMAP)) / ios,
+    dmaMsgs: dmaMsgs / ios,
+    dmaRttUs: dmaMsgs ? rtt / dmaMsgs : 0,
+    irqs: irqs / ios,
+    msgs: (allIn + allOut + irqs) / ios,
+    pollWakeups: d((s) => s.device?.pollWakeups ?? 0) / ios,
+  };
+}
+
 interface Run {
   code: number | null;
   out: string;
   dd: Map<string, number>;
-  fio: Map<string, { iops: number; kbs: number }>;
+  fio: Map<string, { iops: number; kbs: number; ios: number }>;
+  /** per job: our server's counters at its start and at its end */
+  stats: Map<string, Stats[]>;
   idleCpu?: number;
   cpu?: number;
 }
 
-function runGuest(runner: string, args: string[], serverPid?: number): Promise<Run> {
+function runGuest(runner: string, args: string[], server?: { pid: number; ask: (label: string) => void }): Promise<Run> {
   return new Promise((resolve) => {
     const p = spawn(runner, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    const r: Run = { code: null, out: '', dd: new Map(), fio: new Map() };
-    const cpu0 = serverPid ? cpuSeconds(serverPid) : 0;
+    const r: Run = { code: null, out: '', dd: new Map(), fio: new Map(), stats: new Map() };
+    const cpu0 = server ? cpuSeconds(server.pid) : 0;
     let idle0 = 0;
     p.stderr!.on('data', (d) => (r.out += d));
     createInterface({ input: p.stdout! }).on('line', (line) => {
       r.out += line + '\n';
-      let m = line.match(/NVMEBENCH: (.+) ([0-9.]+) s/);
-      if (m) r.dd.set(m[1]!, Number(m[2]));
+      let m = line.match(/NVMEPHASE: (.+)/);
+      if (m) server?.ask(m[1]!.trim());
+      m = line.match(/NVMEBENCH: (.+) ([0-9.]+) s/);
+      if (m) {
+        r.dd.set(m[1]!, Number(m[2]));
+        server?.ask(m[1]!);
+      }
       m = line.match(/NVMEFIO: (.+ QD\d+) (.*)/);
       if (m) {
+        server?.ask(m[1]!);
         const f = m[2]!.split(';');
-        // terse v3: read bw KiB/s at 6, IOPS at 7; write bw at 47, IOPS at 48
+        // terse v3 (0-based): read total KiB 5, bw KiB/s 6, IOPS 7; write total KiB 46, bw 47, IOPS 48
         const rd = Number(f[7]) > 0;
-        r.fio.set(m[1]!, { iops: Number(rd ? f[7] : f[48]), kbs: Number(rd ? f[6] : f[47]) });
+        const bs = m[1]!.includes('128K') ? 128 : 4;
+        r.fio.set(m[1]!, { iops: Number(rd ? f[7] : f[48]), kbs: Number(rd ? f[6] : f[47]), ios: Number(rd ? f[5] : f[46]) / bs });
       }
-      if (serverPid && line.includes('NVMEIDLE: start')) idle0 = cpuSeconds(serverPid);
-      if (serverPid && line.includes('NVMEIDLE: end')) r.idleCpu = cpuSeconds(serverPid) - idle0;
+      if (server && line.includes('NVMEIDLE: start')) idle0 = cpuSeconds(server.pid);
+      if (server && line.includes('NVMEIDLE: end')) r.idleCpu = cpuSeconds(server.pid) - idle0;
     });
     p.on('exit', (code) => {
       r.code = code;
-      if (serverPid) r.cpu = cpuSeconds(serverPid) - cpu0;
+      if (server) r.cpu = cpuSeconds(server.pid) - cpu0;
       resolve(r);
     });
   });
 }
 
-async function ours(runner: string, image: string, dir: string, iommu: boolean, variant: string[]): Promise<Run> {
+function guestArgs(shared: boolean, iommu: boolean, idle: boolean): string[] {
+  return [...(shared ? ['-M'] : []), '-T', '900', '-c', cpus, ...(iommu ? ['-I'] : []), '-k', [...cmdline, `vfu_idle=${idle ? 1 : 0}`].join(' ')];
+}
+
+async function ours(runner: string, image: string, dir: string, shared: boolean, iommu: boolean, variant: string[]): Promise<Run> {
   const sock = join(dir, 'nvme.sock');
   const extra = [...(values['poll-us'] ? [`--poll-us=${values['poll-us']}`] : []), ...variant];
   const srv = spawn(process.execPath, [CLI, 'serve', 'nvme', `--socket-path=${sock}`, `--image=${image}`, '-q', ...extra], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const asked: string[] = [];
+  const got = new Map<string, Stats[]>();
   await new Promise<void>((resolve) => {
     createInterface({ input: srv.stdout! }).on('line', (l) => {
       if (l.includes('"ready"')) resolve();
+      if (!l.includes('"stats"')) return;
+      const label = asked.shift();
+      if (label === undefined) return;
+      const list = got.get(label) ?? [];
+      list.push(JSON.parse(l) as Stats);
+      got.set(label, list);
     });
   });
-  const r = await runGuest(runner, ['-M', '-T', '600', ...(iommu ? ['-I'] : []), '-s', sock, '-t', SCRIPT], srv.pid);
+  const ask = (label: string): void => {
+    asked.push(label);
+    srv.stdin!.write('stats\n');
+  };
+  const r = await runGuest(runner, [...guestArgs(shared, iommu, true), '-s', sock, '-t', SCRIPT], { pid: srv.pid!, ask });
   srv.kill('SIGTERM');
   await new Promise((res) => srv.on('exit', res));
+  r.stats = got;
   return r;
 }
 
-function qemu(runner: string, image: string, iommu: boolean): Promise<Run> {
-  return runGuest(runner, ['-M', '-T', '600', ...(iommu ? ['-I'] : []), '-t', SCRIPT, '--', '-drive', `file=${image},if=none,id=d0,format=raw,cache=writeback`, '-device', 'nvme,drive=d0,serial=qemu0']);
+function qemu(runner: string, image: string, shared: boolean, iommu: boolean): Promise<Run> {
+  return runGuest(runner, [...guestArgs(shared, iommu, false), '-t', SCRIPT, '--', '-drive', `file=${image},if=none,id=d0,format=raw,cache=writeback`, '-device', 'nvme,drive=d0,serial=qemu0']);
 }
 
 const ROWS: { label: string; kind: 'dd' | 'fio'; key: string; bs: number; n?: number }[] = [
@@ -115,6 +209,56 @@ function figure(r: Run, row: (typeof ROWS)[number]): number | undefined {
   return row.bs === 4096 ? f.iops : (f.kbs * 1024) / 1e6;
 }
 
+function ios(r: Run, row: (typeof ROWS)[number]): number {
+  return row.kind === 'dd' ? row.n! : (r.fio.get(row.key)?.ios ?? 0);
+}
+
+function mean(v: number[]): number | undefined {
+  return v.length ? v.reduce((a, b) => a + b, 0) / v.length : undefined;
+}
+
+function report(label: string, vs: Run[][], b: Run[]): void {
+  const a = vs[0]!;
+  for (const r of [...vs.flat(), ...b]) {
+    if (r.code !== 0) console.log(`a guest run failed (${r.code}):\n${r.out.slice(-2000)}`);
+  }
+  console.log(`\n${label}; QEMU TCG, ${cpus} vCPU, same 256 MiB image, both through the host page cache (ours buffered, QEMU cache=writeback); ${rounds} round(s), alternating; mean of the rounds (min-max)`);
+  const others = variants.slice(1).map((v) => v.join(' '));
+  console.log(`${'workload'.padEnd(26)}${'ours'.padStart(22)}${'QEMU nvme'.padStart(22)}${'ratio'.padStart(8)}${others.map((o) => `  ours ${o}`).join('')}`);
+  for (const row of ROWS) {
+    const unit = row.bs === 4096 ? ' IOPS' : ' MB/s';
+    const vals = (rs: Run[]): number[] => rs.map((r) => figure(r, row)).filter((x): x is number => x !== undefined);
+    const fmt = (rs: Run[]): string => {
+      const v = vals(rs);
+      if (!v.length) return 'n/a'.padStart(22);
+      const range = v.length > 1 ? ` (${Math.min(...v).toFixed(0)}-${Math.max(...v).toFixed(0)})` : '';
+      return `${mean(v)!.toFixed(0)}${unit}${range}`.padStart(22);
+    };
+    const x = mean(vals(a));
+    const y = mean(vals(b));
+    console.log(`${row.label.padEnd(26)}${fmt(a)}${fmt(b)}${(x && y ? (x / y).toFixed(2) : '-').padStart(8)}${vs.slice(1).map(fmt).join('')}`);
+  }
+  const idle = a.map((r) => r.idleCpu).filter((v): v is number => v !== undefined);
+  const cpu = a.map((r) => r.cpu).filter((v): v is number => v !== undefined);
+  console.log(`server CPU over the guest's 10 idle seconds: ${idle.map((v) => v.toFixed(2)).join(', ')} s; whole guest run: ${cpu.map((v) => v.toFixed(1)).join(', ')} s`);
+  // our server, per I/O (mean of the rounds)
+  const cols = ['srv µs', 'wake-ups', 'msgs', 'doorbells', 'map+unmap', 'DMA rd/wr', 'DMA RTT µs', 'irqs', 'poll wakes'];
+  console.log(`ours, per I/O: ${'workload'.padEnd(26)}${cols.map((c) => c.padStart(11)).join('')}`);
+  for (const row of ROWS) {
+    const bds = a
+      .map((r) => {
+        const s = r.stats.get(row.key);
+        return s && s.length >= 2 ? breakdown(s[0]!, s[1]!, ios(r, row)) : undefined;
+      })
+      .filter((x): x is Breakdown => x !== undefined);
+    if (!bds.length) continue;
+    const m = (f: (b: Breakdown) => number, digits = 2): string => mean(bds.map(f))!.toFixed(digits).padStart(11);
+    console.log(
+      `               ${row.label.padEnd(26)}${m((b) => b.cpuUs, 1)}${m((b) => b.wakeups)}${m((b) => b.msgs)}${m((b) => b.doorbells)}${m((b) => b.maps)}${m((b) => b.dmaMsgs)}${m((b) => b.dmaRttUs, 1)}${m((b) => b.irqs)}${m((b) => b.pollWakeups)}`,
+    );
+  }
+}
+
 async function main(): Promise<void> {
   const runner = process.env.VFU_GUEST_RUN;
   if (!runner) {
@@ -124,40 +268,22 @@ async function main(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'vfu-nvme-guest-'));
   const image = join(dir, 'disk.img');
   writeFileSync(image, '');
-  const { truncateSync } = await import('node:fs');
   truncateSync(image, 256 << 20);
+  const t0 = Date.now();
   try {
     for (const iommu of iommus) {
-      const vs: Run[][] = variants.map(() => []);
-      const b: Run[] = [];
-      for (let i = 0; i < rounds; i++) {
-        // alternate which goes first
-        if (i % 2 === 1) b.push(await qemu(runner, image, iommu));
-        for (let k = 0; k < variants.length; k++) vs[k]!.push(await ours(runner, image, dir, iommu, variants[k]!));
-        if (i % 2 === 0) b.push(await qemu(runner, image, iommu));
+      for (const shared of rams) {
+        const vs: Run[][] = variants.map(() => []);
+        const b: Run[] = [];
+        for (let i = 0; i < rounds; i++) {
+          // alternate which goes first
+          if (i % 2 === 1) b.push(await qemu(runner, image, shared, iommu));
+          for (let k = 0; k < variants.length; k++) vs[k]!.push(await ours(runner, image, dir, shared, iommu, variants[k]!));
+          if (i % 2 === 0) b.push(await qemu(runner, image, shared, iommu));
+        }
+        report(`${shared ? 'guest RAM shared (-M)' : 'guest RAM not shared (DMA by message)'}, ${iommu ? 'vIOMMU (intel-iommu, strict)' : 'no vIOMMU'}`, vs, b);
+        console.log(`(${((Date.now() - t0) / 1000).toFixed(0)} s so far)`);
       }
-      const a = vs[0]!;
-      for (const r of [...vs.flat(), ...b]) {
-        if (r.code !== 0) console.log(`a guest run failed (${r.code}):\n${r.out.slice(-2000)}`);
-      }
-      console.log(`\n${iommu ? 'with a vIOMMU (intel-iommu, strict)' : 'no vIOMMU'}; QEMU TCG, 1 vCPU, same 256 MiB image, both through the host page cache (ours buffered, QEMU cache=writeback); ${rounds} round(s), alternating; best of the rounds`);
-      const others = variants.slice(1).map((v) => v.join(' '));
-      console.log(`${'workload'.padEnd(26)}${'ours'.padStart(14)}${'QEMU nvme'.padStart(14)}${'ratio'.padStart(8)}${others.map((o) => `  ours ${o}`).join('')}`);
-      for (const row of ROWS) {
-        const best = (rs: Run[]): number | undefined => {
-          const v = rs.map((r) => figure(r, row)).filter((x): x is number => x !== undefined);
-          return v.length ? Math.max(...v) : undefined;
-        };
-        const x = best(a);
-        const y = best(b);
-        const unit = row.bs === 4096 ? ' IOPS' : ' MB/s';
-        const fmt = (v: number | undefined): string => (v === undefined ? 'n/a' : `${v.toFixed(0)}${unit}`).padStart(14);
-        const more = vs.slice(1).map((rs) => fmt(best(rs)));
-        console.log(`${row.label.padEnd(26)}${fmt(x)}${fmt(y)}${(x && y ? (x / y).toFixed(2) : '-').padStart(8)}${more.join('')}`);
-      }
-      const idle = a.map((r) => r.idleCpu).filter((v): v is number => v !== undefined);
-      const cpu = a.map((r) => r.cpu).filter((v): v is number => v !== undefined);
-      console.log(`server CPU over the guest's 10 idle seconds: ${idle.map((v) => v.toFixed(2)).join(', ')} s; whole guest run: ${cpu.map((v) => v.toFixed(1)).join(', ')} s`);
     }
   } finally {
     rmSync(dir, { recursive: true, force: true });

@@ -9,12 +9,17 @@
  *   shadow       shadow doorbells + EventIdx (Doorbell Buffer Config) over trapped posted
  *                writes: the driver rings only when the EventIdx asks, the server polls the
  *                shadows while I/O flows and sleeps when it stops
+ *   unshared     trapped posted doorbells, guest memory mapped without an fd: every access is
+ *                a DMA_READ / DMA_WRITE message (QEMU without -M)
  * Workloads: 4 KiB random read / write, 128 KiB sequential read / write, at QD 1 and 32.
  * Per I/O: the server's CPU time (/proc/PID/stat), messages (doorbell writes sent plus
  * interrupts received by the driver) and server wake-ups (voluntary context switches).
  *
  *   node dist/bench/nvme/run.js [--seconds=2] [--size=256M] [--modes=trap-posted,shadow,trap-sync,mmap]
- *        [--poll-us=N] [--idle=S]   (--idle: the server's CPU time over S idle seconds per mode)
+ *        [--poll-us=N] [--idle=S] [--jobs=SUBSTRING,...] [--prof=DIR]
+ *   --idle: the server's CPU time over S idle seconds per mode; --jobs: only jobs whose
+ *   "name QDn" contains one of the substrings (e.g. --jobs="4K QD1"); --prof=DIR: the server
+ *   runs with node --cpu-prof, profiles in DIR
  */
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -26,12 +31,13 @@ import { serveChild } from '../../test/helpers.js';
 import { NvmeDriver } from '../../src/testing/index.js';
 
 const { values } = parseArgs({
-  options: { seconds: { type: 'string' }, size: { type: 'string' }, modes: { type: 'string' }, 'poll-us': { type: 'string' }, idle: { type: 'string' } },
+  options: { seconds: { type: 'string' }, size: { type: 'string' }, modes: { type: 'string' }, 'poll-us': { type: 'string' }, idle: { type: 'string' }, jobs: { type: 'string' }, prof: { type: 'string' } },
 });
 const idleSeconds = Number(values.idle ?? 0);
 const seconds = Number(values.seconds ?? 2);
 const sizeArg = values.size ?? '256M';
-const modes = (values.modes ?? 'trap-posted,shadow,trap-sync,mmap').split(',');
+const modes = (values.modes ?? 'trap-posted,shadow,trap-sync,mmap,unshared').split(',');
+const jobFilter = values.jobs?.split(',');
 
 /** the server's CPU seconds and voluntary context switches (its wake-ups from sleep) */
 function serverStats(pid: number): { cpu: number; wakeups: number } {
@@ -66,7 +72,7 @@ interface Job {
   random: boolean;
 }
 
-const JOBS: Job[] = [
+const ALL_JOBS: Job[] = [
   { name: 'seq write 128K', op: 'write', bs: 128 << 10, qd: 32, random: false },
   { name: 'seq write 128K', op: 'write', bs: 128 << 10, qd: 1, random: false },
   { name: 'seq read 128K', op: 'read', bs: 128 << 10, qd: 1, random: false },
@@ -76,6 +82,8 @@ const JOBS: Job[] = [
   { name: 'rand write 4K', op: 'write', bs: 4096, qd: 1, random: true },
   { name: 'rand write 4K', op: 'write', bs: 4096, qd: 32, random: true },
 ];
+
+const JOBS = ALL_JOBS.filter((j) => !jobFilter || jobFilter.some((f) => `${j.name} QD${j.qd}`.includes(f)));
 
 interface Result {
   iops: number;
@@ -123,10 +131,13 @@ async function main(): Promise<void> {
     for (const mode of modes) {
       const image = join(dir, `${mode}.img`);
       const extra = [...(mode.startsWith('mmap') ? ['--doorbells=mmap'] : []), ...(values['poll-us'] ? [`--poll-us=${values['poll-us']}`] : [])];
-      const srv = await serveChild('nvme', [`--image=${image}`, `--size=${sizeArg}`, '--quiet', ...extra], { taskset: '0' });
+      const srv = await serveChild('nvme', [`--image=${image}`, `--size=${sizeArg}`, '--quiet', ...extra], {
+        taskset: '0',
+        nodeArgs: values.prof ? ['--cpu-prof', `--cpu-prof-dir=${values.prof}`] : [],
+      });
       const pid = srv.child.pid!;
       const client = await VfioUserClient.connect(srv.path);
-      const d = await NvmeDriver.attach(client, { memSize: 64 << 20, posted: mode !== 'trap-sync', mmapDoorbells: mode.startsWith('mmap') });
+      const d = await NvmeDriver.attach(client, { memSize: 64 << 20, posted: mode !== 'trap-sync', mmapDoorbells: mode.startsWith('mmap'), shared: mode !== 'unshared' });
       await d.init({ queues: 1, depth: 64, shadow: mode === 'shadow' || mode === 'mmap-shadow' });
       const blocks = d.nsBlocks;
       for (const job of JOBS) {

@@ -175,6 +175,23 @@ export async function serve(argv: string[]): Promise<number> {
   return serveDevice(dev, args);
 }
 
+/**
+ * The `stats` control command, for benchmarks' per-operation breakdowns: the process's CPU
+ * time (µs) and voluntary context switches (its wake-ups), the session's messages by command
+ * (see ConnectionStats), and the device's own counters when it keeps some (`perfStats`).
+ */
+function stats(server: VfioUserServer, device: PciDevice): Record<string, unknown> {
+  const ru = process.resourceUsage();
+  const s = server.session;
+  return {
+    cpuUs: ru.userCPUTime + ru.systemCPUTime,
+    wakeups: ru.voluntaryContextSwitches,
+    conn: s?.conn.stats.snapshot(),
+    toClient: s && s.toClient !== s.conn ? s.toClient.stats.snapshot() : undefined,
+    device: (device as { perfStats?: unknown }).perfStats,
+  };
+}
+
 /** Serves a resolved device with parsed arguments until SIGTERM/SIGINT or `quit` on stdin. */
 export async function serveDevice(dev: ResolvedDevice, args: ParsedServeArgs): Promise<number> {
   const o = args.serve;
@@ -217,7 +234,7 @@ export async function serveDevice(dev: ResolvedDevice, args: ParsedServeArgs): P
 
   // host-side control on stdin
   const control = dev.factory.control ?? {};
-  const usage = [...Object.values(control).map((c) => c.usage), 'help', 'quit'].join(' | ');
+  const usage = [...Object.values(control).map((c) => c.usage), 'stats', 'help', 'quit'].join(' | ');
   const rl = createInterface({ input: process.stdin });
   rl.on('line', (line) => {
     const [cmd, ...rest] = line.trim().split(/\s+/);
@@ -226,6 +243,7 @@ export async function serveDevice(dev: ResolvedDevice, args: ParsedServeArgs): P
     try {
       if (cmd === 'quit') shutdown();
       else if (cmd === 'help') event('help', { commands: usage });
+      else if (cmd === 'stats') event('stats', stats(server, device));
       else if (Object.hasOwn(control, cmd)) Promise.resolve(control[cmd]!.run(device, rest, ctx)).catch(report);
       else event('error', { message: `unknown control command '${cmd}'`, help: usage });
     } catch (e) {

@@ -120,12 +120,40 @@ export interface RequestOptions {
   timeout?: number;
 }
 
+/**
+ * Traffic counters, for benchmarks' per-operation breakdowns (a few increments per message).
+ * Arrays are indexed by command number (commands past 63 count at 63).
+ */
+export class ConnectionStats {
+  /** commands received from the peer */
+  readonly commandsIn: number[] = new Array<number>(64).fill(0);
+  /** requests we sent that wait for a reply */
+  readonly requestsOut: number[] = new Array<number>(64).fill(0);
+  /** the round trips of those requests, summed (microseconds, send to reply) */
+  readonly rttUs: number[] = new Array<number>(64).fill(0);
+  /** commands we sent with NO_REPLY */
+  readonly postedOut: number[] = new Array<number>(64).fill(0);
+  /** wake-ups of this connection (poll callbacks) */
+  polls = 0;
+
+  /** a plain copy (for JSON) */
+  snapshot(): { commandsIn: number[]; requestsOut: number[]; rttUs: number[]; postedOut: number[]; polls: number } {
+    return { commandsIn: [...this.commandsIn], requestsOut: [...this.requestsOut], rttUs: [...this.rttUs], postedOut: [...this.postedOut], polls: this.polls };
+  }
+}
+
+function slot(command: number): number {
+  return command < 64 ? command : 63;
+}
+
 interface Pending {
   resolve: (m: Message) => void;
   reject: (e: Error) => void;
   command: number;
   expectFds: boolean;
   timer: ReturnType<typeof setTimeout> | undefined;
+  /** performance.now() when sent */
+  sent: number;
   /** a timed-out request: its id is reserved (see ConnectionOptions.tombstoneMs) */
   tombstone?: true;
 }
@@ -197,6 +225,8 @@ export class Connection {
   onClose: ((err: VfioUserError | undefined, conn: Connection) => void) | undefined;
   private readonly onRaw: ((msg: Message, conn: Connection) => void) | undefined;
   private readonly onBadHeader: ((header: Header, problem: string) => void) | undefined;
+  /** traffic counters */
+  readonly stats = new ConnectionStats();
 
   private rbuf: Uint8Array;
   private rstart = 0; // first unconsumed byte in rbuf
@@ -291,6 +321,7 @@ export class Connection {
 
   private onPoll(status: number, events: number): void {
     if (this.closed) return;
+    this.stats.polls++;
     if (status < 0) {
       // libuv reports POLLERR as a failed poll (UV_EBADF) and stops watching. On a UNIX socket
       // that is usually ECONNRESET: the peer closed with our data unread. What it sent before
@@ -479,6 +510,7 @@ export class Connection {
         return;
       }
       this.pending.delete(msg.header.msgId);
+      this.stats.rttUs[slot(p.command)]! += (performance.now() - p.sent) * 1000;
       if (p.tombstone) this.tombs.delete(msg.header.msgId);
       if (p.timer) clearTimeout(p.timer);
       if (!p.expectFds && msg.fds.length) {
@@ -532,6 +564,7 @@ export class Connection {
   }
 
   private runCommand(msg: Message): void {
+    this.stats.commandsIn[slot(msg.header.command)]!++;
     const problem = commandHeaderProblem(msg.header);
     if (problem !== undefined || !this.onCommand) {
       // framing is intact: answer (unless no reply is wanted) and go on
@@ -699,7 +732,8 @@ export class Connection {
       return Promise.reject(e);
     }
     return new Promise<Message>((resolve, reject) => {
-      const p: Pending = { resolve, reject, command, expectFds: opts.expectFds ?? false, timer: undefined };
+      const p: Pending = { resolve, reject, command, expectFds: opts.expectFds ?? false, timer: undefined, sent: performance.now() };
+      this.stats.requestsOut[slot(command)]!++;
       this.pending.set(id, p);
       if (opts.timeout !== undefined) {
         p.timer = setTimeout(() => {
@@ -727,6 +761,7 @@ export class Connection {
   post(command: number, payload: Uint8Array | null, fds?: readonly number[]): boolean {
     const id = this.nextId;
     this.nextId = (this.nextId + 1) & 0xffff;
+    this.stats.postedOut[slot(command)]!++;
     return this.send({ msgId: id, command, size: 0, flags: MSG_TYPE_COMMAND | FLAG_NO_REPLY, error: 0 }, payload, fds);
   }
 

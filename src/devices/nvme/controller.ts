@@ -156,6 +156,12 @@ export class NvmeDevice extends PciDevice {
     const p = this.c.poller;
     return { wakeups: p.wakeups, turns: p.turns, polling: p.polling, pending: p.pending };
   }
+  /** counters for benchmarks' per-I/O breakdowns: commands completed, interrupts raised, MMIO doorbell writes, poller */
+  get perfStats(): { commands: number; irqs: number; mmioDoorbells: number; pollWakeups: number; pollTurns: number } {
+    const p = this.c.poller;
+    return { ...this.c.counters, pollWakeups: p.wakeups, pollTurns: p.turns };
+  }
+
 
   /** Stops fetching and waits until nothing is in flight. */
   quiesce(): Promise<void> {
@@ -191,7 +197,10 @@ export class NvmeDevice extends PciDevice {
         merged = ((merged & ~(0xff << sh)) | (data[i]! << sh)) >>> 0;
         only = (only | (data[i]! << sh)) >>> 0;
       }
-      if (dw >= DOORBELL_BASE) doorbell(this.c, dw, merged);
+      if (dw >= DOORBELL_BASE) {
+        this.c.counters.mmioDoorbells++;
+        doorbell(this.c, dw, merged);
+      }
       else this.writeReg(dw, merged, only);
     }
   }

@@ -104,6 +104,8 @@ export class NvmeCore {
   poller!: Poller;
   mmapDoorbells: Uint32Array | undefined;
   lastDoorbells: Uint32Array | undefined;
+  /** for benchmarks' per-I/O breakdowns: commands completed, interrupts raised, MMIO doorbell writes */
+  readonly counters = { commands: 0, irqs: 0, mmioDoorbells: 0 };
   /** executes one command (the controller's dispatch); undefined: it completes later (AER) */
   execute!: (sq: SubQueue, sqe: Uint8Array) => Promise<Result | undefined>;
 

@@ -48,6 +48,7 @@ export async function runSq(c: NvmeCore, sq: SubQueue): Promise<void> {
         cq.reserved--;
       }
       if (gen !== c.generation || c.sqs[sq.id] !== sq) break;
+      c.counters.commands++;
       if (res) post(c, cq, sq.id, sqe, res);
       if (++n % 32 === 0) flushIrqs(c);
     }
@@ -165,6 +166,7 @@ export function flushIrqs(c: NvmeCore, timeUp = false): void {
     cq.irqPending = false;
     cq.coalesced = 0;
     if (!cq.ien) continue;
+    c.counters.irqs++;
     if (msix) c.dev.trigger(IrqIndex.MSIX, cq.iv);
     else intx = true;
   }
