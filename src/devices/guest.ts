@@ -11,8 +11,14 @@ export interface Segment {
   len: number;
 }
 
-/** Reads guest memory: synchronously when shared, else by DMA_READ messages. */
+/**
+ * Reads guest memory: synchronously when shared, else by DMA_READ messages. (Memory that is
+ * not shared is told apart without an exception: this is the hot path of DMA by message.)
+ */
 export function guestRead(dma: DmaController, iova: number, len: number): Uint8Array | Promise<Uint8Array> {
+  const v = dma.tryView(iova, len, false);
+  if (v) return v.slice();
+  if (!dma.isShared(iova, len)) return dma.read(iova, len);
   try {
     return dma.readSync(iova, len);
   } catch (e) {
@@ -23,6 +29,12 @@ export function guestRead(dma: DmaController, iova: number, len: number): Uint8A
 
 /** Writes guest memory: synchronously when shared, else by DMA_WRITE messages. */
 export function guestWrite(dma: DmaController, iova: number, data: Uint8Array): void | Promise<void> {
+  const v = dma.tryView(iova, data.length, true);
+  if (v) {
+    v.set(data);
+    return;
+  }
+  if (!dma.isShared(iova, data.length)) return dma.write(iova, data);
   try {
     dma.writeSync(iova, data);
   } catch (e) {
@@ -31,34 +43,76 @@ export function guestWrite(dma: DmaController, iova: number, data: Uint8Array): 
   }
 }
 
-/** Scatters data over the segments (stops when data runs out). */
-export async function toGuest(dma: DmaController, segs: readonly Segment[], data: Uint8Array): Promise<void> {
+/**
+ * Scatters data over the segments (stops when data runs out). Segments that need DMA_WRITE
+ * messages are all sent at once (the client answers them in order): one round trip for the
+ * whole transfer, not one per segment.
+ */
+export function toGuest(dma: DmaController, segs: readonly Segment[], data: Uint8Array): Promise<void> {
+  let writes: Promise<void>[] | undefined;
   let p = 0;
-  for (const s of segs) {
-    if (p >= data.length) break;
-    await guestWrite(dma, s.iova, data.subarray(p, p + s.len));
-    p += s.len;
+  try {
+    for (const s of segs) {
+      if (p >= data.length) break;
+      const w = guestWrite(dma, s.iova, data.subarray(p, p + s.len));
+      if (w) (writes ??= []).push(w);
+      p += s.len;
+    }
+  } catch (e) {
+    return settleThenFail(writes, e);
   }
+  return writes ? allDone(writes) : Promise.resolve();
 }
 
-/** Gathers `len` bytes from the segments. */
-export async function fromGuest(dma: DmaController, segs: readonly Segment[], len: number): Promise<Uint8Array> {
+/**
+ * Gathers `len` bytes from the segments. DMA_READs for all segments are sent at once (within
+ * the messenger's window): one round trip for the transfer, not one per segment.
+ */
+export function fromGuest(dma: DmaController, segs: readonly Segment[], len: number): Promise<Uint8Array> {
   const out = new Uint8Array(len);
+  let reads: Promise<void>[] | undefined;
   let p = 0;
-  for (const s of segs) {
-    if (p >= len) break;
-    const n = Math.min(s.len, len - p);
-    out.set(await guestRead(dma, s.iova, n), p);
-    p += n;
+  try {
+    for (const s of segs) {
+      if (p >= len) break;
+      const n = Math.min(s.len, len - p);
+      const at = p;
+      const r = guestRead(dma, s.iova, n);
+      if (r instanceof Uint8Array) out.set(r, at);
+      else (reads ??= []).push(r.then((d) => out.set(d, at)));
+      p += n;
+    }
+  } catch (e) {
+    return settleThenFail(reads, e);
   }
-  return out;
+  return reads ? allDone(reads).then(() => out) : Promise.resolve(out);
+}
+
+/** Waits for every transfer (none is left running), then fails with the first error. */
+async function allDone(ps: Promise<void>[]): Promise<void> {
+  const rs = await Promise.allSettled(ps);
+  for (const r of rs) if (r.status === 'rejected') throw r.reason;
+}
+
+/** A synchronous failure after some transfers started: they finish first, then it fails. */
+async function settleThenFail(ps: Promise<void>[] | undefined, e: unknown): Promise<never> {
+  if (ps) await Promise.allSettled(ps);
+  throw e;
 }
 
 /** Zero-copy views of every segment, or undefined when some are not shared memory (or not mapped). */
 export function sgViews(dma: DmaController, segs: readonly Segment[], write: boolean): Uint8Array[] | undefined {
   const out: Uint8Array[] = [];
   try {
-    for (const s of segs) for (const v of dma.views(s.iova, s.len, write)) out.push(v);
+    for (const s of segs) {
+      const v = dma.tryView(s.iova, s.len, write);
+      if (v) {
+        out.push(v);
+        continue;
+      }
+      if (!dma.isShared(s.iova, s.len)) return undefined; // DMA by message (no exception on that path)
+      for (const w of dma.views(s.iova, s.len, write)) out.push(w);
+    }
   } catch (e) {
     if (!(e instanceof DmaError)) throw e;
     return undefined; // the caller's message path reports real faults

@@ -388,6 +388,16 @@ export class DmaController {
     return out;
   }
 
+  /**
+   * A zero-copy view of [iova, iova+length) when it is the common case — a number address, the
+   * range in one sealed shared map and one window — else undefined (never throws; use views(),
+   * readSync() or read() for the rest). Valid as views() are; with write=true the pages are
+   * logged dirty.
+   */
+  tryView(iova: Iova, length: number, write = false): Uint8Array | undefined {
+    return this.fastView(iova, length, write);
+  }
+
   /** The common case, quickly: a number address, the range in one sealed map and one window. */
   private fastView(iova: Iova, length: number, write: boolean): Uint8Array | undefined {
     if (typeof iova !== 'number' || !(length > 0)) return undefined;
@@ -491,6 +501,9 @@ export class DmaController {
     if (segs.every((s) => s.r.file)) return this.readSync(iova, length);
     const out = new Uint8Array(length);
     const pin = this.pinRegions([...new Set(segs.map((s) => s.r))]);
+    // every chunk's DMA_READ is sent at once (the messenger bounds what is in flight): one
+    // round trip for the whole range, not one per chunk
+    const reads: Promise<void>[] = [];
     try {
       let pos = 0;
       for (const s of segs) {
@@ -501,16 +514,20 @@ export class DmaController {
           const base = big(s.r.iova) + big(s.off);
           for (let done = 0; done < s.len; ) {
             const n = Math.min(m.maxTransfer, s.len - done);
-            const chunk = await m.read(base + big(done), n);
-            if (chunk.length !== n) throw new DmaError(`client returned ${chunk.length} bytes for a ${n}-byte DMA read`, Errno.EIO);
-            out.set(chunk, pos + done);
+            const at = pos + done;
+            reads.push(
+              m.read(base + big(done), n).then((chunk) => {
+                if (chunk.length !== n) throw new DmaError(`client returned ${chunk.length} bytes for a ${n}-byte DMA read`, Errno.EIO);
+                out.set(chunk, at);
+              }),
+            );
             done += n;
           }
         }
         pos += s.len;
       }
     } finally {
-      pin.release();
+      await settled(reads, pin);
     }
     return out;
   }
@@ -521,6 +538,8 @@ export class DmaController {
     if (segs.every((s) => s.r.file)) return this.writeSync(iova, data);
     const pin = this.pinRegions([...new Set(segs.map((s) => s.r))]);
     const ticket = this.writeOrder.begin();
+    // every chunk's DMA_WRITE is sent at once (the client answers in order): one round trip
+    const writes: Promise<void>[] = [];
     try {
       let pos = 0;
       for (const s of segs) {
@@ -532,7 +551,7 @@ export class DmaController {
           const base = big(s.r.iova) + big(s.off);
           for (let done = 0; done < s.len; ) {
             const n = Math.min(m.maxTransfer, s.len - done);
-            await m.write(base + big(done), part.subarray(done, done + n));
+            writes.push(m.write(base + big(done), part.subarray(done, done + n)));
             done += n;
           }
         }
@@ -540,8 +559,11 @@ export class DmaController {
         pos += s.len;
       }
     } finally {
-      pin.release();
-      this.writeOrder.end(ticket);
+      try {
+        await settled(writes, pin);
+      } finally {
+        this.writeOrder.end(ticket);
+      }
     }
   }
 
@@ -616,4 +638,14 @@ export class DmaController {
     if (!this.dirty) throw new DmaError('DMA logging is not started', Errno.EINVAL);
     return this.dirty.report(iova, length, pageSize);
   }
+}
+
+/**
+ * Waits until every transfer has finished (none is left running when the caller fails), then
+ * releases the pin and throws the first failure, if any.
+ */
+async function settled(ps: Promise<void>[], pin: { release(): void }): Promise<void> {
+  const rs = ps.length ? await Promise.allSettled(ps) : [];
+  pin.release();
+  for (const r of rs) if (r.status === 'rejected') throw r.reason;
 }

@@ -156,12 +156,12 @@ export class NvmeDevice extends PciDevice {
     const p = this.c.poller;
     return { wakeups: p.wakeups, turns: p.turns, polling: p.polling, pending: p.pending };
   }
-  /** counters for benchmarks' per-I/O breakdowns: commands completed, interrupts raised, MMIO doorbell writes, poller */
-  get perfStats(): { commands: number; irqs: number; mmioDoorbells: number; pollWakeups: number; pollTurns: number } {
-    const p = this.c.poller;
-    return { ...this.c.counters, pollWakeups: p.wakeups, pollTurns: p.turns };
-  }
 
+  /** counters for benchmarks' per-I/O breakdowns: commands completed, interrupts raised, MMIO doorbell writes, poller */
+  get perfStats(): { commands: number; irqs: number; mmioDoorbells: number; pollWakeups: number; pollTurns: number; pollWindowUs: number } {
+    const p = this.c.poller;
+    return { ...this.c.counters, pollWakeups: p.wakeups, pollTurns: p.turns, pollWindowUs: p.windowUs };
+  }
 
   /** Stops fetching and waits until nothing is in flight. */
   quiesce(): Promise<void> {

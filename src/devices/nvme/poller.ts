@@ -1,17 +1,24 @@
 /**
  * A poller that sleeps. While work flows it calls `step` once per event-loop turn
  * (setImmediate: sockets are still served between turns); once `step` has found nothing for
- * `spinUs` microseconds it calls `arm`, which publishes what makes the host notify us again
+ * the poll window it calls `arm`, which publishes what makes the host notify us again
  * (EventIdx) and re-checks for work that raced with it; if there is none, the poller stops:
  * no timer, no CPU, until `kick()` (an MMIO doorbell arrived). With `idleMs` (a doorbell page
  * the host writes without notifying us) it keeps a slow unref'd timer instead of stopping.
+ *
+ * The window adapts, like KVM's halt polling: at each wake-up from sleep, the time since the
+ * last work is the gap polling would have had to cover. A gap within `spinUs` grows the
+ * window to cover it (polling would have caught that work without a notification); a longer
+ * gap halves it (polling only burned CPU), down to 0. So a host that submits its next
+ * command long after our completion (a guest at queue depth 1 under emulation) costs no
+ * polling at all, while a stream of commands is caught by polling, without notifications.
  */
 export interface PollerOptions {
   /** one pass over the doorbells; true when something moved */
   step: () => boolean;
   /** before sleeping: publish EventIdx values, re-check; true when something moved meanwhile */
   arm: () => boolean;
-  /** keep polling this long after the last work (microseconds; 0: sleep at once) */
+  /** keep polling at most this long after the last work (microseconds; 0: sleep at once) */
   spinUs: number;
   /** when asleep, poll every idleMs anyway (0: truly asleep) */
   idleMs?: number;
@@ -22,7 +29,11 @@ export class Poller {
   private immediate: NodeJS.Immediate | undefined;
   private timer: NodeJS.Timeout | undefined;
   private last = 0;
+  /** when the last work was seen before the current sleep (-1: never) */
+  private lastWork = -1;
   private stopped = true;
+  /** the current poll window (microseconds, 0..spinUs) */
+  windowUs: number;
   /** true from kick() until arm() lets it sleep */
   polling = false;
   /** statistics: wake-ups from sleep, polling turns */
@@ -31,6 +42,7 @@ export class Poller {
 
   constructor(o: PollerOptions) {
     this.o = o;
+    this.windowUs = o.spinUs;
   }
 
   /** Starts (or restarts after stop()) in the sleeping state. */
@@ -75,7 +87,7 @@ export class Poller {
     if (this.stopped) return; // step may reset the controller
     const now = performance.now();
     if (moved) this.wake(now);
-    if (!(this.polling && now - this.last < this.o.spinUs / 1000)) {
+    if (!(this.polling && now - this.last < this.windowUs / 1000)) {
       const raced = this.o.arm();
       if (this.stopped) return;
       if (!raced) {
@@ -88,12 +100,23 @@ export class Poller {
   };
 
   private wake(now: number): void {
+    if (!this.polling) {
+      this.wakeups++;
+      if (this.lastWork >= 0) this.adapt((now - this.lastWork) * 1000);
+    }
     this.last = now;
-    if (!this.polling) this.wakeups++;
     this.polling = true;
   }
 
+  /** A wake-up came gapUs after the last work: resize the window (see the class comment). */
+  private adapt(gapUs: number): void {
+    const max = this.o.spinUs;
+    if (gapUs <= max) this.windowUs = Math.min(max, Math.max(2 * this.windowUs, 1.25 * gapUs));
+    else this.windowUs = this.windowUs < 2 ? 0 : this.windowUs / 2;
+  }
+
   private sleep(): void {
+    if (this.polling) this.lastWork = this.last;
     this.polling = false;
     if (this.o.idleMs) {
       this.timer = setTimeout(this.turn, this.o.idleMs);

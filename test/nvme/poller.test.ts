@@ -1,0 +1,60 @@
+/**
+ * The NVMe poller's adaptive window (src/devices/nvme/poller.ts): work that arrives long after
+ * the last one shrinks the window to nothing (no CPU spent polling for a host that is slow to
+ * submit), work that arrives soon after grows it to cover the gap.
+ */
+import { test, describe } from 'node:test';
+import assert from 'node:assert/strict';
+import { Poller } from '../../src/devices/nvme/poller.js';
+import { delay } from '../helpers.js';
+
+async function asleep(p: Poller): Promise<void> {
+  const end = Date.now() + 5000;
+  while (p.polling || p.pending) {
+    if (Date.now() > end) throw new Error('the poller did not go to sleep');
+    await delay(1);
+  }
+}
+
+describe('nvme poller', () => {
+  test('gaps longer than the window shrink it to 0: then it sleeps after one turn', async () => {
+    let arms = 0;
+    const p = new Poller({ step: () => false, arm: () => (arms++, false), spinUs: 1000 });
+    p.start();
+    try {
+      assert.equal(p.windowUs, 1000);
+      for (let i = 0; i < 12; i++) {
+        p.kick();
+        await asleep(p);
+        await delay(10); // a 10 ms gap: far beyond the 1 ms the window may reach
+      }
+      assert.equal(p.windowUs, 0);
+      const turns = p.turns;
+      p.kick();
+      await asleep(p);
+      assert.equal(p.turns - turns, 1, 'one turn, then sleep');
+      assert.equal(arms, 13);
+    } finally {
+      p.stop();
+    }
+  });
+
+  test('a gap within the maximum grows the window to cover it; never past the maximum', async () => {
+    const p = new Poller({ step: () => false, arm: () => false, spinUs: 1_000_000 });
+    p.start();
+    try {
+      p.windowUs = 0;
+      p.kick();
+      await asleep(p);
+      await delay(2);
+      p.kick(); // a gap of at least 2 ms after the last work, within the 1 s maximum
+      assert.ok(p.windowUs >= 2000 * 1.25 && p.windowUs <= 1_000_000, `window ${p.windowUs} µs`);
+      await asleep(p);
+      const w = p.windowUs;
+      p.kick(); // at once: the window doubles (or covers the gap), bounded by the maximum
+      assert.ok(p.windowUs >= Math.min(2 * w, 1_000_000) && p.windowUs <= 1_000_000);
+    } finally {
+      p.stop();
+    }
+  });
+});
