@@ -416,6 +416,18 @@ export class DmaController {
     return undefined;
   }
 
+  /**
+   * True when every byte of the range is mapped with the permission and none of it is shared by
+   * fd: an access can only go by DMA message (and nothing but the client can fail it). Never throws.
+   */
+  onlyByMessage(iova: Iova, length: number, write = false): boolean {
+    try {
+      return this.segments(iova, length, write).every((s) => !s.r.file);
+    } catch {
+      return false;
+    }
+  }
+
   /** True when every byte of the range is shared memory the server can view directly. */
   isShared(iova: Iova, length: number): boolean {
     try {

@@ -295,16 +295,22 @@ export class NvmeDevice extends PciDevice {
 
   // ------------------------------------------------------------ command dispatch
 
-  private async execute(sq: SubQueue, sqe: Uint8Array): Promise<Result | undefined> {
+  /** Runs one command: synchronously when it can (I/O on shared memory), else a promise. */
+  private execute(sq: SubQueue, sqe: Uint8Array): Result | undefined | Promise<Result | undefined> {
     try {
       if (sqe[1]! & 0x03) return { status: Status.INVALID_FIELD | DNR }; // fused operations unsupported
-      return sq.id === 0 ? await admin(this.c, sq, sqe) : await io(this.c, sq, sqe);
+      const r = sq.id === 0 ? admin(this.c, sq, sqe) : io(this.c, sq, sqe);
+      return r instanceof Promise ? r.catch((e: unknown) => this.failed(sqe, e)) : r;
     } catch (e) {
-      if (e instanceof NvmeStatusError) return { status: e.status };
-      if (e instanceof DmaError) return { status: Status.DATA_TRANSFER_ERROR };
-      this.log(`internal error in opcode 0x${sqe[0]!.toString(16)}: ${(e as Error).stack ?? String(e)}`);
-      return { status: Status.INTERNAL_ERROR };
+      return this.failed(sqe, e);
     }
+  }
+
+  private failed(sqe: Uint8Array, e: unknown): Result {
+    if (e instanceof NvmeStatusError) return { status: e.status };
+    if (e instanceof DmaError) return { status: Status.DATA_TRANSFER_ERROR };
+    this.log(`internal error in opcode 0x${sqe[0]!.toString(16)}: ${(e as Error).stack ?? String(e)}`);
+    return { status: Status.INTERNAL_ERROR };
   }
 }
 

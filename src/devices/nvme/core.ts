@@ -107,7 +107,7 @@ export class NvmeCore {
   /** for benchmarks' per-I/O breakdowns: commands completed, interrupts raised, MMIO doorbell writes */
   readonly counters = { commands: 0, irqs: 0, mmioDoorbells: 0 };
   /** executes one command (the controller's dispatch); undefined: it completes later (AER) */
-  execute!: (sq: SubQueue, sqe: Uint8Array) => Promise<Result | undefined>;
+  execute!: (sq: SubQueue, sqe: Uint8Array) => Result | undefined | Promise<Result | undefined>;
 
   constructor(o: CoreOptions) {
     this.dev = o.dev;

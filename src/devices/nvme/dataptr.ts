@@ -34,14 +34,18 @@ function push(segs: Segment[], iova: number, len: number): void {
   else segs.push({ iova, len });
 }
 
-/** PRP1/PRP2 (with PRP lists) for a transfer of len bytes with memory page size pageSize. */
-export async function prpSegments(mem: GuestReader, prp1: number, prp2: number, len: number, pageSize: number): Promise<Segment[]> {
+/**
+ * PRP1/PRP2 (with PRP lists) for a transfer of len bytes with memory page size pageSize.
+ * Synchronous while the lists are in shared memory (or there are none): a promise only when a
+ * list has to be read by message.
+ */
+export function prpSegments(mem: GuestReader, prp1: number, prp2: number, len: number, pageSize: number): Segment[] | Promise<Segment[]> {
   const segs: Segment[] = [];
   if (len === 0) return segs;
   if (prp1 % 4) bad(Status.INVALID_PRP_OFFSET, 'PRP1 is not dword aligned');
   const first = Math.min(len, pageSize - (prp1 % pageSize));
   push(segs, prp1, first);
-  let rem = len - first;
+  const rem = len - first;
   if (rem === 0) return segs;
   if (rem <= pageSize) {
     if (prp2 % pageSize) bad(Status.INVALID_PRP_OFFSET, 'PRP2 has a page offset');
@@ -49,26 +53,41 @@ export async function prpSegments(mem: GuestReader, prp1: number, prp2: number, 
     return segs;
   }
   if (prp2 % 8) bad(Status.INVALID_PRP_OFFSET, 'PRP list pointer is not qword aligned');
-  let list = prp2;
-  while (rem > 0) {
-    const room = (pageSize - (list % pageSize)) / 8; // entries left in this list page
-    const need = Math.ceil(rem / pageSize);
+  return prpList(mem, segs, { list: prp2, rem }, pageSize);
+}
+
+/** Walks PRP list pages from `at` until `at.rem` bytes are covered. */
+function prpList(mem: GuestReader, segs: Segment[], at: { list: number; rem: number }, pageSize: number): Segment[] | Promise<Segment[]> {
+  while (at.rem > 0) {
+    const room = (pageSize - (at.list % pageSize)) / 8; // entries left in this list page
+    const need = Math.ceil(at.rem / pageSize);
     const n = need <= room ? need : room; // when more are needed, the last entry chains
-    const entries = await mem.read(list, n * 8);
-    const data = need <= room ? n : n - 1;
-    for (let i = 0; i < data; i++) {
-      const e = u64(entries, i * 8);
-      if (e % pageSize) bad(Status.INVALID_PRP_OFFSET, `PRP entry 0x${e.toString(16)} has a page offset`);
-      const l = Math.min(pageSize, rem);
-      push(segs, e, l);
-      rem -= l;
+    const entries = mem.read(at.list, n * 8);
+    if (!(entries instanceof Uint8Array)) {
+      return entries.then((e) => {
+        prpEntries(segs, at, e, n, need <= room, pageSize);
+        return prpList(mem, segs, at, pageSize);
+      });
     }
-    if (rem > 0) {
-      list = u64(entries, (n - 1) * 8);
-      if (list % pageSize) bad(Status.INVALID_PRP_OFFSET, 'chained PRP list pointer has a page offset');
-    }
+    prpEntries(segs, at, entries, n, need <= room, pageSize);
   }
   return segs;
+}
+
+/** One list page's n entries: data pages, and the chain pointer unless `last`. */
+function prpEntries(segs: Segment[], at: { list: number; rem: number }, entries: Uint8Array, n: number, last: boolean, pageSize: number): void {
+  const data = last ? n : n - 1;
+  for (let i = 0; i < data; i++) {
+    const e = u64(entries, i * 8);
+    if (e % pageSize) bad(Status.INVALID_PRP_OFFSET, `PRP entry 0x${e.toString(16)} has a page offset`);
+    const l = Math.min(pageSize, at.rem);
+    push(segs, e, l);
+    at.rem -= l;
+  }
+  if (at.rem > 0) {
+    at.list = u64(entries, (n - 1) * 8);
+    if (at.list % pageSize) bad(Status.INVALID_PRP_OFFSET, 'chained PRP list pointer has a page offset');
+  }
 }
 
 /**

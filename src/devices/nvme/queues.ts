@@ -15,15 +15,33 @@ export function cqFull(cq: CompQueue, extra: number): boolean {
   return used + cq.reserved + extra >= cq.size - 1;
 }
 
-/** Fetches and executes the commands of one SQ, in order, until it is empty or its CQ is full. */
+/** commands one SQ runs in a row without yielding the event loop (round robin between SQs) */
+export const SQ_BURST = 32;
+
+/**
+ * Fetches and executes the commands of one SQ, in order, until it is empty or its CQ is full.
+ * With shared guest memory an I/O command runs synchronously, in the turn that found it (one
+ * microtask after, not a chain of promise hops per command: the completion and its interrupt
+ * go out at once); after SQ_BURST commands in a row the queue yields a turn, so the other
+ * queues and the socket are served in between.
+ */
 export async function runSq(c: NvmeCore, sq: SubQueue): Promise<void> {
   if (sq.active) return;
   sq.active = true;
   const gen = c.generation;
   c.inflight++;
-  let n = 0;
+  let burst = 0;
   try {
+    // one microtask hop: whoever found the work (a doorbell, a shadow scan) finishes its pass
+    // over the queues and trackers before any command of this burst runs
+    await Promise.resolve();
     while (c.running && gen === c.generation && c.sqs[sq.id] === sq && sq.head !== sq.tail) {
+      if (burst === SQ_BURST) {
+        burst = 0;
+        flushIrqs(c);
+        await new Promise<void>((r) => setImmediate(r));
+        continue; // everything is checked again
+      }
       const cq = c.cqs[sq.cqid];
       if (!cq) break;
       if (cq.db && cqFull(cq, 0)) {
@@ -34,23 +52,26 @@ export async function runSq(c: NvmeCore, sq: SubQueue): Promise<void> {
       if (cq.backlog.length || cqFull(cq, 0)) break; // resumed by the CQ head doorbell
       let sqe: Uint8Array;
       try {
-        sqe = await guestRead(c.dev.dma, sq.base + sq.head * SQE_SIZE, SQE_SIZE);
+        const got = guestRead(c.dev.dma, sq.base + sq.head * SQE_SIZE, SQE_SIZE);
+        sqe = got instanceof Uint8Array ? got : await got;
       } catch (e) {
         c.fatal(`cannot fetch SQ ${sq.id} entry ${sq.head}: ${(e as Error).message}`);
         break;
       }
+      if (gen !== c.generation || c.sqs[sq.id] !== sq) break;
       sq.head = (sq.head + 1) % sq.size;
       cq.reserved++;
       let res: Result | undefined;
       try {
-        res = await c.execute(sq, sqe);
+        const r = c.execute(sq, sqe);
+        res = r instanceof Promise ? await r : r;
       } finally {
         cq.reserved--;
       }
       if (gen !== c.generation || c.sqs[sq.id] !== sq) break;
       c.counters.commands++;
       if (res) post(c, cq, sq.id, sqe, res);
-      if (++n % 32 === 0) flushIrqs(c);
+      burst++;
     }
   } finally {
     sq.active = false;
@@ -104,21 +125,17 @@ function writeCqe(c: NvmeCore, cq: CompQueue, sqid: number, cid: number, status:
   const addr = cq.base + cq.tail * CQE_SIZE;
   const dw3 = (cid | (cq.phase << 16) | (status << 17)) >>> 0;
   const dma = c.dev.dma;
-  try {
-    const v = dma.views(addr, CQE_SIZE, true);
-    if (v.length === 1 && v[0]!.byteOffset % 4 === 0) {
-      // the dword with the phase tag goes last, as a single store
-      const w = new Int32Array(v[0]!.buffer, v[0]!.byteOffset, 4);
-      w[0] = dw0;
-      w[1] = 0;
-      w[2] = sqhd | (sqid << 16);
-      Atomics.store(w, 3, dw3 | 0);
-    } else {
-      dma.writeSync(addr, cqeBytes(dw0, sqhd, sqid, dw3));
-    }
-  } catch (e) {
-    if (!(e instanceof DmaError)) throw e;
-    // not shared memory: DMA_WRITE message (in order on the socket)
+  const v = dma.tryView(addr, CQE_SIZE, true);
+  if (v && v.byteOffset % 4 === 0) {
+    // the dword with the phase tag goes last, as a single store
+    const w = new Int32Array(v.buffer, v.byteOffset, 4);
+    w[0] = dw0;
+    w[1] = 0;
+    w[2] = sqhd | (sqid << 16);
+    Atomics.store(w, 3, dw3 | 0);
+  } else if (!dma.isShared(addr, CQE_SIZE) || !writeSharedCqe(c, addr, cqeBytes(dw0, sqhd, sqid, dw3))) {
+    // not shared memory: a DMA_WRITE message (in order on the socket, behind the data of the
+    // command; its interrupt waits for both: see WriteOrder)
     const gen = c.generation;
     c.inflight++;
     void dma.write(addr, cqeBytes(dw0, sqhd, sqid, dw3)).then(
@@ -135,6 +152,17 @@ function writeCqe(c: NvmeCore, cq: CompQueue, sqid: number, cid: number, status:
   }
   cq.irqPending = true;
   cq.coalesced++;
+}
+
+/** A CQE into shared memory that is not one aligned view; false when that failed (DmaError). */
+function writeSharedCqe(c: NvmeCore, addr: number, cqe: Uint8Array): boolean {
+  try {
+    c.dev.dma.writeSync(addr, cqe);
+    return true;
+  } catch (e) {
+    if (!(e instanceof DmaError)) throw e;
+    return false;
+  }
 }
 
 function cqeBytes(dw0: number, sqhd: number, sqid: number, dw3: number): Uint8Array {
@@ -190,7 +218,7 @@ export function updateIntx(c: NvmeCore): void {
 }
 
 /** The data segments of a command (PRPs, or SGLs for I/O commands), lists read from the guest. */
-export async function dataSegments(c: NvmeCore, sq: SubQueue, sqe: Uint8Array, len: number): Promise<Segment[]> {
+export function dataSegments(c: NvmeCore, sq: SubQueue, sqe: Uint8Array, len: number): Segment[] | Promise<Segment[]> {
   const psdt = sqe[1]! >> 6;
   const mem = { read: (iova: number, n: number) => guestRead(c.dev.dma, iova, n) };
   if (psdt === 0) return prpSegments(mem, u64(sqe, 24), u64(sqe, 32), len, c.regs.pageSize);
