@@ -146,3 +146,27 @@ test('serve --print-description / --install-description: the JSON description, f
     assert.equal(readFileSync(join(SHARE, f), 'utf8'), r.stdout, `${f} is out of date (regenerate with vfio-user serve ${name} --install-description=share/vfio-user)`);
   }
 });
+
+test('serve: the stats control command counts the session\'s messages by command, CPU time and the device\'s counters', async () => {
+  const srv = await serveChild('nvme', ['--size=1M']);
+  try {
+    srv.send('stats');
+    const idle = await srv.waitEvent('stats');
+    assert.equal(typeof idle.cpuUs, 'number');
+    assert.equal(idle.conn, undefined, 'no session yet');
+    const c = await VfioUserClient.connect(srv.path);
+    try {
+      for (let i = 0; i < 5; i++) await c.read(0, 0, 4);
+      srv.send('stats');
+      const s = (await srv.waitEvent('stats')) as { conn: { commandsIn: number[] }; device: { commands: number; pollWakeups: number } };
+      assert.equal(s.conn.commandsIn[1], 1, 'one VERSION');
+      assert.equal(s.conn.commandsIn[9], 5, 'five REGION_READs');
+      assert.equal(s.device.commands, 0);
+      assert.equal(typeof s.device.pollWakeups, 'number');
+    } finally {
+      c.close();
+    }
+  } finally {
+    assert.equal(await srv.stop(), 0);
+  }
+});
