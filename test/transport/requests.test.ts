@@ -130,7 +130,9 @@ describe('transport: reply matching', () => {
   });
 
   test('timed-out ids are not reused while their tombstone stands', async () => {
-    const { conn, peer } = pair();
+    // a tombstone that outlives the test: on a loaded machine 65,535 round trips can take longer
+    // than the default 60 s, and an expired tombstone frees the id (the last request then waits)
+    const { conn, peer } = pair({ tombstoneMs: 3_600_000 });
     const p = conn.request(9, null, { timeout: 10 });
     const q = (await peer.recv())!;
     await assert.rejects(p, isErr('VFU_TIMEOUT'));
