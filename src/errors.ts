@@ -15,7 +15,8 @@
 export type VfioUserErrorCode =
   | 'VFU_DISCONNECTED' // the peer hung up, or the connection was closed locally
   | 'VFU_REMOTE_ERROR' // the peer answered with an error reply (see errno)
-  | 'VFU_TIMEOUT' // no reply within the requested time
+  | 'VFU_TIMEOUT' // no reply (or no interrupt) within the requested time
+  | 'VFU_ABORTED' // the caller's AbortSignal fired (the error's cause is the signal's reason)
   | 'VFU_MESSAGE_TOO_LARGE' // a message over the configured maximum
   | 'VFU_TOO_MANY_FDS' // more fds than allowed with one message
   | 'VFU_CTRUNC' // the kernel truncated ancillary data: fds were lost
@@ -24,7 +25,8 @@ export type VfioUserErrorCode =
   | 'VFU_BUSY' // too many requests in flight (all message ids in use)
   | 'VFU_DMA' // a DMA access or map the client's maps do not allow (errno says why)
   | 'VFU_BAD_STATE' // an operation that the current state forbids
-  | 'VFU_INVALID_ARGUMENT'; // a local caller's argument is invalid
+  | 'VFU_INVALID_ARGUMENT' // a local caller's argument is invalid
+  | 'VFU_DEVICE_DEFINITION'; // a device definition that contradicts itself (thrown when it is defined or served)
 
 /** The codes of ProtocolError: what is wrong with a malformed message. */
 export type ProtocolErrorCode =

@@ -21,14 +21,14 @@ import * as P from '../protocol/index.js';
 import { HEADER_SIZE } from '../protocol/header.js';
 import { Connection, takeFds, closeFds, retain, type Message } from '../transport/connection.js';
 import { connectPath, adoptFd } from '../transport/socket.js';
-import { VfioUserError, Errno } from '../errors.js';
+import { VfioUserError, Errno, errnoName } from '../errors.js';
 import { ProtocolError } from '../protocol/errors.js';
 import { decodeConfig, type DecodedConfig } from './pci-decode.js';
 import { GuestMemory } from './guest-memory.js';
-import { IrqHandleImpl, type IrqHandle } from './irq-handle.js';
+import { IrqHandleImpl, type IrqHandle, type IrqWaitOptions } from './irq-handle.js';
 import { WriteBatchImpl, type WriteBatch } from './write-batch.js';
 
-export { GuestMemory, type IrqHandle, type WriteBatch };
+export { GuestMemory, type IrqHandle, type IrqWaitOptions, type WriteBatch };
 
 /** DMA requests the beforeDma hook may hold at once before the server is dropped as a flood */
 const MAX_HELD_DMA = 4096;
@@ -110,6 +110,42 @@ function decoded<T>(what: string, f: () => T): T {
 }
 
 /**
+ * A failed request's error, naming the request: `REGION_READ region 3 +0x10 4B: EINVAL` (and
+ * the reason the server sent, if any); timeouts likewise. Other errors pass unchanged.
+ */
+function named(e: unknown, command: number, payload: Uint8Array | null): unknown {
+  if (!(e instanceof VfioUserError)) return e;
+  if (e.code === 'VFU_REMOTE_ERROR') {
+    const reason = / \(.*\)$/.exec(e.message)?.[0] ?? '';
+    return new VfioUserError('VFU_REMOTE_ERROR', `${describeRequest(command, payload)}: ${errnoName(e.errno)}${reason}`, e.errno, { cause: e });
+  }
+  if (e.code === 'VFU_TIMEOUT') return new VfioUserError('VFU_TIMEOUT', `${describeRequest(command, payload)}: ${e.message}`, e.errno, { cause: e });
+  return e;
+}
+
+/**
+ * A request as an error names it: `REGION_READ region 3 +0x10 4B`, other commands with their
+ * decoded fields (the codec's one-line rendering).
+ */
+function describeRequest(command: number, payload: Uint8Array | null): string {
+  const bytes = payload ?? new Uint8Array(0);
+  try {
+    if (command === P.Command.REGION_READ) {
+      const r = P.decodeRegionReadRequest(bytes);
+      return `REGION_READ region ${r.region} +0x${r.offset.toString(16)} ${r.count}B`;
+    }
+    if (command === P.Command.REGION_WRITE) {
+      const r = P.decodeRegionWriteRequest(bytes);
+      return `REGION_WRITE region ${r.region} +0x${r.offset.toString(16)} ${r.count}B`;
+    }
+  } catch {
+    // not decodable: described below like any other
+  }
+  const text = P.describePayload(command, bytes, 'request');
+  return text.length > 200 ? `${text.slice(0, 197)}...` : text;
+}
+
+/**
  * The DMA_WRITE reply: the spec's u64 address + u32 count, widened to a u64 count (16 bytes).
  * libvfio-user reads exactly 16 bytes (struct vfio_user_dma_region_access) and resets the
  * connection on a 12-byte reply; a spec reader takes the low half and ignores the rest.
@@ -173,7 +209,9 @@ export class VfioUserClient extends EventEmitter {
   }
 
   private req(cmd: number, payload: Uint8Array | null, extra: { fds?: number[]; expectFds?: boolean; timeout?: number } = {}): Promise<Message> {
-    return this.conn.request(cmd, payload, { timeout: this.opts.timeout, ...extra });
+    return this.conn.request(cmd, payload, { timeout: this.opts.timeout, ...extra }).catch((e: unknown) => {
+      throw named(e, cmd, payload);
+    });
   }
 
   private async negotiate(): Promise<void> {
@@ -807,6 +845,11 @@ export class VfioUserClient extends EventEmitter {
   /** Closes the connection. Guest memory objects stay the caller's; IRQ handles are detached. */
   close(): void {
     this.conn.close();
+  }
+
+  /** `await using client = await VfioUserClient.connect(...)`: closes it. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.close();
   }
 
   /**

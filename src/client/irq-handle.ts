@@ -7,6 +7,19 @@ import { closeFds } from '../transport/connection.js';
 import { VfioUserError, Errno } from '../errors.js';
 import type { VfioUserClient } from './client.js';
 
+/** How long IrqHandle.next() may wait. */
+export interface IrqWaitOptions {
+  /** give up after this many ms */
+  timeoutMs?: number;
+  /** give up when this signal aborts */
+  signal?: AbortSignal;
+}
+
+interface Waiter {
+  resolve: (v: number) => void;
+  reject: (e: Error) => void;
+}
+
 /**
  * The eventfds of vectors [start, start+count) of one IRQ index.
  *
@@ -33,8 +46,12 @@ export interface IrqHandle extends EventEmitter, AsyncIterable<number> {
   /** fires when reconnect() re-bound this handle to a new connection */
   on(event: 'rebound', listener: (client: VfioUserClient) => void): this;
   off(event: 'irq', listener: (vector: number, count: number) => void): this;
-  /** resolves with the next vector signalled */
-  next(): Promise<number>;
+  /**
+   * Resolves with the next vector signalled. With `timeoutMs` it rejects with VFU_TIMEOUT, with
+   * `signal` with VFU_ABORTED (cause: the signal's reason); a wait given up that way takes
+   * nothing: the next signal goes to the next wait.
+   */
+  next(opts?: IrqWaitOptions): Promise<number>;
   close(): void;
 }
 
@@ -44,7 +61,7 @@ export class IrqHandleImpl extends EventEmitter implements IrqHandle {
   readonly count: number;
   private fds: number[] = [];
   private pollers: { close(): void }[] = [];
-  private waiters: { resolve: (v: number) => void; reject: (e: Error) => void }[] = [];
+  private waiters: Waiter[] = [];
   private backlog: number[] = [];
   private st: 'active' | 'detached' | 'closed' = 'detached';
   private detachedErr: VfioUserError | undefined;
@@ -118,14 +135,46 @@ export class IrqHandleImpl extends EventEmitter implements IrqHandle {
     for (const w of ws) w.reject(err);
   }
 
-  next(): Promise<number> {
+  next(opts: IrqWaitOptions = {}): Promise<number> {
     const b = this.backlog.shift();
     if (b !== undefined) return Promise.resolve(b);
     if (this.st === 'closed') return Promise.reject(new VfioUserError('VFU_BAD_STATE', 'IRQ handle closed', Errno.EBADF));
     if (this.st === 'detached') {
       return Promise.reject(this.detachedErr ?? new VfioUserError('VFU_DISCONNECTED', 'IRQ handle detached', Errno.ENOTCONN));
     }
-    return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
+    const { timeoutMs, signal } = opts;
+    if (signal?.aborted) return Promise.reject(aborted(signal));
+    if (timeoutMs === undefined && !signal) return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
+    return new Promise((resolve, reject) => {
+      let timer: NodeJS.Timeout | undefined;
+      // giving up removes the waiter: a signal that comes later is queued for the next wait
+      const giveUp = (e: Error): void => {
+        const i = this.waiters.indexOf(w);
+        if (i >= 0) this.waiters.splice(i, 1);
+        done();
+        reject(e);
+      };
+      const onAbort = (): void => giveUp(aborted(signal!));
+      const done = (): void => {
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+      };
+      const w: Waiter = {
+        resolve: (v) => {
+          done();
+          resolve(v);
+        },
+        reject: (e) => {
+          done();
+          reject(e);
+        },
+      };
+      this.waiters.push(w);
+      signal?.addEventListener('abort', onAbort, { once: true });
+      if (timeoutMs !== undefined) {
+        timer = setTimeout(() => giveUp(new VfioUserError('VFU_TIMEOUT', `no interrupt on IRQ index ${this.index} within ${timeoutMs} ms`, Errno.EAGAIN)), timeoutMs);
+      }
+    });
   }
 
   /** Yields vectors as they are signalled; ends when the handle is closed, throws VFU_DISCONNECTED when detached. */
@@ -155,4 +204,8 @@ export class IrqHandleImpl extends EventEmitter implements IrqHandle {
     for (const w of ws) w.reject(err);
     this.owner?.dropIrqHandle(this);
   }
+}
+
+function aborted(signal: AbortSignal): VfioUserError {
+  return new VfioUserError('VFU_ABORTED', 'wait for an interrupt aborted', Errno.EINTR, { cause: signal.reason });
 }

@@ -17,7 +17,7 @@ import { PciRegion } from '../protocol/constants.js';
 import { ConfigSpace, type ConfigSpaceOptions, MsixTable } from './pci/index.js';
 import { DmaController } from './dma.js';
 import { IrqController, IrqIndex } from './irq.js';
-import type { MigrationHooks } from './migration.js';
+import { served } from './served.js';
 
 /** Region indexes: vfio-pci's fixed ones, and the first device-specific one (with a type cap). */
 export const RegionIndex = { ...PciRegion, DEVICE_SPECIFIC: PciRegion.NUM } as const;
@@ -115,6 +115,29 @@ export interface PciDeviceOptions extends ConfigSpaceOptions {
 
 export type ResetReason = 'client' | 'flr' | 'lost-client';
 
+/** What a migratable device provides. */
+export interface MigrationHooks {
+  /** pre-copy: an estimate of the bytes still to send now (0 when converged) */
+  precopyPending?(): number;
+  /** pre-copy: up to max bytes of state that may still change later (empty when nothing now) */
+  precopyRead?(max: number): Uint8Array;
+  /** the final device state, taken with the device stopped */
+  save(): Uint8Array | Promise<Uint8Array>;
+  /**
+   * Validates, then applies, the state produced by save() (and the pre-copy chunks, in order).
+   * Must throw without changing anything when the data is bad.
+   */
+  load(state: Uint8Array, precopy: Uint8Array[]): void | Promise<void>;
+  /** device activity follows the state: stop DMA and interrupts when not running */
+  onStateChange?(from: number, to: number): void;
+  /**
+   * The most bytes of migration data this device takes when resuming (its pre-copy data and
+   * final state, plus a little framing); a stream beyond it is refused as it arrives.
+   * Default 64 MiB.
+   */
+  maxStateBytes?: number;
+}
+
 /** A PCI device served over vfio-user. */
 export class PciDevice {
   readonly name: string;
@@ -122,10 +145,6 @@ export class PciDevice {
   readonly regions = new Map<number, Region>();
   readonly irqs: IrqController;
   readonly dma: DmaController;
-  msixTable: MsixTable | undefined;
-  /** set once the client writes the MSI-X table (it forwards table accesses to us) @internal */
-  msixTableDriven = false;
-  private msixLocation: { tableBar: number; tableOffset: number; pbaBar: number; pbaOffset: number } | undefined;
   /** called on DEVICE_RESET and FLR: return the device to its power-on state */
   onReset: ((reason: ResetReason) => void | Promise<void>) | undefined;
   /** called when a client attaches (after VERSION) and detaches */
@@ -136,18 +155,17 @@ export class PciDevice {
   get migratable(): boolean {
     return this.migration !== undefined;
   }
-  /** pending FLR reset request, consumed by the server @internal */
-  flrRequested = false;
 
   constructor(o: PciDeviceOptions) {
     this.name = o.name ?? `pci-${hex4(o.vendorId)}-${hex4(o.deviceId)}`;
     this.config = new ConfigSpace(o);
     const irq = o.irqs ?? {};
     const counts = [irq.intx ?? 0, irq.msi ?? 0, irq.msix ?? 0, irq.err ?? 0, irq.req ?? 0];
+    checkIrqCounts(irq);
     this.irqs = new IrqController(counts);
     this.dma = new DmaController();
     this.config.events.onFlr = () => {
-      this.flrRequested = true;
+      served(this).flrRequested = true;
     };
     // MSI per-vector masks live in config space: unmasking there delivers what is pending, and
     // the capability's pending bits mirror ours
@@ -156,13 +174,13 @@ export class PciDevice {
     };
     this.irqs.onPendingChange = (index, v, on) => this.pendingChanged(index, v, on);
     this.irqs.deviceMasked = (index, v) => {
-      if (index === IrqIndex.MSIX && this.msixTable) {
+      const msix = served(this).msix;
+      if (index === IrqIndex.MSIX && msix) {
         // A client like QEMU emulates the MSI-X table itself and never forwards table
         // accesses: the server's copy (all vectors masked at reset) then says nothing, and
         // masking reaches us as SET_IRQS. Only a client that writes the table drives it here.
-        const t = this.msixTable;
-        if (t.functionState().functionMask) return true;
-        return this.msixTableDriven && t.entry(v).masked;
+        if (msix.table.functionState().functionMask) return true;
+        return msix.tableDriven && msix.table.entry(v).masked;
       }
       if (index === IrqIndex.MSI) {
         const msi = this.config.msi();
@@ -174,6 +192,12 @@ export class PciDevice {
 
   /** Adds a region. BARs also appear in config space with the right type and size. */
   addRegion(index: number, o: RegionOptions): Region {
+    if (served(this).attached) {
+      throw new VfioUserError('VFU_DEVICE_DEFINITION', `region ${index} added while a client is attached: define every region before serving`, Errno.EBUSY);
+    }
+    if (!o.access && !o.shared) {
+      throw new VfioUserError('VFU_DEVICE_DEFINITION', `region ${index} has neither access callbacks nor shared memory: nothing could serve it`, Errno.EINVAL);
+    }
     if (!Number.isInteger(index) || index < 0 || index > 0xffff) {
       throw new VfioUserError('VFU_INVALID_ARGUMENT', `bad region index ${index}`, Errno.EINVAL);
     }
@@ -195,10 +219,17 @@ export class PciDevice {
 
   /** Adds an MSI-X capability with its table and PBA emulated in the given BAR(s). */
   addMsix(o: { vectors: number; tableBar: number; tableOffset: number; pbaBar: number; pbaOffset: number }): number {
+    const declared = this.irqs.count(IrqIndex.MSIX);
+    if (declared !== o.vectors) {
+      throw new VfioUserError(
+        'VFU_DEVICE_DEFINITION',
+        `MSI-X capability with ${o.vectors} vectors but ${declared} MSI-X IRQs declared (irqs.msix must be ${o.vectors})`,
+        Errno.EINVAL,
+      );
+    }
     const off = this.config.addMsix({ tableSize: o.vectors, ...o });
     const table = new MsixTable(o.vectors);
-    this.msixTable = table;
-    this.msixLocation = o;
+    served(this).msix = { table, location: { tableBar: o.tableBar, tableOffset: o.tableOffset, pbaBar: o.pbaBar, pbaOffset: o.pbaOffset }, tableDriven: false };
     // the table calls onUnmask for pending vectors that its function state unmasks
     this.config.events.onMsix = (s) => table.setFunctionState(s.enabled, s.functionMask);
     table.onUnmask = (v) => this.irqs.deviceUnmasked(IrqIndex.MSIX, v);
@@ -206,28 +237,8 @@ export class PciDevice {
   }
 
   private pendingChanged(index: number, v: number, on: boolean): void {
-    if (index === IrqIndex.MSIX) this.msixTable?.setPending(v, on);
+    if (index === IrqIndex.MSIX) served(this).msix?.table.setPending(v, on);
     else if (index === IrqIndex.MSI && this.config.msi()?.perVectorMask) this.config.setMsiPending(v, on);
-  }
-
-  /** If [offset, offset+length) of a BAR is the MSI-X table or PBA, handles it and returns true. @internal */
-  msixAccess(region: number, offset: number, data: Uint8Array, write: boolean): boolean {
-    const loc = this.msixLocation;
-    const t = this.msixTable;
-    if (!loc || !t) return false;
-    if (region === loc.tableBar && offset >= loc.tableOffset && offset + data.length <= loc.tableOffset + t.tableSize) {
-      if (write) {
-        this.msixTableDriven = true;
-        t.writeTable(offset - loc.tableOffset, data);
-      }
-      else data.set(t.readTable(offset - loc.tableOffset, data.length));
-      return true;
-    }
-    if (region === loc.pbaBar && offset >= loc.pbaOffset && offset + data.length <= loc.pbaOffset + t.pbaSize) {
-      if (!write) data.set(t.readPba(offset - loc.pbaOffset, data.length));
-      return true;
-    }
-    return false;
   }
 
   /**
@@ -290,9 +301,10 @@ export class PciDevice {
   /** Resets device state common to every device (config space, IRQ state), then the device's own. */
   async reset(reason: ResetReason): Promise<void> {
     this.config.reset();
-    this.msixTable?.reset();
+    const st = served(this);
+    st.msix?.table.reset();
     this.irqs.reset();
-    this.flrRequested = false;
+    st.flrRequested = false;
     await this.onReset?.(reason);
   }
 
@@ -301,6 +313,17 @@ export class PciDevice {
     for (const p of this.ioeventPollers) p.close();
     this.ioeventPollers.length = 0;
     for (const r of this.regions.values()) r.destroy();
+  }
+}
+
+/** IRQ counts: whole numbers within what PCI allows (MSI 32, MSI-X 2,048 vectors). */
+function checkIrqCounts(irq: NonNullable<PciDeviceOptions['irqs']>): void {
+  const max = { intx: 1, msi: 32, msix: 2048, err: 1, req: 1 } as const;
+  for (const [k, limit] of Object.entries(max)) {
+    const n = irq[k as keyof typeof max];
+    if (n !== undefined && !(Number.isInteger(n) && n >= 0 && n <= limit)) {
+      throw new VfioUserError('VFU_DEVICE_DEFINITION', `irqs.${k} = ${n}: must be a whole number 0..${limit}`, Errno.EINVAL);
+    }
   }
 }
 

@@ -15,7 +15,9 @@
  */
 import { VfioUserError, Errno } from '../errors.js';
 import { DeviceState, MigrationFlags, Command } from '../protocol/constants.js';
-import type { PciDevice } from './device.js';
+import type { PciDevice, MigrationHooks } from './device.js';
+
+export type { MigrationHooks };
 
 /** Device states of the migration FSM (enum vfio_device_mig_state). */
 export const MigState = DeviceState;
@@ -24,31 +26,6 @@ export type MigStateValue = (typeof MigState)[keyof typeof MigState];
 const STATE_NAMES = ['ERROR', 'STOP', 'RUNNING', 'STOP_COPY', 'RESUMING', 'RUNNING_P2P', 'PRE_COPY', 'PRE_COPY_P2P'];
 export function migStateName(s: number): string {
   return STATE_NAMES[s] ?? `state ${s}`;
-}
-
-
-
-/** What a migratable device provides. */
-export interface MigrationHooks {
-  /** pre-copy: an estimate of the bytes still to send now (0 when converged) */
-  precopyPending?(): number;
-  /** pre-copy: up to max bytes of state that may still change later (empty when nothing now) */
-  precopyRead?(max: number): Uint8Array;
-  /** the final device state, taken with the device stopped */
-  save(): Uint8Array | Promise<Uint8Array>;
-  /**
-   * Validates, then applies, the state produced by save() (and the pre-copy chunks, in order).
-   * Must throw without changing anything when the data is bad.
-   */
-  load(state: Uint8Array, precopy: Uint8Array[]): void | Promise<void>;
-  /** device activity follows the state: stop DMA and interrupts when not running */
-  onStateChange?(from: number, to: number): void;
-  /**
-   * The most bytes of migration data this device takes when resuming (its pre-copy data and
-   * final state, plus a little framing); a stream beyond it is refused as it arrives.
-   * Default 64 MiB.
-   */
-  maxStateBytes?: number;
 }
 
 /** default bound on the migration data a destination buffers */

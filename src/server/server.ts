@@ -14,6 +14,8 @@ import type { PciDevice } from './device.js';
 import { DEFAULT_MAX_DMA_BYTES } from './dma.js';
 import { Migration } from './migration.js';
 import { Session } from './session.js';
+import { served } from './served.js';
+import { IrqIndex } from './irq.js';
 
 export interface ServerOptions {
   /** most bytes of data in one REGION_READ/WRITE or DMA message (default 1 MiB) */
@@ -56,7 +58,10 @@ export interface ServerOptions {
    * hold the device.
    */
   handshakeTimeoutMs?: number;
-  /** log function (default: none) */
+  /**
+   * log function. Default: warnings (a device error, with its stack; a misbehaving client)
+   * go to stderr, nothing else; `() => {}` silences them.
+   */
   log?: (level: 'info' | 'warn' | 'debug', msg: string) => void;
 }
 
@@ -66,6 +71,19 @@ export interface ServerOptions {
  */
 const MAX_WAITING_CLIENTS = 16;
 
+
+/** What a device must be to be served: checks that need the whole definition. */
+function checkDefinition(device: PciDevice): void {
+  const msix = device.irqs.count(IrqIndex.MSIX);
+  if (msix > 0 && !device.config.msix()) {
+    throw new VfioUserError('VFU_DEVICE_DEFINITION', `device ${device.name} declares ${msix} MSI-X IRQs but has no MSI-X capability (addMsix)`, Errno.EINVAL);
+  }
+}
+
+/** The default log: warnings only, to stderr. */
+function warningsToStderr(level: 'info' | 'warn' | 'debug', msg: string): void {
+  if (level === 'warn') process.stderr.write(`vfio-user server: ${msg}\n`);
+}
 
 export interface ServerEvents {
   connect: [];
@@ -94,10 +112,18 @@ export class VfioUserServer extends EventEmitter {
   private readonly waiting: Session[] = [];
   /** the previous client's teardown (unmapping its DMA) is still running */
   private tearingDown = false;
+  /** settles when the teardown of the last client is over */
+  private teardown: Promise<void> = Promise.resolve();
   private closed = false;
 
   constructor(device: PciDevice, opts: ServerOptions = {}) {
     super();
+    checkDefinition(device);
+    const st = served(device);
+    if (st.server) {
+      throw new VfioUserError('VFU_DEVICE_DEFINITION', `device ${device.name} is already served by another server (close that one first)`, Errno.EBUSY);
+    }
+    st.server = this;
     this.device = device;
     this.maxDataXferSize = opts.maxDataXferSize ?? 1048576;
     this.maxMsgFds = opts.maxMsgFds ?? 16;
@@ -108,7 +134,7 @@ export class VfioUserServer extends EventEmitter {
     this.twinSocket = opts.twinSocket ?? true;
     this.writeMultiple = opts.writeMultiple ?? true;
     this.handshakeTimeoutMs = opts.handshakeTimeoutMs ?? 5000;
-    this.logFn = opts.log;
+    this.logFn = opts.log ?? warningsToStderr;
     this.migration = device.migratable ? new Migration(device) : undefined;
     (device.dma as { maxMaps: number }).maxMaps = this.maxDmaMaps;
     device.dma.maxBytes = opts.maxDmaBytes ?? DEFAULT_MAX_DMA_BYTES;
@@ -173,6 +199,7 @@ export class VfioUserServer extends EventEmitter {
 
   /** called by a session after VERSION @internal */
   attached(s: Session): void {
+    served(this.device).attached = true;
     this.device.dma.setMessenger(s.messenger());
     this.device.onAttach?.();
     this.emit('connect');
@@ -185,9 +212,10 @@ export class VfioUserServer extends EventEmitter {
     if (this.session !== s) return;
     this.session = undefined;
     this.tearingDown = true;
+    served(this.device).attached = false;
     this.device.dma.setMessenger(undefined);
     this.device.irqs.clientGone();
-    void this.device.dma
+    this.teardown = this.device.dma
       .unmapAll()
       .then(
         () => {
@@ -197,7 +225,9 @@ export class VfioUserServer extends EventEmitter {
           this.log('info', 'client disconnected');
           this.emit('disconnect');
         },
-        (e) => this.emit('error', e),
+        (e) => {
+          this.emit('error', e);
+        },
       )
       .finally(() => {
         this.tearingDown = false;
@@ -205,10 +235,21 @@ export class VfioUserServer extends EventEmitter {
       });
   }
 
+  /**
+   * `await using server = new VfioUserServer(dev)`: closes it and waits until its client's
+   * teardown (DMA unmaps, onDetach) is over. The device stays usable (destroy() is yours).
+   */
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.close();
+    await this.teardown;
+  }
+
   /** Stops listening and disconnects the client. */
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    const st = served(this.device);
+    if (st.server === this) st.server = undefined;
     this.listener?.close();
     this.listener = undefined;
     this.session?.close();

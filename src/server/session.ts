@@ -19,6 +19,7 @@ import { DmaController, type DmaMessenger } from './dma.js';
 import { ClientDmaMessenger, QEMU_DMA_READ_WINDOW } from './dma-messenger.js';
 import { IRQ_INDEX_COUNT } from './irq.js';
 import type { VfioUserServer } from './server.js';
+import { served, msixAccess, type Served } from './served.js';
 
 /** commands that may wait behind a pending asynchronous one before the client is dropped */
 const MAX_QUEUED_COMMANDS = 4096;
@@ -61,9 +62,12 @@ export class Session {
    */
   private active: boolean;
   private handshakeTimer: NodeJS.Timeout | undefined;
+  /** the server's state of the device (MSI-X table, FLR) */
+  private readonly st: Served;
 
   constructor(server: VfioUserServer, fd: number, active: boolean) {
     this.server = server;
+    this.st = served(server.device);
     this.active = active;
     this.busy = !active;
     this.conn = new Connection(fd, {
@@ -447,9 +451,9 @@ export class Session {
     const dev = this.server.device;
     const h = msg.header;
     if (!r) return this.readReply(h, offset, region, count, dev.config.read(offset, count));
-    if (dev.msixTable) {
+    if (this.st.msix) {
       const buf = new Uint8Array(count);
-      if (dev.msixAccess(region, offset, buf, false)) return this.readReply(h, offset, region, count, buf);
+      if (msixAccess(dev, region, offset, buf, false)) return this.readReply(h, offset, region, count, buf);
     }
     if (r.access?.read) {
       const out = r.access.read(offset, count);
@@ -494,10 +498,10 @@ export class Session {
     const dev = this.server.device;
     if (!r) {
       dev.config.write(offset, data);
-      if (dev.flrRequested) return dev.reset('flr');
+      if (this.st.flrRequested) return dev.reset('flr');
       return;
     }
-    if (dev.msixTable && dev.msixAccess(region, offset, data, true)) return;
+    if (this.st.msix && msixAccess(dev, region, offset, data, true)) return;
     if (r.access?.write) {
       const res = r.access.write(offset, data);
       if (res && typeof (res as Promise<void>).then === 'function') return res as Promise<void>;

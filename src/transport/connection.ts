@@ -209,6 +209,16 @@ function writeHeader(dv: DataView, h: Header, size: number): void {
 
 const FDS_OUT_LEN = 1 + 253;
 
+/**
+ * The reason a peer gave with an error reply. The spec's error replies carry only the header;
+ * a peer that adds a short printable text gets it shown, anything else is ignored.
+ */
+function reasonIn(payload: Uint8Array): string {
+  if (payload.length === 0 || payload.length > 1024) return '';
+  const text = new TextDecoder('utf-8', { fatal: false }).decode(payload).replace(/\0+$/, '');
+  return text && /^[\x20-\x7e\t]+$/.test(text) ? ` (${text})` : '';
+}
+
 export class Connection {
   readonly fd: number;
   private readonly poller: NativePoller;
@@ -520,7 +530,7 @@ export class Connection {
       if (msg.header.flags & FLAG_ERROR) {
         closeFds(takeFds(msg));
         const errno = msg.header.error;
-        p.reject(new VfioUserError('VFU_REMOTE_ERROR', `peer failed the request: ${errnoName(errno)}`, errno));
+        p.reject(new VfioUserError('VFU_REMOTE_ERROR', `peer failed the request: ${errnoName(errno)}${reasonIn(msg.payload)}`, errno));
       } else {
         p.resolve(msg);
       }

@@ -53,6 +53,7 @@ describe('client: connection and negotiation', () => {
         await gone;
       }
       const [a, b] = native.socketpair();
+      s.close(); // a device is served by one server at a time
       const srv2 = new VfioUserServer(dev);
       srv2.serveFd(a);
       const c = await VfioUserClient.connect({ fd: b });

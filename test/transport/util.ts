@@ -86,6 +86,9 @@ export class RawPeer {
   /** fds received, each with the stream position of the last byte of its read */
   private fdRecs: { pos: number; fds: number[] }[] = [];
   private readonly fdsOut = new Int32Array(1 + 253);
+  /** one receive buffer, reused (what a read gets is copied out): a fresh 256 KiB per recv()
+   * made reading 65,536 small messages allocate 16 GiB, minutes on a loaded machine */
+  private readonly chunk = new Uint8Array(262144);
   eof = false;
   closed = false;
 
@@ -130,7 +133,7 @@ export class RawPeer {
   drainNow(): number {
     let total = 0;
     for (;;) {
-      const chunk = new Uint8Array(262144);
+      const chunk = this.chunk;
       let n: number;
       try {
         n = native.recvmsg(this.fd, chunk, 0, chunk.length, this.fdsOut);
