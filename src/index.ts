@@ -15,7 +15,7 @@ export { encodeState, decodeState } from './server/state.js';
 export type { FieldType } from './server/state.js';
 export * as pci from './server/pci/index.js';
 export { VfioUserClient, GuestMemory, describeRegion } from './client/client.js';
-export type { ClientOptions, RegionDescription, MappedRegion, IrqHandle, WriteBatch, ReconnectOptions } from './client/client.js';
+export type { ClientOptions, RegionDescription, MappedRegion, IrqHandle, IrqWaitOptions, WriteBatch, ReconnectOptions } from './client/client.js';
 export { migrate } from './client/migrate.js';
 export type { MigrateOptions, MigrationResult, MigrationProgress } from './client/migrate.js';
 export { decodeConfig } from './client/pci-decode.js';
