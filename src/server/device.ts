@@ -147,9 +147,12 @@ export class PciDevice {
   readonly dma: DmaController;
   /** called on DEVICE_RESET and FLR: return the device to its power-on state */
   onReset: ((reason: ResetReason) => void | Promise<void>) | undefined;
-  /** called when a client attaches (after VERSION) and detaches */
+  /**
+   * called when a client attaches (after VERSION) and detaches (its DMA maps and IRQ fds are
+   * gone by then); the next client is served once a returned promise settles
+   */
   onAttach: (() => void) | undefined;
-  onDetach: (() => void) | undefined;
+  onDetach: (() => void | Promise<void>) | undefined;
   /** set to make the device migratable (before serving it) */
   migration: MigrationHooks | undefined;
   get migratable(): boolean {

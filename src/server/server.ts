@@ -218,10 +218,10 @@ export class VfioUserServer extends EventEmitter {
     this.teardown = this.device.dma
       .unmapAll()
       .then(
-        () => {
+        async () => {
           this.migration?.clientGone();
           if (this.device.dma.loggingActive) this.device.dma.stopLogging();
-          this.device.onDetach?.();
+          await this.device.onDetach?.();
           this.log('info', 'client disconnected');
           this.emit('disconnect');
         },

@@ -22,6 +22,8 @@
  * may be asynchronous. A broken ring or chain (VirtqError) sets NEEDS_RESET, stops every
  * queue and raises a configuration change interrupt; only a reset (status 0, FLR, client
  * reset) brings the device back. Reset waits for requests in flight and drops their results.
+ * A client that goes away resets the device (PCI state, MSI-X, queues, status) before the
+ * next client is served.
  *
  * Migration: the device runs only in RUNNING and PRE_COPY. save() waits for requests in
  * flight (their completions are in the used rings before the state is taken), so the
@@ -163,6 +165,11 @@ export abstract class VirtioPciDevice extends PciDevice {
     this.addPciCfgCap(cap(CapType.PCI_CFG, 0, 0, new Uint8Array(4)));
 
     this.onReset = () => this.virtioReset();
+    // A client that leaves takes its rings, vectors and interrupt fds with it: the next one
+    // (a restarted VMM, after a health probe) finds the device as at power-on, MSI-X off
+    // included, and work still running for the old one is awaited (it can no longer reach
+    // memory: the maps are gone) before the next client is served.
+    this.onDetach = () => this.reset('lost-client');
     this.migration = {
       save: () => this.saveState(),
       load: (data) => this.loadState(data),
