@@ -14,6 +14,7 @@ commands:
   info <socket> [--json]              describe the device a server offers, like lspci -vv
   trace --listen=PATH --connect=PATH  forward a session and print every message
   migrate --from=SOCK --to=SOCK       move a device between two servers
+  proxy --listen=PATH --connect=SOCK  forward a client's session; move it to another server on command
   bench <socket> [-n N] [--depth=D]   time region accesses against any server
 
 Run 'vfio-user <command> --help' for a command's options; 'vfio-user --version' for the version.
@@ -36,6 +37,8 @@ async function main(argv: string[]): Promise<number> {
       return (await import('./trace.js')).trace(rest);
     case 'migrate':
       return (await import('./migrate.js')).migrate(rest);
+    case 'proxy':
+      return (await import('./proxy.js')).proxy(rest);
     case 'bench':
       return (await import('./bench.js')).bench(rest);
     case '-V':

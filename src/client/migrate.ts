@@ -10,7 +10,6 @@
  * keep working. Downtime is the time from the source leaving PRE_COPY (device
  * stopped) to the destination running.
  */
-import { VfioUserClient } from './client.js';
 import { VfioUserError, Errno } from '../errors.js';
 import * as P from '../protocol/index.js';
 
@@ -40,6 +39,25 @@ export interface MigrateOptions {
   progress?: (p: MigrationProgress) => void;
 }
 
+/**
+ * What migrate() needs of each side: a VfioUserClient, or anything else that speaks the
+ * migration commands to a server (the switchover proxy's sessions do).
+ */
+export interface MigrationEndpoint {
+  readonly maxDataXferSize: number;
+  migrationFlags(): Promise<bigint>;
+  setDeviceState(state: number): Promise<number>;
+  migDataRead(size: number): Promise<Uint8Array>;
+  migDataWrite(data: Uint8Array): Promise<void>;
+  reset(): Promise<void>;
+}
+
+/** A destination that can take over the source side's DMA maps and interrupt fds. */
+export interface MigrationDestination<S extends MigrationEndpoint> extends MigrationEndpoint {
+  adoptMaps(src: S): Promise<number>;
+  adoptIrqs(src: S): Promise<number>;
+}
+
 export interface MigrationProgress {
   phase: 'precopy' | 'stop-copy' | 'resume' | 'done';
   round: number;
@@ -56,7 +74,7 @@ export interface MigrationResult {
   totalMs: number;
 }
 
-async function drain(src: VfioUserClient, dst: VfioUserClient, chunk: number): Promise<number> {
+async function drain(src: MigrationEndpoint, dst: MigrationEndpoint, chunk: number): Promise<number> {
   let moved = 0;
   for (;;) {
     const data = await src.migDataRead(chunk);
@@ -69,7 +87,7 @@ async function drain(src: VfioUserClient, dst: VfioUserClient, chunk: number): P
 }
 
 /** Moves the device state from the source server to the destination server. */
-export async function migrate(src: VfioUserClient, dst: VfioUserClient, opts: MigrateOptions = {}): Promise<MigrationResult> {
+export async function migrate<S extends MigrationEndpoint>(src: S, dst: MigrationDestination<S>, opts: MigrateOptions = {}): Promise<MigrationResult> {
   const t0 = performance.now();
   const chunk = opts.chunk ?? Math.min(1 << 20, src.maxDataXferSize, dst.maxDataXferSize);
   const threshold = opts.threshold ?? 64 * 1024;
