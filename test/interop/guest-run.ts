@@ -40,12 +40,27 @@ export interface GuestResult {
 }
 
 /** Boots the guest on the sockets with the script; resolves when the runner exits. */
-export async function runGuest(sockets: string[], script: string, args: string[] = [], timeoutS = 600, qemuArgs: string[] = []): Promise<GuestResult> {
+export async function runGuest(
+  sockets: string[],
+  script: string,
+  args: string[] = [],
+  timeoutS = 600,
+  qemuArgs: string[] = [],
+  /** each line of the guest's console output, as it comes */
+  onLine?: (line: string) => void,
+): Promise<GuestResult> {
   const argv = [...sockets.flatMap((s) => ['-s', s]), '-t', script, '-T', String(timeoutS), ...args];
   if (qemuArgs.length) argv.push('--', ...qemuArgs);
   const guest = spawn(guestRunner!, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
-  guest.stdout!.on('data', (d) => (out += d));
+  let partial = '';
+  guest.stdout!.on('data', (d) => {
+    out += d;
+    if (!onLine) return;
+    const lines = (partial + String(d)).split('\n');
+    partial = lines.pop()!;
+    for (const l of lines) onLine(l.replace(/\r$/, ''));
+  });
   guest.stderr!.on('data', (d) => (out += d));
   const code = await new Promise<number | null>((r) => guest.on('exit', r));
   return { code, out, lines: (tag) => out.split('\n').filter((l) => l.includes(tag)).map((l) => l.replace(/\r$/, '')) };
