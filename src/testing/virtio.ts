@@ -5,9 +5,10 @@
  * interrupts (MSI-X per queue, or INTx with the ISR) and runs requests, like Linux's
  * virtio_pci and virtio_ring would. Raw ring access is there for fuzzing.
  */
-import type { VfioUserClient, GuestMemory, IrqHandle } from '../client/client.js';
+import type { VfioUserClient, GuestMemory, IrqHandle, MappedRegion } from '../client/client.js';
 import { CapType, Common, Status, Feature, NO_VECTOR, Desc, bit } from '../devices/virtio/constants.js';
 import { BlkType } from '../devices/virtio/blk.js';
+import { fullBarrier } from '../devices/virtio/virtqueue.js';
 import { IrqIndex } from '../server/irq.js';
 import { GuestRam, PAGE } from './memory.js';
 import { findCapability, enableMsix, disableMsix, armMsixVectors } from './pci.js';
@@ -24,6 +25,8 @@ export interface VirtioDriverOptions {
   interrupts?: 'msix' | 'intx';
   /** an existing memory object (migration destination) */
   mem?: GuestMemory;
+  /** write notifications into the notify area mmap-ed (when the server offers it) instead of REGION_WRITEs */
+  mmapNotify?: boolean;
 }
 
 /** Where a virtio capability's structure is: its config-space offset, BAR and range. */
@@ -153,6 +156,19 @@ export class DriverQueue {
   drain(eventIdx: boolean): number {
     const v = this.dv(this.used, 6 + 8 * this.size);
     let n = 0;
+    for (;;) {
+      n += this.drainOnce(v);
+      if (!eventIdx) return n;
+      // ask for an interrupt at the next entry, then look again (as virtqueue_enable_cb does):
+      // an entry the device added before it could see our used event interrupts nobody
+      this.setUsedEvent(this.lastUsed);
+      fullBarrier();
+      if (this.lastUsed === v.getUint16(2, true)) return n;
+    }
+  }
+
+  private drainOnce(v: DataView): number {
+    let n = 0;
     while (this.lastUsed !== v.getUint16(2, true)) {
       const slot = this.lastUsed % this.size;
       const u = { id: v.getUint32(4 + 8 * slot, true), len: v.getUint32(8 + 8 * slot, true) };
@@ -165,7 +181,6 @@ export class DriverQueue {
         w.resolve(u);
       } else this.stray.push(u);
     }
-    if (eventIdx) this.setUsedEvent(this.lastUsed);
     return n;
   }
 }
@@ -223,8 +238,21 @@ export class VirtioDriver {
     const d = new VirtioDriver(client, ram, opts);
     await d.findCaps();
     await d.setupInterrupts();
+    if (opts.mmapNotify) {
+      const c = d.loc(CapType.NOTIFY);
+      const r = await client.mapRegion(c.bar);
+      const area = r.areas.find((a) => a.offset <= c.offset && c.offset + c.length <= a.offset + a.size);
+      if (!area) {
+        r.unmap();
+        throw new Error('the notify area is not mmap-able');
+      }
+      d.notifyMap = { region: r, bytes: area.bytes.subarray(c.offset - area.offset, c.offset - area.offset + c.length) };
+    }
     return d;
   }
+
+  /** the mmap-ed notify area (mmapNotify) */
+  private notifyMap: { region: MappedRegion; bytes: Uint8Array } | undefined;
 
   /** IOVA of a byte of guest memory (by memfd offset) */
   iovaOf(memOffset: number): number {
@@ -451,6 +479,7 @@ export class VirtioDriver {
   notify(q: DriverQueue, force = false, prevAvail?: number): void {
     if (!force) {
       if (this.eventIdx && prevAvail !== undefined) {
+        fullBarrier(); // the available index we wrote before the device's available event we read
         const ev = q.availEvent();
         if (((q.availIdx - ev - 1) & 0xffff) >= ((q.availIdx - prevAvail) & 0xffff)) {
           this.suppressed++;
@@ -460,6 +489,11 @@ export class VirtioDriver {
     }
     this.notifies++;
     const c = this.loc(CapType.NOTIFY);
+    if (this.notifyMap) {
+      // a 16-bit store of the queue index, as a guest's would be (the ring is written before)
+      new DataView(this.notifyMap.bytes.buffer, this.notifyMap.bytes.byteOffset).setUint16(q.index * (c.multiplier ?? 0), q.index, true);
+      return;
+    }
     void this.client.write(c.bar, c.offset + q.index * (c.multiplier ?? 0), Uint8Array.of(q.index & 0xff, q.index >> 8), { posted: true }).catch(() => {});
   }
 
@@ -485,6 +519,8 @@ export class VirtioDriver {
   }
 
   close(): void {
+    this.notifyMap?.region.unmap();
+    this.notifyMap = undefined;
     for (const h of this.irqs) h.close();
     this.irqs = [];
     for (const t of this.timers) clearTimeout(t);

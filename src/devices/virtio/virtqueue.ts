@@ -162,6 +162,7 @@ export class Virtqueue implements QueueState {
     if (!this.eventIdx) return;
     const b = Uint8Array.of(this.lastAvail & 0xff, this.lastAvail >> 8);
     await this.ringWrite(dma, this.device + 4 + 8 * this.size, b, 'available event');
+    fullBarrier(); // before the caller looks at the available index again
   }
 
   /** Reads and checks the chain at `head`. */
@@ -263,6 +264,7 @@ export class Virtqueue implements QueueState {
 
   /** Whether the driver wants an interrupt for the used entries added since the last one. */
   async shouldInterrupt(dma: DmaController): Promise<boolean> {
+    fullBarrier(); // the used index we wrote before the driver's used event (or flags) we read
     if (this.eventIdx) {
       const event = await this.ringRead16(dma, this.driver + 4 + 2 * this.size, 'used event');
       const old = this.signalledUsed;
@@ -274,6 +276,18 @@ export class Virtqueue implements QueueState {
     const flags = await this.ringRead16(dma, this.driver, 'available flags');
     return !(flags & AVAIL_F_NO_INTERRUPT);
   }
+}
+
+const FENCE = new Int32Array(1);
+
+/**
+ * A full memory barrier (a locked read-modify-write): orders our store to a ring field before
+ * our next load from the ring, as virtio_mb() does in a driver. Without it, x86 may let the
+ * load pass the store, and both sides miss each other (we go idle after publishing the
+ * available event while the driver, having read the old one, does not notify).
+ */
+export function fullBarrier(): void {
+  Atomics.add(FENCE, 0, 0);
 }
 
 /** vring_need_event: has new_idx moved past event since old? (all 16-bit, wrapping) */
