@@ -105,6 +105,8 @@ const virtioBlk = defineDevice({
     'read-only': { type: 'boolean', help: 'read-only disk (writes fail with VIRTIO_BLK_S_IOERR); the image must exist' },
     queues: { type: 'integer', min: 1, max: 64, help: 'request queues, 1..64 (default 1)' },
     serial: { type: 'string', help: 'the disk ID (GET_ID; default: derived from the image path)' },
+    doorbells: { type: 'string', choices: ['trap', 'mmap'], help: 'trap (default: notifications are trapped REGION_WRITEs) or mmap (mmap-able notify page, polled)' },
+    'poll-us': { type: 'integer', min: 0, max: 1_000_000, help: 'with --doorbells=mmap, poll every event-loop turn this many microseconds after the last request (default 50)' },
   },
   create(o, ctx) {
     const readOnly = o['read-only'] ?? false;
@@ -115,6 +117,8 @@ const virtioBlk = defineDevice({
       readOnly,
       queues: o.queues ?? 1,
       serial: o.serial,
+      notify: (o.doorbells ?? 'trap') as 'trap' | 'mmap',
+      pollUs: o['poll-us'],
       log: (m) => ctx.log('info', m),
     });
   },

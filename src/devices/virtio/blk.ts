@@ -91,6 +91,9 @@ export interface VirtioBlkOptions {
   queueSize?: number;
   /** the GET_ID string (default: derived from the image path) */
   serial?: string;
+  /** notifications trapped (default) or by a polled mmap-able page (see VirtioDeviceOptions) */
+  notify?: 'trap' | 'mmap';
+  pollUs?: number;
   log?: (msg: string) => void;
 }
 
@@ -109,7 +112,7 @@ export class VirtioBlkDevice extends VirtioPciDevice {
     const features =
       bit(BlkFeature.SEG_MAX) | bit(BlkFeature.BLK_SIZE) | bit(BlkFeature.FLUSH) | bit(BlkFeature.MQ) |
       (readOnly ? bit(BlkFeature.RO) : bit(BlkFeature.DISCARD) | bit(BlkFeature.WRITE_ZEROES));
-    super({ name: 'virtio-blk', deviceType: DeviceType.BLOCK, classCode: 0x010000, queues, queueSize, features, configSize: BlkConfig.SIZE, log: o.log });
+    super({ name: 'virtio-blk', deviceType: DeviceType.BLOCK, classCode: 0x010000, queues, queueSize, features, configSize: BlkConfig.SIZE, notify: o.notify, pollUs: o.pollUs, log: o.log });
     let backend: Backend;
     if (o.image) backend = new FileBackend(o.image, readOnly ? undefined : o.size, { readOnly });
     else {

@@ -44,6 +44,7 @@ import {
   Status, Feature, bit, VIRTIO_PCI_VENDOR, VIRTIO_PCI_DEVICE_BASE, CapType, Cap, Common, NO_VECTOR, Isr, MAX_QUEUE_SIZE,
 } from './constants.js';
 import { Virtqueue, VirtqError, VirtioRequest, type QueueState } from './virtqueue.js';
+import { Poller } from '../nvme/poller.js';
 
 export interface VirtioDeviceOptions {
   /** device type (5.x: 2 = block, 4 = entropy, ...) */
@@ -59,6 +60,14 @@ export interface VirtioDeviceOptions {
   features: bigint;
   /** bytes of device-specific configuration (at most 4096) */
   configSize: number;
+  /**
+   * Notifications: 'trap' (default) takes the driver's notify writes as REGION_WRITEs;
+   * 'mmap' offers the notify page for mmap and polls it (a sleeping poller: every event-loop
+   * turn while requests flow, then every millisecond; trapped writes work as well).
+   */
+  notify?: 'trap' | 'mmap';
+  /** with notify 'mmap': keep polling this long after the last request (µs, default 50) */
+  pollUs?: number;
   log?: (msg: string) => void;
 }
 
@@ -113,6 +122,9 @@ export abstract class VirtioPciDevice extends PciDevice {
   /** why the device is in NEEDS_RESET (for logs and tests) */
   brokenReason: string | undefined;
   private pciCfg = { bar: 0, offset: 0, length: 0 };
+  /** with notify 'mmap': polls the notify page (each queue's slot holds NOTIFY_IDLE until written) */
+  readonly poller: Poller | undefined;
+  private notifySlots: Uint16Array | undefined;
 
   constructor(o: VirtioDeviceOptions) {
     const qs = o.queueSize ?? 256;
@@ -139,11 +151,18 @@ export abstract class VirtioPciDevice extends PciDevice {
     this.queues = Array.from({ length: o.queues }, (_, i) => new Virtqueue(i, qs));
 
     this.addRegion(Layout.MSIX_BAR, { size: 0x1000, access: { read: (_o, n) => new Uint8Array(n), write: () => {} } });
+    const mmapNotify = o.notify === 'mmap';
     this.bar = this.addRegion(Layout.BAR, {
       size: Layout.BAR_SIZE,
       bar: { kind: 'mem64', prefetchable: true },
       access: { read: (off, len) => this.readBar(off, len), write: (off, data) => this.writeBar(off, data) },
+      ...(mmapNotify ? { shared: true, mmapAreas: [{ offset: Layout.NOTIFY, size: Layout.AREA }] } : {}),
     });
+    if (mmapNotify) {
+      const mem = this.bar.memory!;
+      this.notifySlots = new Uint16Array(mem.buffer, mem.byteOffset + Layout.NOTIFY, Layout.AREA / 2);
+      this.poller = new Poller({ step: () => this.scanNotify(), arm: () => this.scanNotify(), spinUs: o.pollUs ?? 50, idleMs: 1 });
+    }
     this.config.addPowerManagement();
     this.addMsix({ vectors: o.queues + 1, tableBar: Layout.MSIX_BAR, tableOffset: Layout.MSIX_TABLE, pbaBar: Layout.MSIX_BAR, pbaOffset: Layout.MSIX_PBA });
     this.config.addPciExpress({ flr: true });
@@ -392,7 +411,35 @@ export abstract class VirtioPciDevice extends PciDevice {
     if (s & Status.FEATURES_OK && !(old & Status.FEATURES_OK) && !this.featuresOk()) s &= ~Status.FEATURES_OK;
     if (s & Status.DRIVER_OK && !(s & Status.FEATURES_OK)) s &= ~Status.DRIVER_OK; // DRIVER_OK needs FEATURES_OK
     this.status = s;
-    if (s & Status.DRIVER_OK && !(old & Status.DRIVER_OK)) for (const q of this.queues) this.kick(q);
+    if (s & Status.DRIVER_OK && !(old & Status.DRIVER_OK)) {
+      this.startPolling();
+      for (const q of this.queues) this.kick(q);
+    }
+  }
+
+  // ------------------------------------------------------------ mmap notify area
+
+  /** (Re)starts the notify poller: every queue's slot idle, polled slowly until a request. */
+  private startPolling(): void {
+    if (!this.poller || !this.notifySlots || !this.running || !(this.status & Status.DRIVER_OK)) return;
+    for (let q = 0; q < this.queues.length; q++) this.notifySlots[(q * Layout.NOTIFY_MULTIPLIER) / 2] = NOTIFY_IDLE;
+    this.poller.start();
+  }
+
+  /** One look at the notify page: a slot the driver wrote is set idle again and its queue kicked. */
+  private scanNotify(): boolean {
+    const slots = this.notifySlots!;
+    let moved = false;
+    for (let q = 0; q < this.queues.length; q++) {
+      const i = (q * Layout.NOTIFY_MULTIPLIER) / 2;
+      if (slots[i] === NOTIFY_IDLE) continue;
+      // idle first, then the queue: a write after this point is seen next time, and one
+      // before it is covered by the ring the queue reads after the kick
+      slots[i] = NOTIFY_IDLE;
+      this.kick(this.queues[q]!);
+      moved = true;
+    }
+    return moved;
   }
 
   private featuresOk(): boolean {
@@ -407,6 +454,7 @@ export abstract class VirtioPciDevice extends PciDevice {
   /** Waits for requests in flight (their results are dropped), then resets. */
   private async transportReset(): Promise<void> {
     this.generation++;
+    this.poller?.stop();
     if (this.inflight > 0) await new Promise<void>((r) => this.idleWaiters.push(r));
     this.status = 0;
     this.driverFeatures = 0n;
@@ -439,6 +487,7 @@ export abstract class VirtioPciDevice extends PciDevice {
       q.kicked = true;
       return;
     }
+    this.poller?.kick(); // requests flow: poll every turn for a while
     void this.runQueue(q);
   }
 
@@ -574,7 +623,11 @@ export abstract class VirtioPciDevice extends PciDevice {
   private setRunning(on: boolean): void {
     if (on === this.running) return;
     this.running = on;
-    if (!on) return;
+    if (!on) {
+      this.poller?.stop();
+      return;
+    }
+    this.startPolling();
     this.updateIntx();
     for (const q of this.queues) {
       if (!q.enabled) continue;
@@ -585,9 +638,15 @@ export abstract class VirtioPciDevice extends PciDevice {
     }
   }
 
+  override destroy(): void {
+    this.poller?.stop();
+    super.destroy();
+  }
+
   /** Stops consuming queues and waits until nothing is in flight. */
   async quiesce(): Promise<void> {
     this.running = false;
+    this.poller?.stop();
     if (this.inflight > 0) await new Promise<void>((r) => this.idleWaiters.push(r));
   }
 
@@ -688,6 +747,9 @@ export abstract class VirtioPciDevice extends PciDevice {
     });
   }
 }
+
+/** a notify slot nobody wrote since we last looked (the driver writes a queue index, < 0xffff) */
+const NOTIFY_IDLE = 0xffff;
 
 function setByte(v: number, i: number, b: number): number {
   return ((v & ~(0xff << (8 * i))) | (b << (8 * i))) >>> 0;
