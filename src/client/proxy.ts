@@ -231,6 +231,7 @@ class ProxySession {
     private readonly proxy: SwitchoverProxy,
     fd: number,
     upstreamPath: string,
+    private readonly onEnd: (s: ProxySession) => void,
   ) {
     this.down = new Connection(fd, {
       maxMessageSize: MAX_MESSAGE,
@@ -532,7 +533,7 @@ class ProxySession {
     this.irqs.length = 0;
     for (const p of this.inflight.values()) p.drop?.();
     this.inflight.clear();
-    this.proxy.sessionEnded(this);
+    this.onEnd(this);
   }
 }
 
@@ -602,7 +603,7 @@ export class SwitchoverProxy extends EventEmitter {
   /** Forwards a client already connected on fd. */
   accept(fd: number): void {
     try {
-      this.sessions.add(new ProxySession(this, fd, this.upstream));
+      this.sessions.add(new ProxySession(this, fd, this.upstream, (s) => this.sessionEnded(s)));
       this.log('info', `client connected, forwarded to ${this.upstream}`);
       this.emit('session');
     } catch (e) {
@@ -611,7 +612,7 @@ export class SwitchoverProxy extends EventEmitter {
     }
   }
 
-  sessionEnded(s: ProxySession): void {
+  private sessionEnded(s: ProxySession): void {
     if (this.sessions.delete(s)) {
       this.log('info', 'session ended');
       this.emit('session-end');

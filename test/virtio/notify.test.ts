@@ -36,7 +36,7 @@ test('virtio-blk with a polled mmap notify page: requests complete on notify sto
       assert.deepEqual(d.at(b, 4096), pattern(4096, i % 20));
     }));
     assert.ok(d.notifies > 0, 'the driver notified (by stores)');
-    assert.ok(dev.poller!.turns > 0, 'the poller found them');
+    assert.ok(dev.notifyPoller!.turns > 0, 'the poller found them');
     d.close();
 
     // the same device, notified by trapped REGION_WRITEs
@@ -47,7 +47,7 @@ test('virtio-blk with a polled mmap notify page: requests complete on notify sto
     assert.equal((await tb.read(0, 3 * 8, [{ iova: b2, len: 4096, write: true }])).status, 0);
     assert.deepEqual(t.at(b2, 4096), pattern(4096, 3));
     await t.reset();
-    assert.equal(dev.poller!.pending, false, 'nothing polls after a reset');
+    assert.equal(dev.notifyPoller!.pending, false, 'nothing polls after a reset');
     t.close();
   } finally {
     await h.close();

@@ -123,7 +123,7 @@ export abstract class VirtioPciDevice extends PciDevice {
   brokenReason: string | undefined;
   private pciCfg = { bar: 0, offset: 0, length: 0 };
   /** with notify 'mmap': polls the notify page (each queue's slot holds NOTIFY_IDLE until written) */
-  readonly poller: Poller | undefined;
+  private readonly poller: Poller | undefined;
   private notifySlots: Uint16Array | undefined;
 
   constructor(o: VirtioDeviceOptions) {
@@ -418,6 +418,12 @@ export abstract class VirtioPciDevice extends PciDevice {
   }
 
   // ------------------------------------------------------------ mmap notify area
+
+  /** with notify 'mmap': the poller's wake-ups from sleep, polling turns, and whether it is running */
+  get notifyPoller(): { wakeups: number; turns: number; pending: boolean } | undefined {
+    const p = this.poller;
+    return p && { wakeups: p.wakeups, turns: p.turns, pending: p.pending };
+  }
 
   /** (Re)starts the notify poller: every queue's slot idle, polled slowly until a request. */
   private startPolling(): void {
