@@ -11,7 +11,7 @@
  * starts and ends on the guest's console, so fio's 1 s ramp is counted too) divided by the
  * I/Os done over the job's whole time (IOPS x (runtime + ramp)).
  *
- * Usage: VFU_GUEST_RUN=... node dist/bench/virtio/guest.js [--seconds=4]
+ * Usage: VFU_GUEST_RUN=... node dist/bench/virtio/guest.js [--seconds=4] [--doorbells=trap|mmap]
  */
 import { mkdtempSync, rmSync, writeFileSync, truncateSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -21,7 +21,9 @@ import { serveChild } from '../../test/helpers.js';
 import { guestRunner, guestScript, runGuest } from '../../test/interop/guest-run.js';
 
 const SCRIPT = guestScript('virtio-blk-bench.sh');
-const { values } = parseArgs({ options: { seconds: { type: 'string' } } });
+const { values } = parseArgs({ options: { seconds: { type: 'string' }, doorbells: { type: 'string' } } });
+/** our device's notifications: trap (default) or mmap (the polled notify page) */
+const doorbells = values.doorbells ?? 'trap';
 const seconds = Number(values.seconds ?? 4);
 /** fio's --ramp_time in the guest script */
 const RAMP = 1;
@@ -81,7 +83,7 @@ async function main(): Promise<void> {
     return;
   }
   const dir = mkdtempSync(join(tmpdir(), 'vfu-virtio-guest-'));
-  const srv = await serveChild('virtio-blk', [`--image=${join(dir, 'ours.img')}`, '--size=64M', '--serial=VFU-BENCH', '-q']);
+  const srv = await serveChild('virtio-blk', [`--image=${join(dir, 'ours.img')}`, '--size=64M', '--serial=VFU-BENCH', '-q', `--doorbells=${doorbells}`]);
   const qemuImage = join(dir, 'qemu.img');
   writeFileSync(qemuImage, '');
   truncateSync(qemuImage, 64 << 20);
@@ -107,7 +109,7 @@ async function main(): Promise<void> {
   const m = parse(g.out, cpu);
   const a = m.get('ours') ?? new Map<string, Result>();
   const b = m.get('qemu') ?? new Map<string, Result>();
-  console.log(`guest fio, libaio O_DIRECT, ${seconds} s per job, each job alternately on both disks twice (mean), 1 vCPU TCG, page cache on the host`);
+  console.log(`guest fio, libaio O_DIRECT, ${seconds} s per job, each job alternately on both disks twice (mean), 1 vCPU TCG, page cache on the host; our notifications: ${doorbells}`);
   console.log(`${'job'.padEnd(20)} ${'ours (vfio-user)'.padStart(30)} ${'QEMU virtio-blk-pci'.padStart(30)}  ratio (IOPS)  our server CPU per I/O`);
   for (const [k, x] of a) {
     const y = b.get(k);
