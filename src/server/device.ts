@@ -152,7 +152,7 @@ export class PciDevice {
    * gone by then); the next client is served once a returned promise settles
    */
   onAttach: (() => void) | undefined;
-  onDetach: (() => void | Promise<void>) | undefined;
+  onDetach: (() => void) | (() => Promise<void>) | undefined;
   /** set to make the device migratable (before serving it) */
   migration: MigrationHooks | undefined;
   get migratable(): boolean {
