@@ -16,6 +16,7 @@
  *
  * Usage: VFU_GUEST_RUN=... node dist/bench/nvme/guest.js [--rounds=1] [--iommu=both|on|off]
  *          [--ram=both|shared|unshared] [--fio=on|off] [--fio-secs=4] [--cpus=1] [--poll-us=N]
+ *          [--first=ours|qemu]   (which device goes first in round 1; the order alternates)
  *          [--also="--server-option ..."]...   (extra server variants in the same run)
  */
 import { spawn } from 'node:child_process';
@@ -38,6 +39,7 @@ const { values } = parseArgs({
     fio: { type: 'string' },
     'fio-secs': { type: 'string' },
     cpus: { type: 'string' },
+    first: { type: 'string' },
     'poll-us': { type: 'string' },
     also: { type: 'string', multiple: true },
   },
@@ -48,6 +50,8 @@ const rounds = Number(values.rounds ?? 1);
 const iommus = values.iommu === 'on' ? [true] : values.iommu === 'off' ? [false] : [false, true];
 const rams = values.ram === 'shared' ? [true] : values.ram === 'unshared' ? [false] : [true, false];
 const cpus = values.cpus ?? '1';
+/** 0: ours first in even rounds; 1: QEMU's first in even rounds */
+const flip = values.first === 'qemu' ? 1 : 0;
 const cmdline = [`vfu_fio=${values.fio === 'off' ? 0 : 1}`, `vfu_fio_secs=${Number(values['fio-secs'] ?? 4)}`];
 
 /** server CPU seconds (utime + stime) */
@@ -277,9 +281,10 @@ async function main(): Promise<void> {
         const b: Run[] = [];
         for (let i = 0; i < rounds; i++) {
           // alternate which goes first
-          if (i % 2 === 1) b.push(await qemu(runner, image, shared, iommu));
+          const qemuFirst = (i + flip) % 2 === 1;
+          if (qemuFirst) b.push(await qemu(runner, image, shared, iommu));
           for (let k = 0; k < variants.length; k++) vs[k]!.push(await ours(runner, image, dir, shared, iommu, variants[k]!));
-          if (i % 2 === 0) b.push(await qemu(runner, image, shared, iommu));
+          if (!qemuFirst) b.push(await qemu(runner, image, shared, iommu));
         }
         report(`${shared ? 'guest RAM shared (-M)' : 'guest RAM not shared (DMA by message)'}, ${iommu ? 'vIOMMU (intel-iommu, strict)' : 'no vIOMMU'}`, vs, b);
         console.log(`(${((Date.now() - t0) / 1000).toFixed(0)} s so far)`);
