@@ -43,6 +43,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fastpath.h"
+
 #define VFU_SCM_MAX_FD 253
 #define VFU_MAX_IOV 64
 #define MAP_BUCKETS_MIN 64
@@ -1751,6 +1753,7 @@ NAPI_MODULE_INIT() {
       METHOD("eventfdSignal", js_eventfd_signal),
       METHOD("isEventfd", js_is_eventfd),
       METHOD("createPoller", js_create_poller),
+      METHOD("waitReadable", vfu_js_wait_readable),
       {"POLL_READABLE", NULL, NULL, NULL, NULL, define_const(env, UV_READABLE), napi_enumerable, NULL},
       {"POLL_WRITABLE", NULL, NULL, NULL, NULL, define_const(env, UV_WRITABLE), napi_enumerable, NULL},
       {"POLL_DISCONNECT", NULL, NULL, NULL, NULL, define_const(env, UV_DISCONNECT), napi_enumerable, NULL},

@@ -138,6 +138,16 @@ export interface NativeAddon {
    * libuv makes the fd non-blocking. EEXIST if another poller is started on fd.
    */
   createPoller(fd: number, callback: PollCallback): NativePoller;
+  /**
+   * The serving fast path (native/fastpath.c): waits in poll(2) until fd is readable (2 when
+   * that happened within the first spinUs microseconds, polled without sleeping; 1 after
+   * sleeping) or until this thread's event loop has anything to do (0): another watched fd or
+   * signal ready, a timer due, immediates or closing handles, or a watcher started since the
+   * loop's last poll. Never waits longer than the event loop would have; maxMs (-1: no bound)
+   * bounds it further. The caller must have run nextTicks and microtasks before (they do not
+   * wake it).
+   */
+  waitReadable(fd: number, maxMs?: number, spinUs?: number): 0 | 1 | 2;
   readonly POLL_READABLE: number;
   readonly POLL_WRITABLE: number;
   readonly POLL_DISCONNECT: number;

@@ -59,6 +59,21 @@ export interface ServerOptions {
    */
   handshakeTimeoutMs?: number;
   /**
+   * The serving fast path (default true): after answering, wait for the client's next message
+   * in poll(2) without a round through the event loop while the loop has nothing else to do
+   * (see ConnectionOptions.fastPath). Timers, other fds, immediates, worker messages and
+   * asynchronous device callbacks still run as before. false serves every message through
+   * the event loop.
+   */
+  fastPath?: boolean;
+  /**
+   * With the fast path: after answering, poll for the client's next message without sleeping
+   * for up to this many microseconds (default 50; 0: never), adaptively (spinning stops for a
+   * while after a spin that caught nothing, so a client slower than that costs little CPU, and
+   * an idle one none). Saves the wake-up of an idle CPU when the client runs on another one.
+   */
+  spinUs?: number;
+  /**
    * log function. Default: warnings (a device error, with its stack; a misbehaving client)
    * go to stderr, nothing else; `() => {}` silences them.
    */
@@ -104,6 +119,8 @@ export class VfioUserServer extends EventEmitter {
   readonly dmaTimeoutMs: number;
   readonly dmaReadWindow: number | undefined;
   readonly handshakeTimeoutMs: number;
+  readonly fastPath: boolean;
+  readonly spinUs: number;
   private readonly logFn: ServerOptions['log'];
   private listener: Listener | undefined;
   /** the client being served (or torn down: see `serving`) @internal */
@@ -134,6 +151,8 @@ export class VfioUserServer extends EventEmitter {
     this.twinSocket = opts.twinSocket ?? true;
     this.writeMultiple = opts.writeMultiple ?? true;
     this.handshakeTimeoutMs = opts.handshakeTimeoutMs ?? 5000;
+    this.fastPath = opts.fastPath ?? process.env.VFU_FAST_PATH !== '0';
+    this.spinUs = opts.spinUs ?? (process.env.VFU_SPIN_US !== undefined ? Number(process.env.VFU_SPIN_US) : 50);
     this.logFn = opts.log ?? warningsToStderr;
     this.migration = device.migratable ? new Migration(device) : undefined;
     (device.dma as { maxMaps: number }).maxMaps = this.maxDmaMaps;

@@ -75,6 +75,8 @@ export class Session {
       maxFdsPerMessage: server.maxMsgFds,
       // a client that does not read its replies is not read either: memory stays bounded
       pauseReadsWhenBacklogged: true,
+      fastPath: server.fastPath,
+      spinUs: server.spinUs,
       onCommand: (msg) => this.onCommand(msg),
       onClose: (err) => this.onClose(err),
       onBadHeader: (h, why) => this.server.log('warn', `command ${P.commandName(h.command)} id ${h.msgId} refused (EINVAL): ${why}`),
