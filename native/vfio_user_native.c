@@ -90,6 +90,7 @@ typedef struct poller {
   unsigned char closing;       /* uv_close called */
   unsigned char js_gone;       /* JS object finalized (or never created) */
   unsigned char refs_released; /* napi refs / async context released */
+  unsigned char owns_fd;       /* close fd at env teardown if still open then (ownFd()) */
   struct poller* next;
   struct poller** pprev; /* in st->pollers[fd bucket] while the uv handle is not closed */
 } poller;
@@ -1543,6 +1544,16 @@ static napi_value poller_close(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* ownFd(): the poller's owner closes the fd right after the poller; if the env is torn down
+ * first (a worker thread that died or was terminated), the cleanup hook closes it, so a client
+ * of a dead worker sees its connection end instead of hanging on a leaked fd. */
+static napi_value poller_own_fd(napi_env env, napi_callback_info info) {
+  size_t argc = 0;
+  poller* p = this_poller(env, info, &argc, NULL);
+  if (p != NULL && !p->closing) p->owns_fd = 1;
+  return NULL;
+}
+
 static napi_value poller_ref(napi_env env, napi_callback_info info) {
   size_t argc = 0;
   poller* p = this_poller(env, info, &argc, NULL);
@@ -1638,8 +1649,10 @@ static void on_env_cleanup(napi_async_cleanup_hook_handle handle, void* arg) {
   int pending = 0;
   for (size_t b = 0; b < POLL_BUCKETS; b++) {
     for (poller* p = st->pollers[b]; p != NULL; p = p->next) {
+      int fd = p->owns_fd && !p->closing ? p->fd : -1; /* JS never closed it (see ownFd) */
       poller_release_js(p);
       poller_begin_close(p);
+      if (fd >= 0) close(fd); /* after uv_close took it out of the epoll set */
       pending++;
     }
   }
@@ -1720,6 +1733,7 @@ NAPI_MODULE_INIT() {
       {"close", NULL, poller_close, NULL, NULL, NULL, napi_default_method, NULL},
       {"ref", NULL, poller_ref, NULL, NULL, NULL, napi_default_method, NULL},
       {"unref", NULL, poller_unref, NULL, NULL, NULL, napi_default_method, NULL},
+      {"ownFd", NULL, poller_own_fd, NULL, NULL, NULL, napi_default_method, NULL},
   };
   napi_value ctor;
   NAPI_OK(napi_define_class(env, "NativePoller", NAPI_AUTO_LENGTH, poller_constructor, st,

@@ -25,6 +25,7 @@ export type VfioUserErrorCode =
   | 'VFU_BUSY' // too many requests in flight (all message ids in use)
   | 'VFU_DMA' // a DMA access or map the client's maps do not allow (errno says why)
   | 'VFU_BAD_STATE' // an operation that the current state forbids
+  | 'VFU_DEVICE_FAILED' // a device on a worker thread failed to start (server/threads.ts)
   | 'VFU_INVALID_ARGUMENT' // a local caller's argument is invalid
   | 'VFU_DEVICE_DEFINITION'; // a device definition that contradicts itself (thrown when it is defined or served)
 

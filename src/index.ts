@@ -5,6 +5,8 @@ export { PciDevice, Region, RegionIndex } from './server/device.js';
 export type { RegionOptions, RegionAccess, PciDeviceOptions, IoEventFd, ResetReason } from './server/device.js';
 export { VfioUserServer } from './server/server.js';
 export type { ServerOptions } from './server/server.js';
+export { DeviceThreads, DeviceThread } from './server/threads.js';
+export type { DeviceThreadSpec, DeviceThreadState, WorkerDeviceContext, WorkerDeviceFactory, WorkerControlCommand } from './server/threads.js';
 export { IrqIndex } from './server/irq.js';
 export type { IrqController } from './server/irq.js';
 export { DmaController, DmaError } from './server/dma.js';

@@ -17,6 +17,7 @@ import { pathToFileURL } from 'node:url';
 import { VfioUserServer } from '../server/server.js';
 import type { PciDevice } from '../server/device.js';
 import { DEVICES } from './devices.js';
+import { wantsMany, serveMany } from './serve-many.js';
 import { UsageError, checkFactory, optionsHelp, parseOptionValue, type DeviceContext, type DeviceFactory, type DeviceOptions } from './factory.js';
 
 /** serve's own options (a device may not declare these) */
@@ -146,6 +147,7 @@ function firstPositional(argv: string[]): string | undefined {
 }
 
 export async function serve(argv: string[]): Promise<number> {
+  if (wantsMany(argv)) return serveMany(argv); // several devices, a worker thread each
   const spec = firstPositional(argv);
   const wantsHelp = argv.includes('--help') || argv.includes('-h');
   if (!spec) {

@@ -36,6 +36,12 @@ export interface NativePoller {
   /** Whether the poll handle keeps the event loop alive (default true). */
   ref(): void;
   unref(): void;
+  /**
+   * Marks the fd as owned by whoever owns the poller, who closes it right after closing the
+   * poller. Should the thread's environment end first (a worker that died or was terminated),
+   * the fd is closed then, so a client of a dead worker sees its connection end.
+   */
+  ownFd(): void;
 }
 
 export interface NativeAddon {

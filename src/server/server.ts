@@ -173,6 +173,16 @@ export class VfioUserServer extends EventEmitter {
     return this;
   }
 
+  /**
+   * Accepts clients on a listening socket fd that somebody else owns (e.g. the main thread, for
+   * a device served by a worker: see DeviceThreads). close() stops accepting; the fd stays open.
+   */
+  listenFd(fd: number): this {
+    if (this.listener) throw new VfioUserError('VFU_BAD_STATE', 'already listening', Errno.EBUSY);
+    this.listener = new Listener({ fd }, (c) => this.accept(c));
+    return this;
+  }
+
   /** Serves a client already connected on fd (the spec's --fd=N convention). */
   serveFd(fd: number): this {
     this.accept(adoptFd(fd));

@@ -328,6 +328,7 @@ export class Connection {
     this.spinUs = opts.spinUs ?? 0;
     this.rbuf = new Uint8Array(Math.min(65536, this.maxMessageSize));
     this.poller = native.createPoller(fd, (status, events) => this.onPoll(status, events));
+    this.poller.ownFd(); // closed by fail(), or at teardown of a thread that died first
     this.watching = native.POLL_READABLE | native.POLL_DISCONNECT;
     this.poller.start(this.watching);
   }

@@ -9,20 +9,26 @@ export class Listener {
   readonly fd: number;
   readonly path: string | undefined;
   private readonly poller: NativePoller;
+  /** false for an adopted fd: its owner closes it (and removes its path) */
+  private readonly ownsFd: boolean;
   private closed = false;
 
   /**
    * Listens on `path` (a stale socket file left by a dead process is replaced; any other
-   * existing file is an error) and calls onConnection with each accepted fd.
+   * existing file is an error) and calls onConnection with each accepted fd. With
+   * `{ fd }` instead, accepts on a listening socket somebody else owns (e.g. the main thread,
+   * for a device served by a worker thread): close() then stops accepting but leaves the fd
+   * open and the path in place.
    */
-  constructor(path: string, onConnection: (fd: number) => void, opts: { backlog?: number } = {}) {
-    this.path = path;
-    try {
-      this.fd = native.listen(path, opts.backlog ?? 16);
-    } catch (e) {
-      if ((e as { code?: string }).code !== 'EADDRINUSE' || !isStaleSocket(path)) throw e;
-      unlinkSync(path);
-      this.fd = native.listen(path, opts.backlog ?? 16);
+  constructor(path: string | { fd: number }, onConnection: (fd: number) => void, opts: { backlog?: number } = {}) {
+    if (typeof path === 'string') {
+      this.path = path;
+      this.fd = listenPath(path, opts.backlog ?? 16);
+      this.ownsFd = true;
+    } else {
+      this.path = undefined;
+      this.fd = path.fd;
+      this.ownsFd = false;
     }
     this.poller = native.createPoller(this.fd, (status) => {
       if (this.closed) return;
@@ -42,6 +48,7 @@ export class Listener {
         if (this.closed) return;
       }
     });
+    if (this.ownsFd) this.poller.ownFd();
     this.poller.start(native.POLL_READABLE);
   }
 
@@ -49,18 +56,36 @@ export class Listener {
     if (this.closed) return;
     this.closed = true;
     this.poller.close();
+    if (!this.ownsFd) return;
     native.close(this.fd);
-    if (this.path) {
-      try {
-        unlinkSync(this.path);
-      } catch {
-        /* already gone */
-      }
-    }
+    if (this.path) removeSocket(this.path);
   }
 
   unref(): void {
     this.poller.unref();
+  }
+}
+
+/**
+ * A listening socket on path (non-blocking, close-on-exec): a stale socket file left by a dead
+ * process is replaced; any other existing file is an error (EADDRINUSE).
+ */
+export function listenPath(path: string, backlog = 16): number {
+  try {
+    return native.listen(path, backlog);
+  } catch (e) {
+    if ((e as { code?: string }).code !== 'EADDRINUSE' || !isStaleSocket(path)) throw e;
+    unlinkSync(path);
+    return native.listen(path, backlog);
+  }
+}
+
+/** Removes a socket file (nothing if it is gone already). */
+export function removeSocket(path: string): void {
+  try {
+    unlinkSync(path);
+  } catch {
+    /* already gone */
   }
 }
 

@@ -104,3 +104,39 @@ test('vfio-user trace shows a complete QEMU boot session with the GPIO device', 
     await srv.stop();
   }
 });
+
+test('QEMU + Linux guest: two GPIO devices served by one process, each on its own thread (vfio-user serve --device --device)', { skip: runner ? false : 'VFU_GUEST_RUN not set (no QEMU guest runner)', timeout: 600_000 }, async () => {
+  const { sockPath } = await import('../helpers.js');
+  const { createInterface } = await import('node:readline');
+  const { existsSync } = await import('node:fs');
+  const a = sockPath('gpio-a');
+  const b = sockPath('gpio-b');
+  const srv = spawn(process.execPath, [CLI, 'serve', `--device=gpio --socket-path=${a} --inputs=0x00ff`, `--device=gpio --socket-path=${b} --inputs=0xff00`], { stdio: ['pipe', 'pipe', 'pipe'] });
+  const events: Record<string, unknown>[] = [];
+  createInterface({ input: srv.stdout! }).on('line', (l) => events.push(JSON.parse(l)));
+  let err = '';
+  srv.stderr!.on('data', (d) => (err += d));
+  const exited = new Promise<number | null>((r) => srv.on('exit', r));
+  try {
+    for (let i = 0; i < 200 && events.filter((e) => e.event === 'ready').length < 2; i++) await new Promise((r) => setTimeout(r, 50));
+    assert.equal(events.filter((e) => e.event === 'ready').length, 2, `both devices ready; stderr: ${err}`);
+    const script2 = new URL('../../../test/interop/guest/gpio-two.sh', import.meta.url).pathname;
+    const guest = spawn(runner!, ['-s', a, '-s', b, '-t', script2, '-T', '400'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    guest.stdout!.on('data', (d) => (out += d));
+    guest.stderr!.on('data', (d) => (out += d));
+    const code = await new Promise<number | null>((r) => guest.on('exit', r));
+    const lines = out.split('\n').filter((l) => l.includes('GPIO2'));
+    process.stdout.write(lines.join('\n') + '\n');
+    assert.equal(code, 0, `guest failed:\n${out.slice(-4000)}\nserver stderr:\n${err}`);
+    const inputs = lines.map((l) => / inputs ([01]{16})/.exec(l)?.[1]).filter(Boolean).sort();
+    assert.deepEqual(inputs, ['0000000011111111', '1111111100000000'], 'each device shows its own inputs to the guest');
+    const outputs = events.filter((e) => e.event === 'outputs');
+    const byDevice = new Set(outputs.map((e) => e.device));
+    assert.deepEqual([...byDevice].sort(), ['gpio', 'gpio-2'], `both devices reported the guest's outputs: ${JSON.stringify(outputs)}`);
+  } finally {
+    srv.kill('SIGTERM');
+    assert.equal(await exited, 0, err);
+  }
+  assert.ok(!existsSync(a) && !existsSync(b), 'SIGTERM removed both sockets');
+});
