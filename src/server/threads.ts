@@ -100,7 +100,7 @@ export interface LoadedFactory {
   control: Record<string, WorkerControlCommand>;
 }
 
-/** Imports a device module and finds its factory (in the worker). */
+/** @internal Imports a device module and finds its factory (in the worker). */
 export async function loadDeviceFactory(module: string, exportName?: string): Promise<LoadedFactory> {
   const mod = (await import(module)) as Record<string, unknown>;
   let f: unknown = mod;
