@@ -1,24 +1,30 @@
 // Builds the native addon with npm's own node-gyp against the installed Node headers.
 // Never downloads headers: --nodedir points at this Node's prefix.
+// Run directly (npm's install hook through scripts/install.mjs, `npm run build`), or imported
+// for its helpers (scripts/prebuild.mjs).
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
 
-const prefix = dirname(dirname(process.execPath));
-const headers = join(prefix, 'include', 'node', 'node_api.h');
-if (!existsSync(headers)) {
-  console.error(`build-native: Node headers not found at ${headers}; install Node's development headers`);
-  process.exit(1);
+/** The installation prefix of this Node (its headers are under include/node). */
+export function nodePrefix() {
+  const prefix = dirname(dirname(process.execPath));
+  const headers = join(prefix, 'include', 'node', 'node_api.h');
+  if (!existsSync(headers)) {
+    console.error(`build-native: Node headers not found at ${headers}; install Node's development headers`);
+    process.exit(1);
+  }
+  return prefix;
 }
 
-function findNodeGyp() {
+/** npm's node-gyp (or a local one). */
+export function findNodeGyp() {
   if (process.env.npm_config_node_gyp && existsSync(process.env.npm_config_node_gyp)) {
     return process.env.npm_config_node_gyp;
   }
-  const candidates = [
-    join(prefix, 'lib', 'node_modules', 'npm', 'node_modules', 'node-gyp', 'bin', 'node-gyp.js'),
-  ];
+  const candidates = [join(dirname(dirname(process.execPath)), 'lib', 'node_modules', 'npm', 'node_modules', 'node-gyp', 'bin', 'node-gyp.js')];
   try {
     const require = createRequire(import.meta.url);
     candidates.unshift(require.resolve('node-gyp/bin/node-gyp.js'));
@@ -28,9 +34,9 @@ function findNodeGyp() {
   process.exit(1);
 }
 
-const gyp = findNodeGyp();
-const args = [gyp, 'rebuild', `--nodedir=${prefix}`, '--release'];
-const jobs = process.env.JOBS ?? '2';
-args.push(`--jobs=${jobs}`);
-const r = spawnSync(process.execPath, args, { stdio: 'inherit', cwd: join(dirname(new URL(import.meta.url).pathname), '..') });
-process.exit(r.status ?? 1);
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  const prefix = nodePrefix();
+  const args = [findNodeGyp(), 'rebuild', `--nodedir=${prefix}`, '--release', `--jobs=${process.env.JOBS ?? '2'}`];
+  const r = spawnSync(process.execPath, args, { stdio: 'inherit', cwd: join(dirname(fileURLToPath(import.meta.url)), '..') });
+  process.exit(r.status ?? 1);
+}

@@ -9,6 +9,7 @@
  * Works in worker threads: the addon keeps no process-global state (one instance per env).
  */
 import { createRequire } from 'node:module';
+import { existsSync } from 'node:fs';
 
 export interface NativeError extends Error {
   errno: number;
@@ -164,18 +165,12 @@ export interface NativeAddon {
 const require = createRequire(import.meta.url);
 
 function load(): NativeAddon {
-  // dist/src/native/index.js -> ../../../native; src/native/index.ts (run from source) -> ../../native
+  // dist/src/native/index.js -> ../../../native; src/native/index.ts (run from source) -> ../../native.
+  // native/index.cjs finds the binary and says what it looked for when there is none.
   const candidates = ['../../../native/index.cjs', '../../native/index.cjs'];
-  let lastErr: unknown;
-  for (const c of candidates) {
-    try {
-      return require(c) as NativeAddon;
-    } catch (e) {
-      lastErr = e;
-      if ((e as NodeJS.ErrnoException).code !== 'MODULE_NOT_FOUND') throw e;
-    }
-  }
-  throw new Error(`vfio-user: native addon not built (run npm ci or npm run build): ${String(lastErr)}`);
+  const entry = candidates.find((c) => existsSync(new URL(c, import.meta.url)));
+  if (!entry) throw new Error(`vfio-user: native/index.cjs is missing next to ${new URL('../../..', import.meta.url).pathname} (a broken installation: reinstall vfio-user)`);
+  return require(entry) as NativeAddon;
 }
 
 export const native: NativeAddon = load();
