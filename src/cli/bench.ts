@@ -7,35 +7,73 @@
  * with ../shared/tools/vfu-bench; see bench/README.md.)
  */
 import { parseArgs } from 'node:util';
-import { VfioUserClient } from '../client/client.js';
+import type { VfioUserClient } from '../client/client.js';
+import { connectServer, parseTimeout } from './connect.js';
+import { intOption, onePositional } from './args.js';
+import { UsageError } from './factory.js';
+
+const REGION_NAMES = ['BAR0', 'BAR1', 'BAR2', 'BAR3', 'BAR4', 'BAR5', 'ROM', 'CONFIG', 'VGA'];
+
+/**
+ * The region to time: the one asked for, or the first BAR (then any other region but config
+ * space) that allows the access over [0, end). A region the device lacks is refused here, not
+ * by the server N times.
+ */
+async function pickRegion(c: VfioUserClient, wanted: number | undefined, end: number, write: boolean): Promise<number> {
+  const regions = await c.regions();
+  const fits = (r: (typeof regions)[number]): boolean => r.size >= end && (write ? r.writable : r.readable);
+  const name = (i: number): string => REGION_NAMES[i] ?? `region ${i}`;
+  const list = regions.filter((r) => r.size > 0).map((r) => `${name(r.index)} (${r.size} bytes, ${r.readable ? 'r' : '-'}${r.writable ? 'w' : '-'})`).join(', ');
+  if (wanted !== undefined) {
+    const r = regions.find((x) => x.index === wanted);
+    if (!r || r.size === 0) throw new UsageError(`--region=${wanted}: the device has no such region (it has ${list})`);
+    if (!fits(r)) throw new UsageError(`--region=${wanted}: ${name(wanted)} is ${r.size} bytes${write ? (r.writable ? '' : ', not writable') : r.readable ? '' : ', not readable'}; the access ends at ${end}`);
+    return wanted;
+  }
+  const pick = regions.filter((r) => r.index < 6).find(fits) ?? regions.filter((r) => r.index !== 7).find(fits);
+  if (!pick) throw new UsageError(`no region of the device allows ${write ? 'writes' : 'reads'} up to ${end} bytes (it has ${list}); give --region`);
+  return pick.index;
+}
 
 export async function bench(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,
     options: {
-      region: { type: 'string', default: '0' },
-      offset: { type: 'string', default: '0' },
-      count: { type: 'string', default: '4' },
-      n: { type: 'string', short: 'n', default: '100000' },
-      depth: { type: 'string', short: 'd', default: '1' },
+      region: { type: 'string' },
+      offset: { type: 'string' },
+      count: { type: 'string' },
+      n: { type: 'string', short: 'n' },
+      depth: { type: 'string', short: 'd' },
       write: { type: 'boolean', short: 'w' },
       posted: { type: 'boolean' },
       json: { type: 'boolean' },
+      timeout: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
-  const socket = positionals[0];
-  if (values.help || !socket) {
-    process.stdout.write('usage: vfio-user bench <socket> [--region=N] [--offset=N] [--count=N] [-n N] [--depth=D] [--write] [--posted] [--json]\n');
-    return values.help ? 0 : 2;
+  const usage =
+    'usage: vfio-user bench <socket> [--region=N (default: the first BAR the device has)] [--offset=N (0)] [--count=BYTES (4)]\n' +
+    '                       [-n N (100000)] [--depth=D (1)] [--write | --posted] [--json] [--timeout=SECONDS (10)]\n';
+  if (values.help) {
+    process.stdout.write(usage);
+    return 0;
   }
-  const region = Number(values.region);
-  const offset = Number(values.offset);
-  const count = Number(values.count);
-  const n = Number(values.n);
-  const depth = Math.max(1, Number(values.depth));
-  const c = await VfioUserClient.connect(socket, { timeout: 10000 });
+  const socket = onePositional(positionals, 'socket');
+  if (!socket) throw new UsageError(`no socket given\n${usage}`);
+  const offset = intOption('offset', values.offset, 0) ?? 0;
+  const count = intOption('count', values.count, 1, 1 << 24) ?? 4;
+  const n = intOption('n', values.n, 1, 1e9) ?? 100000;
+  const depth = intOption('depth', values.depth, 1, 4096) ?? 1;
+  const wanted = intOption('region', values.region, 0, 0xffffffff);
+  const c = await connectServer(socket, { timeout: parseTimeout(values.timeout, 10000) });
+  let region: number;
+  try {
+    region = await pickRegion(c, wanted, offset + count, !!(values.write || values.posted));
+  } catch (e) {
+    c.close();
+    throw e;
+  }
   try {
     const data = new Uint8Array(count);
     const op = values.posted ? 'posted-write' : values.write ? 'write' : 'read';

@@ -3,7 +3,10 @@
  * IDs, class, BARs with sizes and flags, sparse mmap areas, capabilities, IRQs.
  */
 import { parseArgs } from 'node:util';
-import { VfioUserClient, type RegionDescription } from '../client/client.js';
+import type { VfioUserClient, RegionDescription } from '../client/client.js';
+import { connectServer, parseTimeout } from './connect.js';
+import { onePositional } from './args.js';
+import { UsageError } from './factory.js';
 import { decodeConfig, type DecodedConfig } from '../client/pci-decode.js';
 import * as P from '../protocol/index.js';
 
@@ -124,14 +127,17 @@ export async function info(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,
-    options: { json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' }, 'no-twin-socket': { type: 'boolean' } },
+    options: { json: { type: 'boolean' }, timeout: { type: 'string' }, help: { type: 'boolean', short: 'h' }, 'no-twin-socket': { type: 'boolean' } },
   });
-  const socket = positionals[0];
-  if (values.help || !socket) {
-    process.stdout.write('usage: vfio-user info <socket> [--json]\n');
-    return values.help ? 0 : 2;
+  const usage = 'usage: vfio-user info <socket> [--json] [--timeout=SECONDS (default 10)] [--no-twin-socket]\n';
+  if (values.help) {
+    process.stdout.write(usage);
+    return 0;
   }
-  const c = await VfioUserClient.connect(socket, { twinSocket: !values['no-twin-socket'], timeout: 10000 });
+  const socket = onePositional(positionals, 'socket');
+  if (!socket) throw new UsageError(`no socket given\n${usage}`);
+  const timeout = parseTimeout(values.timeout, 10000);
+  const c = await connectServer(socket, { twinSocket: !values['no-twin-socket'], timeout });
   try {
     const r = await collect(c, socket);
     process.stdout.write(values.json ? JSON.stringify(r, null, 2) + '\n' : render(r));

@@ -1,6 +1,8 @@
 /**
- * `vfio-user migrate --from=SOCKET --to=SOCKET [--no-precopy] [--threshold=BYTES] [--chunk=BYTES] [--json]`
+ * `vfio-user migrate --from=SOCKET --to=SOCKET [--no-precopy] [--threshold=BYTES] [--chunk=BYTES] [--force] [--timeout=SECONDS] [--json]`
  *
+ * Before anything moves: the two sockets must differ (by path and by inode), and the devices
+ * must have the same IDs (vendor, device, subsystem, class, revision) unless --force.
  * --chunk sets the MIG_DATA_READ size; some servers need a particular one (libvfio-user's
  * gpio sample only accepts reads of exactly 64 bytes, the size of its state).
  *
@@ -8,8 +10,34 @@
  * stop-and-copy, resume), printing progress: bytes, rounds, downtime.
  */
 import { parseArgs } from 'node:util';
-import { VfioUserClient } from '../client/client.js';
+import { statSync } from 'node:fs';
+import { resolve } from 'node:path';
+import type { VfioUserClient } from '../client/client.js';
 import { migrate as runMigration } from '../client/migrate.js';
+import { PciRegion } from '../protocol/index.js';
+import { connectServer, parseTimeout } from './connect.js';
+import { intOption } from './args.js';
+import { UsageError } from './factory.js';
+
+/** true when both paths name the same socket (the same path, or the same inode by another path) */
+function sameSocket(a: string, b: string): boolean {
+  if (resolve(a) === resolve(b)) return true;
+  try {
+    const x = statSync(a);
+    const y = statSync(b);
+    return x.dev === y.dev && x.ino === y.ino;
+  } catch {
+    return false; // one is missing: connecting will say so
+  }
+}
+
+/** vendor:device, subsystem, class and revision, from config space */
+async function identity(c: VfioUserClient): Promise<string> {
+  const cfg = await c.read(PciRegion.CONFIG, 0, 0x30);
+  const dv = new DataView(cfg.buffer, cfg.byteOffset, cfg.byteLength);
+  const h = (n: number, w: number): string => n.toString(16).padStart(w, '0');
+  return `${h(dv.getUint16(0, true), 4)}:${h(dv.getUint16(2, true), 4)} subsystem ${h(dv.getUint16(0x2c, true), 4)}:${h(dv.getUint16(0x2e, true), 4)} class ${h(dv.getUint32(8, true) >>> 8, 6)} rev ${h(cfg[8]!, 2)}`;
+}
 
 export async function migrate(argv: string[]): Promise<number> {
   const { values } = parseArgs({
@@ -20,22 +48,33 @@ export async function migrate(argv: string[]): Promise<number> {
       'no-precopy': { type: 'boolean' },
       threshold: { type: 'string' },
       chunk: { type: 'string' },
+      force: { type: 'boolean' },
+      timeout: { type: 'string' },
       json: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
   });
-  if (values.help || !values.from || !values.to) {
-    process.stdout.write('usage: vfio-user migrate --from=SOCKET --to=SOCKET [--no-precopy] [--threshold=BYTES] [--chunk=BYTES] [--json]\n');
-    return values.help ? 0 : 2;
+  const usage = 'usage: vfio-user migrate --from=SOCKET --to=SOCKET [--no-precopy] [--threshold=BYTES] [--chunk=BYTES] [--force] [--timeout=SECONDS (60)] [--json]\n' +
+    '  --force: migrate between devices whose IDs (vendor, device, subsystem, class, revision) differ\n';
+  if (values.help) {
+    process.stdout.write(usage);
+    return 0;
   }
-  const src = await VfioUserClient.connect(values.from, { timeout: 60000 });
+  if (!values.from || !values.to) throw new UsageError(`give both --from=SOCKET and --to=SOCKET\n${usage}`);
+  if (sameSocket(values.from, values.to)) throw new UsageError(`--from and --to are the same socket (${values.from}): a device cannot migrate onto itself`);
+  const threshold = intOption('threshold', values.threshold, 0);
+  const chunk = intOption('chunk', values.chunk, 1, 1 << 30);
+  const timeout = parseTimeout(values.timeout, 60000);
+  const src = await connectServer(values.from, { timeout });
   let dst: VfioUserClient | undefined;
   try {
-    dst = await VfioUserClient.connect(values.to, { timeout: 60000 });
+    dst = await connectServer(values.to, { timeout });
+    const [a, b] = [await identity(src), await identity(dst)];
+    if (a !== b && !values.force) throw new Error(`the devices differ: --from ${values.from} is ${a}, --to ${values.to} is ${b} (--force migrates anyway)`);
     const result = await runMigration(src, dst, {
       noPrecopy: values['no-precopy'],
-      threshold: values.threshold ? Number(values.threshold) : undefined,
-      chunk: values.chunk ? Number(values.chunk) : undefined,
+      threshold,
+      chunk,
       progress: (p) => {
         if (!values.json) process.stderr.write(`migrate: ${p.phase} round=${p.round} bytes=${p.bytes} (+${p.roundBytes})\n`);
       },

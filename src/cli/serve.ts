@@ -24,7 +24,7 @@ import { UsageError, checkFactory, optionsHelp, parseOptionValue, type DeviceCon
 export const SERVE_OPTIONS = {
   'socket-path': { type: 'string', help: 'listen on this UNIX socket path (removed again on exit)' },
   fd: { type: 'integer', min: 0, max: 0x7fffffff, help: 'serve the client already connected on this file descriptor' },
-  verbose: { type: 'boolean', help: 'also log debug messages: each failed command with its errno and reason' },
+  verbose: { type: 'boolean', help: 'also log debug messages: each command answered with an error (command, errno, reason)' },
   quiet: { type: 'boolean', help: 'no logs' },
   'no-twin-socket': { type: 'boolean', help: 'never offer twin-socket mode' },
   'max-data-xfer-size': { type: 'size', min: 512, max: 64 << 20, help: 'largest data transfer offered to the client (default 1M)' },

@@ -13,9 +13,11 @@ import { MSG_TYPE_MASK, MSG_TYPE_REPLY, FLAG_ERROR, FLAG_NO_REPLY, type Header }
 import { Connection, takeFds, closeFds, type Message } from '../transport/connection.js';
 import { Listener, connectPath } from '../transport/socket.js';
 import { errnoName } from '../errors.js';
+import { UsageError } from './factory.js';
 
 export interface TraceRecord {
-  t: number; // ms since the trace started
+  t: number; // ms since the session (the client's connection) started
+  session: number; // 1 for the first client the trace accepted, 2 for the next, ...
   dir: 'c2s' | 's2c';
   channel: 'main' | 'twin';
   id: number;
@@ -42,10 +44,68 @@ function jsonable(v: unknown): unknown {
   return v;
 }
 
+/** The flag bits each message's `flags` field uses, by command and direction. */
+function flagTable(command: number, isReply: boolean): Record<string, number> | undefined {
+  const C = P.Command;
+  switch (command) {
+    case C.DMA_MAP:
+      return isReply ? undefined : P.DmaMapFlags;
+    case C.DMA_UNMAP:
+      return P.DmaUnmapFlags;
+    case C.DEVICE_GET_INFO:
+      return isReply ? P.DeviceInfoFlags : undefined;
+    case C.DEVICE_GET_REGION_INFO:
+      return isReply ? P.RegionInfoFlags : undefined;
+    case C.DEVICE_GET_IRQ_INFO:
+      return isReply ? P.IrqInfoFlags : undefined;
+    case C.DEVICE_SET_IRQS: {
+      const { DATA_TYPE_MASK: _d, ACTION_TYPE_MASK: _a, ...bits } = P.SetIrqsFlags;
+      return bits;
+    }
+    case C.DEVICE_FEATURE: {
+      const { MASK: _m, ...bits } = P.DeviceFeatureFlags;
+      return bits;
+    }
+    default:
+      return undefined;
+  }
+}
+
+/** 'READ|WRITE' for 3 with DmaMapFlags; unknown bits as hex; '0' for none. */
+export function flagNames(flags: number, table: Record<string, number>, low = 0): string {
+  const names: string[] = [];
+  let rest = flags & ~low;
+  for (const [name, bit] of Object.entries(table)) {
+    if (rest & bit) {
+      names.push(name);
+      rest &= ~bit;
+    }
+  }
+  if (rest) names.push(`0x${(rest >>> 0).toString(16)}`);
+  return names.join('|') || '0';
+}
+
+/** the decoded message with its `flags` named (DEVICE_FEATURE: the feature index too) */
+function nameFlags(command: number, isReply: boolean, msg: unknown): unknown {
+  const table = flagTable(command, isReply);
+  if (!table || !msg || typeof msg !== 'object' || typeof (msg as { flags?: unknown }).flags !== 'number') return msg;
+  const flags = (msg as { flags: number }).flags;
+  if (command === P.Command.DEVICE_FEATURE) {
+    const index = flags & P.DeviceFeatureFlags.MASK;
+    const feature = Object.entries(P.DeviceFeature).find(([, v]) => v === index)?.[0] ?? String(index);
+    return { ...msg, flags: `${flagNames(flags, table, P.DeviceFeatureFlags.MASK)}|feature=${feature}` };
+  }
+  return { ...msg, flags: flagNames(flags, table) };
+}
+
 export class Tracer {
   private readonly t0 = performance.now();
   private readonly sent = new Map<string, number>();
-  constructor(private readonly emit: (r: TraceRecord) => void) {}
+  /** one per session: times count from its creation (when the client connected) */
+  constructor(
+    private readonly emit: (r: TraceRecord) => void,
+    readonly session = 1,
+  ) {}
 
   record(msg: Message, dir: 'c2s' | 's2c', channel: 'main' | 'twin'): void {
     const h = msg.header;
@@ -54,6 +114,7 @@ export class Tracer {
     const key = `${channel}:${isReply ? (dir === 'c2s' ? 's2c' : 'c2s') : dir}:${h.msgId}`;
     const r: TraceRecord = {
       t: Math.round((now - this.t0) * 1000) / 1000,
+      session: this.session,
       dir,
       channel,
       id: h.msgId,
@@ -76,7 +137,7 @@ export class Tracer {
       r.error = errnoName(h.error);
     } else {
       try {
-        r.message = jsonable((isReply ? P.decodeReply(h.command, msg.payload) : P.decodeRequest(h.command, msg.payload)).msg);
+        r.message = jsonable(nameFlags(h.command, isReply, (isReply ? P.decodeReply(h.command, msg.payload) : P.decodeRequest(h.command, msg.payload)).msg));
       } catch (e) {
         r.decodeError = (e as Error).message;
       }
@@ -88,7 +149,7 @@ export class Tracer {
 export function formatRecord(r: TraceRecord): string {
   const arrow = r.dir === 'c2s' ? 'C->S' : 'S->C';
   const extra = r.error ? ` ERROR ${r.error}` : r.decodeError ? ` (undecodable: ${r.decodeError})` : ` ${JSON.stringify(r.message)}`;
-  return `${r.t.toFixed(3).padStart(10)}ms ${arrow}${r.channel === 'twin' ? '(twin)' : ''} #${r.id} ${r.command} ${r.type}${r.flags.length ? ' [' + r.flags.join(',') + ']' : ''} ${r.size}B${r.fds ? ` fds=${r.fds}` : ''}${r.rttUs !== undefined ? ` rtt=${r.rttUs}us` : ''}${extra}`;
+  return `${r.session > 1 ? `s${r.session} ` : ''}${r.t.toFixed(3).padStart(10)}ms ${arrow}${r.channel === 'twin' ? '(twin)' : ''} #${r.id} ${r.command} ${r.type}${r.flags.length ? ' [' + r.flags.join(',') + ']' : ''} ${r.size}B${r.fds ? ` fds=${r.fds}` : ''}${r.rttUs !== undefined ? ` rtt=${r.rttUs}us` : ''}${extra}`;
 }
 
 /** Proxies one client connection to the server at `serverPath`. */
@@ -184,18 +245,22 @@ export async function trace(argv: string[]): Promise<number> {
       help: { type: 'boolean', short: 'h' },
     },
   });
-  if (values.help || !values.listen || !values.connect) {
-    process.stdout.write('usage: vfio-user trace --listen=PATH --connect=SERVER_PATH [--json] [--once]\n');
-    return values.help ? 0 : 2;
+  const usage = 'usage: vfio-user trace --listen=PATH --connect=SERVER_PATH [--json] [--once]\n';
+  if (values.help) {
+    process.stdout.write(usage);
+    return 0;
   }
-  const tracer = new Tracer((r) => process.stdout.write((values.json ? JSON.stringify(r) : formatRecord(r)) + '\n'));
+  if (!values.listen || !values.connect) throw new UsageError(`give both --listen=PATH and --connect=SERVER_PATH\n${usage}`);
+  const emit = (r: TraceRecord): void => void process.stdout.write((values.json ? JSON.stringify(r) : formatRecord(r)) + '\n');
+  let sessions = 0;
   let done: (n: number) => void = () => {};
   const finished = new Promise<number>((r) => (done = r));
-  const listener = new Listener(values.listen, (fd) => {
-    process.stderr.write('trace: client connected\n');
+  const onClient = (fd: number): void => {
+    const tracer = new Tracer(emit, ++sessions);
+    process.stderr.write(`trace: session ${tracer.session}: client connected (times count from here)\n`);
     try {
       proxySession(fd, values.connect!, tracer, () => {
-        process.stderr.write('trace: session ended\n');
+        process.stderr.write(`trace: session ${tracer.session} ended\n`);
         if (values.once) {
           listener.close();
           done(0);
@@ -203,9 +268,15 @@ export async function trace(argv: string[]): Promise<number> {
       });
     } catch (e) {
       native.close(fd);
-      process.stderr.write(`trace: cannot reach the server: ${(e as Error).message}\n`);
+      process.stderr.write(`trace: cannot reach the server at ${values.connect}: ${(e as Error).message}\n`);
     }
-  });
+  };
+  let listener: Listener;
+  try {
+    listener = new Listener(values.listen, onClient);
+  } catch (e) {
+    throw new Error(`cannot listen on ${values.listen}: ${(e as Error).message}`, { cause: e });
+  }
   process.stderr.write(`trace: listening on ${values.listen}, forwarding to ${values.connect}\n`);
   const stop = (): void => {
     listener.close();

@@ -17,8 +17,8 @@ test('vfio-user bench: read, write, posted and depth 8 against the null device',
       assert.ok(res.reqPerSec > 0 && res.p99Us >= res.p50Us, JSON.stringify(res));
     }
     const bad = spawnSync(process.execPath, [CLI, 'bench', srv.path, '-n', '10', '--region=5'], { encoding: 'utf8', timeout: 30000 });
-    assert.equal(bad.status, 1, 'an access the server refuses is an error');
-    assert.match(bad.stderr, /VFU_REMOTE_ERROR/);
+    assert.equal(bad.status, 2, 'a region the device lacks is refused before the run');
+    assert.match(bad.stderr, /--region=5: the device has no such region \(it has BAR0 \(4096 bytes, rw\)/);
   } finally {
     await srv.stop();
   }

@@ -124,12 +124,14 @@ describe('vfio-user info', () => {
     assert.match(r.stderr, /\[VFU_DISCONNECTED\] cannot connect/);
     const u = await cli(['info']);
     assert.equal(u.code, 2);
-    assert.match(u.stdout, /usage: vfio-user info/);
+    assert.match(u.stderr, /usage: vfio-user info/, 'usage errors go to stderr');
+    assert.equal(u.stdout, '');
   });
 });
 
 interface Rec {
   t: number;
+  session: number;
   dir: 'c2s' | 's2c';
   channel: 'main' | 'twin';
   id: number;
@@ -242,6 +244,39 @@ describe('vfio-user trace', () => {
     for (const r of dmaReplies) assert.equal(typeof r.rttUs, 'number');
     // timestamps are monotonic
     for (let i = 1; i < recs.length; i++) assert.ok(recs[i]!.t >= recs[i - 1]!.t);
+    // flags by name
+    const flagsOf = (command: string, type: string, dir = 'c2s'): unknown[] => recs.filter((r) => r.command === command && r.type === type && r.dir === dir).map((r) => r.message?.flags);
+    assert.deepEqual(flagsOf('DMA_MAP', 'command'), ['READ|WRITE']);
+    assert.ok(flagsOf('DEVICE_SET_IRQS', 'command').includes('DATA_EVENTFD|ACTION_TRIGGER'), JSON.stringify(flagsOf('DEVICE_SET_IRQS', 'command')));
+    assert.ok(flagsOf('DEVICE_GET_REGION_INFO', 'reply', 's2c').every((f) => typeof f === 'string' && /^(READ|WRITE|MMAP|CAPS)(\|(READ|WRITE|MMAP|CAPS))*$|^0$/.test(f)), JSON.stringify(flagsOf('DEVICE_GET_REGION_INFO', 'reply', 's2c')));
+    assert.ok(flagsOf('DEVICE_GET_INFO', 'reply', 's2c')[0] === 'RESET|PCI' || /PCI/.test(String(flagsOf('DEVICE_GET_INFO', 'reply', 's2c')[0])));
+    assert.ok(flagsOf('DEVICE_FEATURE', 'command').some((f) => /^GET\|PROBE\|feature=MIGRATION$/.test(String(f))), JSON.stringify(flagsOf('DEVICE_FEATURE', 'command')));
+    assert.ok(recs.every((r) => r.session === 1));
+  });
+
+  test('times count from the start of each session; sessions are numbered', async () => {
+    const srv = await serveChild('null', ['-q']);
+    const listen = sockPath('tproxy3');
+    const tr = await startCli(['trace', `--listen=${listen}`, `--connect=${srv.path}`, '--json'], 'trace: listening');
+    const started = performance.now();
+    try {
+      (await VfioUserClient.connect(listen)).close();
+      await delay(1500); // the gap the second session's times must not include
+      const c = await VfioUserClient.connect(listen);
+      await c.read(0, 0, 4);
+      c.close();
+      for (let i = 0; i < 400 && !tr.err().includes('session 2 ended'); i++) await delay(25);
+    } finally {
+      tr.child.kill('SIGTERM');
+      await srv.stop();
+    }
+    assert.ok(performance.now() - started >= 1500);
+    const recs: Rec[] = tr.out().trim().split('\n').map((l) => JSON.parse(l));
+    const second = recs.filter((r) => r.session === 2);
+    assert.ok(recs.some((r) => r.session === 1) && second.length > 0, 'two sessions');
+    assert.equal(second[0]!.command, 'VERSION');
+    assert.ok(second[0]!.t < 1500, `the second session's first message at ${second[0]!.t} ms counts from that session's start`);
+    assert.match(tr.err(), /trace: session 2: client connected/);
   });
 
   test('text output between our client and `vfio-user serve gpio` (no twin socket)', async () => {
