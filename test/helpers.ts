@@ -8,7 +8,9 @@ import { basename } from 'node:path';
 import assert from 'node:assert/strict';
 import { VfioUserClient } from '../src/client/client.js';
 import { migrate } from '../src/client/migrate.js';
-import { spawnServer, type ServerProcess } from '../src/testing/index.js';
+import type { VfioUserServer, ServerOptions } from '../src/server/server.js';
+import { spawnServer, listenDevice, waitUntil, type ServerProcess } from '../src/testing/index.js';
+import { TestDevice } from './server/testdev.js';
 
 export { socketPath as sockPath, u32, u64, rd32 } from '../src/testing/index.js';
 
@@ -37,6 +39,34 @@ export function fillEventfd(fd: number): void {
 
 export function delay(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
+}
+
+/**
+ * Waits until cond() holds (it may be async), checking every couple of milliseconds; throws
+ * after timeoutMs: wait for the condition, never for a guessed time (the kit's waitUntil).
+ */
+export function waitFor(cond: () => boolean | Promise<boolean>, what: string, timeoutMs = 5000): Promise<void> {
+  return waitUntil(cond, { what, timeoutMs, intervalMs: 2 });
+}
+
+export interface ServerContext {
+  server: VfioUserServer;
+  dev: TestDevice;
+  path: string;
+  /** how many sessions have ended so far (the server's 'disconnect' events) */
+  ended(): number;
+}
+
+/** Serves a fresh TestDevice in this process (the kit's listenDevice) while fn runs, then closes both. */
+export async function withServer<T>(fn: (ctx: ServerContext) => Promise<T>, opts: ServerOptions = {}): Promise<T> {
+  const s = listenDevice(new TestDevice(), { server: opts, name: 'srv' });
+  let ended = 0;
+  s.server.on('disconnect', () => ended++);
+  try {
+    return await fn({ server: s.server, dev: s.device, path: s.path, ended: () => ended });
+  } finally {
+    await s.close();
+  }
 }
 
 export function concat(...parts: Uint8Array[]): Uint8Array {

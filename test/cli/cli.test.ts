@@ -9,6 +9,7 @@ import { VfioUserServer } from '../../src/server/server.js';
 import { VfioUserClient, GuestMemory } from '../../src/client/client.js';
 import * as P from '../../src/protocol/index.js';
 import { TestDevice } from '../server/testdev.js';
+import type { TraceRecord } from '../../src/cli/trace.js';
 import { serveChild, sockPath, delay, CLI } from '../helpers.js';
 import { u32, u64, rd32, within } from '../client/util.js';
 
@@ -129,22 +130,6 @@ describe('vfio-user info', () => {
   });
 });
 
-interface Rec {
-  t: number;
-  session: number;
-  dir: 'c2s' | 's2c';
-  channel: 'main' | 'twin';
-  id: number;
-  command: string;
-  type: 'command' | 'reply';
-  flags: string[];
-  size: number;
-  fds: number;
-  error?: string;
-  rttUs?: number;
-  message?: Record<string, unknown>;
-  decodeError?: string;
-}
 
 describe('vfio-user trace', () => {
   test('--json --once between our client and a server: twin socket, DMA messages, IRQ fds; every message decoded with rtt', async () => {
@@ -188,12 +173,12 @@ describe('vfio-user trace', () => {
       server.close();
       dev.destroy();
     }
-    const recs: Rec[] = tr
+    const recs: TraceRecord[] = tr
       .out()
       .trim()
       .split('\n')
-      .map((l) => JSON.parse(l));
-    const cmds = (dir: string, channel: string, type: string): Rec[] => recs.filter((r) => r.dir === dir && r.channel === channel && r.type === type);
+      .map((l) => JSON.parse(l) as TraceRecord);
+    const cmds = (dir: string, channel: string, type: string): TraceRecord[] => recs.filter((r) => r.dir === dir && r.channel === channel && r.type === type);
     const sent = cmds('c2s', 'main', 'command');
     const names = new Set(sent.map((r) => r.command));
     for (const n of [
@@ -220,32 +205,29 @@ describe('vfio-user trace', () => {
       }
       const rep = recs.find((x) => x.dir === 's2c' && x.channel === 'main' && x.type === 'reply' && x.id === r.id && x.t >= r.t);
       assert.ok(rep, `reply to ${r.command} #${r.id}`);
-      assert.equal(typeof rep.rttUs, 'number');
-      assert.ok(rep.rttUs! >= 0);
+      assert.ok(typeof rep.rttUs === 'number' && rep.rttUs >= 0, 'a round-trip time');
     }
     assert.equal(sent.filter((r) => r.flags.includes('no_reply')).length, 1);
     // decoded, not raw
     for (const r of recs) assert.equal(r.decodeError, undefined, `${r.command} ${r.type} decoded: ${r.decodeError}`);
-    const version = recs.find((r) => r.command === 'VERSION' && r.type === 'reply')!;
-    assert.equal(version.fds, 1, 'the twin socket fd');
-    const setIrqs = sent.find((r) => r.command === 'DEVICE_SET_IRQS')!;
-    assert.equal(setIrqs.fds, 1, 'the eventfd');
-    const rr = sent.find((r) => r.command === 'REGION_READ')!;
-    assert.deepEqual([rr.message!.region, rr.message!.count], [0, 4]);
+    assert.equal(recs.find((r) => r.command === 'VERSION' && r.type === 'reply')?.fds, 1, 'the twin socket fd');
+    assert.equal(sent.find((r) => r.command === 'DEVICE_SET_IRQS')?.fds, 1, 'the eventfd');
+    const rr = sent.find((r) => r.command === 'REGION_READ')?.message as { region?: unknown; count?: unknown } | undefined;
+    assert.deepEqual([rr?.region, rr?.count], [0, 4]);
     assert.ok(recs.some((r) => r.type === 'reply' && r.error === 'EINVAL'), 'the error reply is shown');
     // DMA went server-to-client over the twin socket, answered with rtt
     const dmaW = cmds('s2c', 'twin', 'command').filter((r) => r.command === 'DMA_WRITE');
     const dmaR = cmds('s2c', 'twin', 'command').filter((r) => r.command === 'DMA_READ');
     assert.equal(dmaW.length, 1);
     assert.equal(dmaR.length, 1);
-    assert.equal((dmaW[0]!.message as { count: number }).count, 64);
+    assert.equal((dmaW[0]?.message as { count?: unknown } | undefined)?.count, 64);
     const dmaReplies = cmds('c2s', 'twin', 'reply');
     assert.equal(dmaReplies.length, 2);
     for (const r of dmaReplies) assert.equal(typeof r.rttUs, 'number');
     // timestamps are monotonic
     for (let i = 1; i < recs.length; i++) assert.ok(recs[i]!.t >= recs[i - 1]!.t);
     // flags by name
-    const flagsOf = (command: string, type: string, dir = 'c2s'): unknown[] => recs.filter((r) => r.command === command && r.type === type && r.dir === dir).map((r) => r.message?.flags);
+    const flagsOf = (command: string, type: string, dir = 'c2s'): unknown[] => recs.filter((r) => r.command === command && r.type === type && r.dir === dir).map((r) => (r.message as { flags?: unknown } | undefined)?.flags);
     assert.deepEqual(flagsOf('DMA_MAP', 'command'), ['READ|WRITE']);
     assert.ok(flagsOf('DEVICE_SET_IRQS', 'command').includes('DATA_EVENTFD|ACTION_TRIGGER'), JSON.stringify(flagsOf('DEVICE_SET_IRQS', 'command')));
     assert.ok(flagsOf('DEVICE_GET_REGION_INFO', 'reply', 's2c').every((f) => typeof f === 'string' && /^(READ|WRITE|MMAP|CAPS)(\|(READ|WRITE|MMAP|CAPS))*$|^0$/.test(f)), JSON.stringify(flagsOf('DEVICE_GET_REGION_INFO', 'reply', 's2c')));
@@ -271,7 +253,7 @@ describe('vfio-user trace', () => {
       await srv.stop();
     }
     assert.ok(performance.now() - started >= 1500);
-    const recs: Rec[] = tr.out().trim().split('\n').map((l) => JSON.parse(l));
+    const recs = tr.out().trim().split('\n').map((l) => JSON.parse(l) as TraceRecord);
     const second = recs.filter((r) => r.session === 2);
     assert.ok(recs.some((r) => r.session === 1) && second.length > 0, 'two sessions');
     assert.equal(second[0]!.command, 'VERSION');

@@ -40,7 +40,7 @@ async function deviceDma(c: VfioUserClient, cmd: number, iova: number, len: numb
 describe('client: connection and negotiation', () => {
   test('connect by path, with and without the twin socket, and by fd', async () => {
     const fds0 = openFds();
-    await withServer(async (s, dev, path) => {
+    await withServer(async ({ server: s, dev, path }) => {
       for (const twin of [true, false]) {
         const c = await VfioUserClient.connect(path, { twinSocket: twin });
         assert.equal(c.twinSocket, twin);
@@ -75,7 +75,7 @@ describe('client: connection and negotiation', () => {
 
 describe('client: device description', () => {
   test('device, regions (sparse areas, type cap), IRQs, config space with capability lists', async () => {
-    await withServer(async (_s, _dev, path) => {
+    await withServer(async ({ path }) => {
       const c = await VfioUserClient.connect(path);
       const di = await c.deviceInfo();
       assert.equal(di.numRegions, 10);
@@ -115,7 +115,7 @@ describe('client: device description', () => {
   });
 
   test('direct access: mmap of sparse areas; a trapped region is refused', async () => {
-    await withServer(async (_s, dev, path) => {
+    await withServer(async ({ dev, path }) => {
       const c = await VfioUserClient.connect(path);
       const mr = await c.mapRegion(1);
       assert.deepEqual(
@@ -138,7 +138,7 @@ describe('client: device description', () => {
 describe('client: region access', () => {
   test('reads and writes are chunked by max_data_xfer_size', async () => {
     await withServer(
-      async (_s, dev, path) => {
+      async ({ dev, path }) => {
         const c = await VfioUserClient.connect(path);
         const counts = countRequests(c);
         const data = new Uint8Array(256).map((_, i) => 255 - i);
@@ -155,7 +155,7 @@ describe('client: region access', () => {
   });
 
   test('posted writes are ordered before a later read', async () => {
-    await withServer(async (_s, dev, path) => {
+    await withServer(async ({ dev, path }) => {
       const c = await VfioUserClient.connect(path);
       const ps = [];
       for (let i = 1; i <= 500; i++) ps.push(c.write(0, 0, u32(i), { posted: true }));
@@ -167,7 +167,7 @@ describe('client: region access', () => {
   });
 
   test('batch(): small writes of one tick become one WRITE_MULTI, order kept with large writes', async () => {
-    await withServer(async (_s, dev, path) => {
+    await withServer(async ({ dev, path }) => {
       const c = await VfioUserClient.connect(path);
       const counts = countRequests(c);
       const b = c.batch();
@@ -204,7 +204,7 @@ describe('client: region access', () => {
 
   test('batch() falls back to REGION_WRITE when the server lacks write_multiple', async () => {
     await withServer(
-      async (_s, dev, path) => {
+      async ({ dev, path }) => {
         const c = await VfioUserClient.connect(path);
         assert.equal(c.serverCaps.writeMultiple, false);
         const counts = countRequests(c);
@@ -223,7 +223,7 @@ describe('client: region access', () => {
 
 describe('client: guest memory', () => {
   test('shared maps (fd), unmap, unmap-all', async () => {
-    await withServer(async (_s, dev, path) => {
+    await withServer(async ({ dev, path }) => {
       const c = await VfioUserClient.connect(path);
       const mem = new GuestMemory(1 << 20);
       await c.dmaMap(mem, 0x100000, { size: 0x80000 });
@@ -246,7 +246,7 @@ describe('client: guest memory', () => {
 
   test('private memory: the client answers DMA_READ/WRITE (spec layout) bounds-checked, on both channels', async () => {
     for (const twin of [true, false]) {
-      await withServer(async (s, dev, path) => {
+      await withServer(async ({ server: s, dev, path }) => {
         const c = await VfioUserClient.connect(path, { twinSocket: twin });
         assert.equal(s.session!.dmaLayout, 'spec', 'our server uses the spec layout with our client');
         const mem = new GuestMemory(1 << 16);
@@ -280,7 +280,7 @@ describe('client: guest memory', () => {
   });
 
   test('dirty page logging report (DMA_LOGGING_START/REPORT/STOP)', async () => {
-    await withServer(async (_s, dev, path) => {
+    await withServer(async ({ dev, path }) => {
       const c = await VfioUserClient.connect(path);
       const mem = new GuestMemory(1 << 20);
       await c.dmaMap(mem, 0x100000);
@@ -301,7 +301,7 @@ describe('client: guest memory', () => {
 
 describe('client: interrupts', () => {
   test('events, async iteration, mask/unmask, trigger, close ends iteration', async () => {
-    await withServer(async (_s, dev, path) => {
+    await withServer(async ({ dev, path }) => {
       const c = await VfioUserClient.connect(path);
       const { decoded } = await c.config();
       const msix = decoded.capabilities.find((x) => x.name === 'MSI-X')!;
@@ -357,7 +357,7 @@ describe('client: interrupts', () => {
   });
 
   test('INTx: automasked delivery, unmask to get it again', async () => {
-    await withServer(async (_s, dev, path) => {
+    await withServer(async ({ dev, path }) => {
       const c = await VfioUserClient.connect(path);
       const irq = await c.enableIrqs(P.PciIrq.INTX, 1);
       dev.setIrqLevel(true);
@@ -374,8 +374,8 @@ describe('client: interrupts', () => {
 
 describe('client: reset, features, migration', () => {
   test('reset, feature probes, device state, MIG_DATA streams between two servers', async () => {
-    await withServer(async (_s, dev, path) => {
-      await withServer(async (_s2, dev2, path2) => {
+    await withServer(async ({ dev, path }) => {
+      await withServer(async ({ dev: dev2, path: path2 }) => {
         const src = await VfioUserClient.connect(path);
         const dst = await VfioUserClient.connect(path2, { maxDataXferSize: 4096 });
         await src.write(0, 0, u32(5));

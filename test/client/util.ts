@@ -7,20 +7,7 @@ import { VfioUserError, type VfioUserErrorCode } from '../../src/errors.js';
 import { TestDevice } from '../server/testdev.js';
 import { sockPath } from '../helpers.js';
 
-export { u32, u64, rd32 } from '../helpers.js';
-
-export async function withServer<T>(fn: (s: VfioUserServer, dev: TestDevice, path: string) => Promise<T>, opts: ServerOptions = {}): Promise<T> {
-  const dev = new TestDevice();
-  const server = new VfioUserServer(dev, opts);
-  const path = sockPath('cli');
-  server.listen(path);
-  try {
-    return await fn(server, dev, path);
-  } finally {
-    server.close();
-    dev.destroy();
-  }
-}
+export { u32, u64, rd32, withServer } from '../helpers.js';
 
 /** asserts a VfioUserError with that code (and errno, for remote errors) */
 export function isCode(code: VfioUserErrorCode, errno?: number): (e: unknown) => boolean {

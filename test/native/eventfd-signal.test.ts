@@ -53,7 +53,7 @@ test('eventfdSignal adds; a full counter returns false at once, blocking or not;
   fill(fd);
   let t0 = performance.now();
   assert.equal(native.eventfdSignal(fd, 1), false, 'non-blocking and full');
-  assert.ok(performance.now() - t0 < 50);
+  assert.ok(performance.now() - t0 < 1000, 'no wait (generous: a busy machine preempts us)');
   native.setNonBlocking(fd, false);
   for (let i = 0; i < 5; i++) {
     t0 = performance.now();

@@ -177,3 +177,13 @@ export function str(b: Uint8Array): string {
 export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
+
+/**
+ * Resolves once a whole turn of the event loop has run since the call, poll phase included:
+ * libuv hands a started watcher to epoll at the start of its poll phase, so after this a
+ * started poller is registered, and a ready fd's callback would have run. (The first
+ * setImmediate may still belong to the current turn, the second cannot.)
+ */
+export async function loopTurn(): Promise<void> {
+  for (let i = 0; i < 2; i++) await new Promise((r) => setImmediate(r));
+}

@@ -3,7 +3,8 @@ import assert from 'node:assert/strict';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { native, isNativeError, type NativePoller } from '../../src/native/index.js';
-import { collect, lastJson, sleep, spawnPeer, text } from './helpers.js';
+import { collect, lastJson, loopTurn, spawnPeer, text } from './helpers.js';
+import { waitFor } from '../helpers.js';
 
 const T = { timeout: 10000 };
 
@@ -35,8 +36,8 @@ test('an eventfd write wakes the poller', T, async () => {
     });
     p.start(native.POLL_READABLE);
   });
-  await sleep(20);
-  assert.equal(calls.length, 0, 'no callback before the write');
+  await loopTurn();
+  assert.equal(calls.length, 0, 'no callback before the write (a poll phase with the watcher registered has run)');
   native.eventfdWrite(fd, 4);
   await done;
   assert.deepEqual(calls, [
@@ -106,9 +107,10 @@ test('the callback gets the poller as this; start/stop/close/ref/unref semantics
   p.ref();
   p.start(native.POLL_READABLE);
   p.start(native.POLL_READABLE | native.POLL_WRITABLE); // change events while started
-  // wait for the callback (a fixed sleep loses to a busy machine), then for a second one
-  for (let t = 0; n === 0 && t < 5000; t += 5) await sleep(5);
-  await sleep(30);
+  // the callback (the fd is writable at once); stopped in it, the always-writable fd must not
+  // call again in the next poll phase
+  await waitFor(() => n > 0, 'the first callback');
+  await loopTurn();
   assert.ok(thisIsPoller);
   assert.equal(n, 1);
   p.start(0); // same as stop
@@ -154,17 +156,15 @@ function fires(fd: number): Promise<void> {
 test('closing, stopping or collecting another poller on the same fd does not disarm the started one', T, async () => {
   const fd = native.eventfd(0, false);
   const idle = native.createPoller(fd, () => {});
-  for (let i = 0; i < 50; i++) native.createPoller(fd, () => {}); // garbage
+  const garbage = Array.from({ length: 50 }, () => new WeakRef(native.createPoller(fd, () => {})));
   const woke = fires(fd);
   // only one poller per fd may be started
   assert.throws(() => idle.start(native.POLL_READABLE), (e: unknown) => isNativeError(e) && e.code === 'EEXIST' && e.syscall === 'uv_poll_start');
-  await sleep(10); // let libuv register the started watcher with epoll first
+  await loopTurn(); // the started watcher is in epoll: a stop or close elsewhere could now disarm it
   idle.stop();
   idle.close();
-  for (let i = 0; i < 3; i++) {
-    await sleep(5);
-    gc();
-  }
+  await waitFor(() => (gc(), garbage.every((r) => r.deref() === undefined)), 'the garbage pollers collected');
+  await loopTurn(); // their handles closed
   native.eventfdWrite(fd, 1);
   await woke;
   native.close(fd);
@@ -179,7 +179,7 @@ test('a stale poller for a reused fd number does not break the new one', T, asyn
   const fd = native.eventfd(0, false);
   assert.equal(fd, old, 'the kernel reuses the lowest free fd number');
   const woke = fires(fd);
-  await sleep(10); // let libuv register the new watcher with epoll first
+  await loopTurn(); // the new watcher is in epoll: closing the stale one could now disarm it
   stale.close();
   stale = null;
   native.eventfdWrite(fd, 1);
@@ -198,18 +198,11 @@ test('pollers are collectable when idle and kept alive while started', T, async 
     p.start(native.POLL_READABLE);
     return new WeakRef(p);
   })();
-  for (let i = 0; i < 3; i++) {
-    await sleep(5);
-    gc();
-  }
-  assert.equal(idle.deref(), undefined, 'an idle poller is garbage collected');
-  assert.ok(started.deref(), 'a started poller stays alive');
-  started.deref()!.stop();
-  for (let i = 0; i < 3; i++) {
-    await sleep(5);
-    gc();
-  }
-  assert.equal(started.deref(), undefined, 'collectable once stopped');
+  await waitFor(() => (gc(), idle.deref() === undefined), 'an idle poller is garbage collected');
+  gc();
+  assert.ok(started.deref(), 'a started poller stays alive (collected with the idle one otherwise)');
+  started.deref()?.stop(); // (no local may hold it: it must become collectable)
+  await waitFor(() => (gc(), started.deref() === undefined), 'a stopped poller collected');
   assert.equal(fired, 0);
   native.close(fd);
   native.close(fd2);
@@ -217,11 +210,9 @@ test('pollers are collectable when idle and kept alive while started', T, async 
 
 test('many pollers created and dropped (GC closes their handles)', T, async () => {
   const fd = native.eventfd(0, false);
-  for (let i = 0; i < 2000; i++) native.createPoller(fd, () => {});
-  for (let i = 0; i < 3; i++) {
-    await sleep(5);
-    gc();
-  }
+  const dropped = Array.from({ length: 2000 }, () => new WeakRef(native.createPoller(fd, () => {})));
+  await waitFor(() => (gc(), dropped.every((r) => r.deref() === undefined)), 'the dropped pollers collected');
+  await loopTurn(); // their handles closed
   // the fd can be polled again: no stale handle is left started on it
   native.eventfdWrite(fd, 1);
   const r = await nextEvent(fd, native.POLL_READABLE);

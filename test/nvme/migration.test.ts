@@ -13,7 +13,7 @@ import { VfioUserClient } from '../../src/client/client.js';
 import { migrate } from '../../src/client/migrate.js';
 import { NvmeDevice } from '../../src/devices/nvme/index.js';
 import { NvmeDriver, pattern, listenDevice, type InProcessServer } from '../../src/testing/index.js';
-import { assertMigrationRefused } from '../helpers.js';
+import { assertMigrationRefused, waitFor } from '../helpers.js';
 
 function serve(image: string, size = 32 << 20): InProcessServer<NvmeDevice> {
   return listenDevice(new NvmeDevice({ image, size, serial: 'MIGRATE1', log: () => {} }), { name: 'nvme-mig' });
@@ -63,10 +63,8 @@ test('nvme: live migration under continuous I/O loses no writes', async (t) => {
     }
   });
   try {
-    const until = Date.now() + 5000; // a busy machine may take a while to get going
-    while (ops <= 10 && Date.now() < until) await new Promise((r) => setTimeout(r, 5));
+    await waitFor(() => ops > 10, 'I/O running on the source', 10000); // a busy machine may take a while to get going
     const before = ops;
-    assert.ok(before > 10, `I/O is running (${before} ops)`);
 
     // the destination: same guest memory at the same IOVA
     const dstClient = await VfioUserClient.connect(dst.path);
@@ -79,10 +77,7 @@ test('nvme: live migration under continuous I/O loses no writes', async (t) => {
       // two pre-copy rounds, the workload running against the source (in PRE_COPY) between them
       threshold: -1,
       maxRounds: 2,
-      betweenRounds: async () => {
-        const until = Date.now() + 5000;
-        while (ops < before + 20 && Date.now() < until) await new Promise((r) => setTimeout(r, 5));
-      },
+      betweenRounds: () => waitFor(() => ops >= before + 20, 'I/O against the source in PRE_COPY', 10000),
       beforeStopCopy: async () => {
         gate = new Promise((r) => (openGate = r));
         if (inflight > 0) await new Promise<void>((r) => (idle = r));
@@ -99,8 +94,7 @@ test('nvme: live migration under continuous I/O loses no writes', async (t) => {
     gate = undefined;
     openGate();
 
-    await new Promise((r) => setTimeout(r, 150));
-    assert.ok(ops > before + 10, `I/O continued on the destination (${ops - before} more ops)`);
+    await waitFor(() => ops > opsAtStop + 10, 'I/O continuing on the destination', 10000);
     stop = true;
     await Promise.all(workers);
 

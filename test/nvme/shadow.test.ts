@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { ADMIN, GUARD, pattern, sc, type NvmeDriver } from '../../src/testing/index.js';
 import { rig } from './rig.js';
 import { needEvent, DoorbellTracker } from '../../src/devices/nvme/shadow.js';
-import { delay } from '../helpers.js';
+import { delay, waitFor } from '../helpers.js';
 
 /** writes then reads back `n` 4 KiB blocks on queue q at depth qd, checking the data */
 async function io(d: NvmeDriver, q: number, n: number, qd: number, base = 0): Promise<void> {
@@ -30,13 +30,6 @@ async function io(d: NvmeDriver, q: number, n: number, qd: number, base = 0): Pr
   }
 }
 
-async function until(cond: () => boolean, what: string, ms = 5000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await delay(2);
-  }
-}
 
 describe('nvme shadow doorbells: EventIdx arithmetic', () => {
   test('needEvent is true exactly when the EventIdx lies in [old, new), 16-bit wrap included', () => {
@@ -108,7 +101,7 @@ describe('nvme shadow doorbells', () => {
       const skipped = r.d.doorbellStats.skipped - before.skipped;
       assert.ok(skipped > rung, `more doorbells skipped (${skipped}) than rung (${rung})`);
       // quiet: the poller publishes EventIdx = tail (ring on the next entry) and stops
-      await until(() => !r.dev.pollStats.polling && !r.dev.pollStats.pending, 'the poller to sleep');
+      await waitFor(() => !r.dev.pollStats.polling && !r.dev.pollStats.pending, 'the poller to sleep');
       const q = r.d.queue(1);
       assert.deepEqual(r.d.shadowSlot(2), { db: q.sqTail, ei: q.sqTail }, 'SQ 1: EventIdx at the tail');
       const turns = r.dev.pollStats.turns;
@@ -205,7 +198,7 @@ describe('nvme shadow doorbells', () => {
     const r = await rig({ pollUs: 100000 }, {}, { queues: 2, depth: 64, shadow: true });
     try {
       void io(r.d, 1, 2000, 32).catch(() => {}); // left hanging by the reset
-      await until(() => r.dev.pollStats.polling, 'polling');
+      await waitFor(() => r.dev.pollStats.polling, 'polling');
       const dbs = r.d.shadowSlot(2)!;
       assert.ok(dbs);
       await r.d.w32(0x14, 0); // CC.EN = 0 while I/O flows

@@ -11,21 +11,8 @@ import * as P from '../../src/protocol/index.js';
 import { native } from '../../src/native/index.js';
 import { Connection, closeFds } from '../../src/transport/connection.js';
 import { TestDevice } from './testdev.js';
-import { sockPath, delay, u32, u64, rd32 } from '../helpers.js';
+import { sockPath, delay, u32, u64, rd32, withServer } from '../helpers.js';
 
-
-async function withServer<T>(fn: (s: VfioUserServer, dev: TestDevice, path: string) => Promise<T>, opts = {}): Promise<T> {
-  const dev = new TestDevice();
-  const server = new VfioUserServer(dev, opts);
-  const path = sockPath('srv');
-  server.listen(path);
-  try {
-    return await fn(server, dev, path);
-  } finally {
-    server.close();
-    dev.destroy();
-  }
-}
 
 function remoteErrno(e: unknown): number {
   assert.ok(e instanceof VfioUserError, `expected VfioUserError, got ${String(e)}`);
@@ -35,7 +22,7 @@ function remoteErrno(e: unknown): number {
 
 describe('server: negotiation', () => {
   test('QEMU-style 0.0 proposal gets 0.0 and the advertised capabilities', async () => {
-    await withServer(async (_s, _d, path) => {
+    await withServer(async ({ path }) => {
       const c = await VfioUserClient.connect(path, { twinSocket: false });
       assert.deepEqual(c.version, { major: 0, minor: 0 });
       assert.equal(c.serverCaps.maxDataXferSize, 1048576);
@@ -50,7 +37,7 @@ describe('server: negotiation', () => {
   });
 
   test('a client proposing a higher minor gets our minor', async () => {
-    await withServer(async (_s, _d, path) => {
+    await withServer(async ({ path }) => {
       const c = await VfioUserClient.connect(path, { minor: 7 });
       assert.deepEqual(c.version, { major: 0, minor: 0 });
       c.close();
@@ -58,7 +45,7 @@ describe('server: negotiation', () => {
   });
 
   test('twin socket is set up when the client supports it', async () => {
-    await withServer(async (_s, _d, path) => {
+    await withServer(async ({ path }) => {
       const c = await VfioUserClient.connect(path, { twinSocket: true });
       assert.equal(c.twinSocket, true);
       c.close();
@@ -66,7 +53,7 @@ describe('server: negotiation', () => {
   });
 
   test('commands before VERSION are refused, and a second VERSION too', async () => {
-    await withServer(async (_s, _d, path) => {
+    await withServer(async ({ path }) => {
       const { Connection } = await import('../../src/transport/connection.js');
       const { connectPath } = await import('../../src/transport/socket.js');
       const conn = new Connection(connectPath(path));
@@ -85,7 +72,7 @@ describe('server: negotiation', () => {
   });
 
   test('a client max_data_xfer_size below 512 bytes is refused at VERSION (0 used to mean endless 0-byte DMA)', async () => {
-    await withServer(async (_s, _d, path) => {
+    await withServer(async ({ path }) => {
       for (const size of [0, 1, 511]) {
         const conn = new Connection(native.connect(path));
         await assert.rejects(
@@ -214,7 +201,7 @@ describe('server: device description', () => {
 
 describe('server: region access', () => {
   test('read, write, posted writes, WRITE_MULTI, chunking, ordering of async handlers', async () => {
-    await withServer(async (_s, dev, path) => {
+    await withServer(async ({ dev, path }) => {
       const c = await VfioUserClient.connect(path);
       await c.write(0, 0, u32(0xdeadbeef));
       assert.equal(dev.scratch, 0xdeadbeef);
@@ -239,7 +226,7 @@ describe('server: region access', () => {
 
   test('max_data_xfer_size is honoured and the client chunks', async () => {
     await withServer(
-      async (_s, dev, path) => {
+      async ({ dev, path }) => {
         const c = await VfioUserClient.connect(path);
         assert.equal(c.maxDataXferSize, 64);
         const data = new Uint8Array(256).map((_, i) => i);
@@ -258,7 +245,7 @@ describe('server: region access', () => {
   });
 
   test('bad accesses get errors and the server keeps serving', async () => {
-    await withServer(async (_s, _d, path) => {
+    await withServer(async ({ path }) => {
       const c = await VfioUserClient.connect(path);
       await assert.rejects(c.read(0, 4094, 4), (e) => remoteErrno(e) === 22);
       await assert.rejects(c.read(3, 0, 4), (e) => remoteErrno(e) === 22);
@@ -273,7 +260,7 @@ describe('server: region access', () => {
 
 describe('server: interrupts', () => {
   test('eventfd triggers, masking with pending delivery, disable, client trigger', async () => {
-    await withServer(async (_s, dev, path) => {
+    await withServer(async ({ dev, path }) => {
       const c = await VfioUserClient.connect(path);
       // enable MSI-X in config space so the table does not mask vectors
       const cfg = decodeConfig(await c.read(7, 0, 256));
@@ -303,7 +290,7 @@ describe('server: interrupts', () => {
   });
 
   test('MSI per-vector mask in config space: masked vectors pend (pending bit shown) and fire on unmask', async () => {
-    await withServer(async (_s, dev, path) => {
+    await withServer(async ({ dev, path }) => {
       const c = await VfioUserClient.connect(path);
       const cfg = decodeConfig(await c.read(7, 0, 256));
       const msi = cfg.capabilities.find((x) => x.name === 'MSI')!;
@@ -324,7 +311,7 @@ describe('server: interrupts', () => {
   });
 
   test('MSI-X table driven by the client: entry masks gate delivery, the PBA shows pending, unmask delivers', async () => {
-    await withServer(async (_s, dev, path) => {
+    await withServer(async ({ dev, path }) => {
       const c = await VfioUserClient.connect(path);
       const cfg = decodeConfig(await c.read(7, 0, 256));
       const msix = cfg.capabilities.find((x) => x.name === 'MSI-X')!;
@@ -351,7 +338,7 @@ describe('server: interrupts', () => {
   });
 
   test('INTx is automasked and redelivered at unmask while the level is high; the client trigger is a loopback', async () => {
-    await withServer(async (_s, dev, path) => {
+    await withServer(async ({ dev, path }) => {
       const c = await VfioUserClient.connect(path);
       const irq = await c.enableIrqs(P.PciIrq.INTX, 1);
       dev.setIrqLevel(true);
@@ -374,7 +361,7 @@ describe('server: interrupts', () => {
   });
 
   test('invalid SET_IRQS requests are refused and their fds closed', async () => {
-    await withServer(async (_s, _d, path) => {
+    await withServer(async ({ path }) => {
       const c = await VfioUserClient.connect(path);
       const F = P.SetIrqsFlags;
       await assert.rejects(c.setIrqs(P.PciIrq.MSIX, F.DATA_NONE | F.ACTION_TRIGGER, 6, 4), (e) => remoteErrno(e) === 22);
@@ -390,7 +377,7 @@ describe('server: interrupts', () => {
 
 describe('server: DMA', () => {
   test('shared memory: device reads and writes guest memory; EEXIST; unmap; unmap all', async () => {
-    await withServer(async (_s, dev, path) => {
+    await withServer(async ({ dev, path }) => {
       const c = await VfioUserClient.connect(path);
       const mem = new GuestMemory(1 << 20);
       await c.dmaMap(mem, 0x100000, { offset: 0, size: 0x80000 });
@@ -435,7 +422,7 @@ describe('server: DMA', () => {
   });
 
   test('vIOMMU switch as QEMU does it: range unmaps, 64-bit IOVAs, and the old addresses are refused after', async () => {
-    await withServer(async (_s, dev, path) => {
+    await withServer(async ({ dev, path }) => {
       const c = await VfioUserClient.connect(path);
       const mem = new GuestMemory(1 << 20);
       const dma = async (addr: number | bigint, len: number, cmd: number): Promise<number> => {
@@ -486,7 +473,7 @@ describe('server: DMA', () => {
 
   test('memory without an fd is reached with DMA_READ/DMA_WRITE messages (twin socket and main socket)', async () => {
     for (const twin of [true, false]) {
-      await withServer(async (_s, dev, path) => {
+      await withServer(async ({ dev, path }) => {
         const c = await VfioUserClient.connect(path, { twinSocket: twin });
         assert.equal(c.twinSocket, twin);
         const mem = new GuestMemory(1 << 16);
@@ -511,7 +498,7 @@ describe('server: DMA', () => {
   });
 
   test('dirty page logging: start, report with bit replication, stop', async () => {
-    await withServer(async (_s, dev, path) => {
+    await withServer(async ({ dev, path }) => {
       const c = await VfioUserClient.connect(path);
       const mem = new GuestMemory(1 << 20);
       await c.dmaMap(mem, 0x100000);
@@ -557,7 +544,7 @@ describe('server: DMA', () => {
 
 describe('server: reset, features, migration', () => {
   test('DEVICE_RESET and FLR reset the device', async () => {
-    await withServer(async (_s, dev, path) => {
+    await withServer(async ({ dev, path }) => {
       const c = await VfioUserClient.connect(path);
       await c.write(0, 0, u32(5));
       await c.reset();
@@ -572,7 +559,7 @@ describe('server: reset, features, migration', () => {
   });
 
   test('DEVICE_FEATURE probe/get/set and clear errors', async () => {
-    await withServer(async (_s, _d, path) => {
+    await withServer(async ({ path }) => {
       const c = await VfioUserClient.connect(path);
       const F = P.DeviceFeatureFlags;
       assert.equal(await c.probeFeature(P.DeviceFeature.MIGRATION, F.GET), true);
@@ -586,7 +573,7 @@ describe('server: reset, features, migration', () => {
   });
 
   test('migration state machine: arcs, complex paths, refused arcs, ERROR only left by reset', async () => {
-    await withServer(async (_s, _d, path) => {
+    await withServer(async ({ path }) => {
       const c = await VfioUserClient.connect(path);
       const S = P.DeviceState;
       assert.equal(await c.setDeviceState(S.STOP), S.STOP);
@@ -614,7 +601,7 @@ describe('server: reset, features, migration', () => {
 
 describe('server: sessions', () => {
   test('disconnect unmaps DMA and closes IRQ fds, keeps state, accepts the next client', async () => {
-    await withServer(async (s, dev, path) => {
+    await withServer(async ({ server: s, dev, path }) => {
       const c = await VfioUserClient.connect(path);
       const mem = new GuestMemory(1 << 16);
       await c.dmaMap(mem, 0);
@@ -633,7 +620,7 @@ describe('server: sessions', () => {
   });
 
   test('a second client gets EBUSY at its VERSION while one is served', async () => {
-    await withServer(async (_s, _d, path) => {
+    await withServer(async ({ path }) => {
       const c = await VfioUserClient.connect(path);
       await assert.rejects(
         VfioUserClient.connect(path, { timeout: 2000 }),
@@ -645,7 +632,7 @@ describe('server: sessions', () => {
   });
 
   test('a client that connects while the previous one is torn down is served when teardown ends', async () => {
-    await withServer(async (s, dev, path) => {
+    await withServer(async ({ server: s, dev, path }) => {
       const c = await VfioUserClient.connect(path);
       const mem = new GuestMemory(1 << 16);
       await c.dmaMap(mem, 0);
@@ -673,7 +660,7 @@ describe('server: sessions', () => {
 
   test('a client that does not complete VERSION in time is disconnected', async () => {
     await withServer(
-      async (_s, _d, path) => {
+      async ({ path }) => {
         const fd = native.connect(path);
         const t0 = Date.now();
         let gone = false;

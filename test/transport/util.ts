@@ -9,20 +9,11 @@ import { HEADER_SIZE, encodeHeader, type Header } from '../../src/protocol/heade
 import { openFds, concat } from '../helpers.js';
 
 export { openFds };
-export { concat, Rng } from '../helpers.js';
+export { concat, Rng, waitFor } from '../helpers.js';
 
 /** One turn of the event loop (the poll phase runs, so a Connection reads what is queued). */
 export function tick(): Promise<void> {
   return new Promise((r) => setImmediate(r));
-}
-
-/** Waits until cond() holds, polling each loop turn; throws after timeoutMs. */
-export async function waitFor(cond: () => boolean, what: string, timeoutMs = 3000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 1));
-  }
 }
 
 /** Waits until the process's open fd count is back to `baseline` (fds close asynchronously at most one turn late). */

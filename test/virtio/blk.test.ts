@@ -15,19 +15,11 @@ import { VfioUserServer } from '../../src/server/server.js';
 import { VirtioBlkDevice, BlkFeature, BlkType, BlkStatus, BlkConfig } from '../../src/devices/virtio/index.js';
 import { CapType, Common, Status, Feature, bit, Desc } from '../../src/devices/virtio/constants.js';
 import { VirtioDriver, BlkDriver, pattern } from '../../src/testing/index.js';
-import { serveChild, sockPath, CLI } from '../helpers.js';
+import { serveChild, sockPath, CLI, waitFor } from '../helpers.js';
 
 
 function tmp(): string {
   return mkdtempSync(join(tmpdir(), 'vfu-virtio-'));
-}
-
-async function waitFor(cond: () => boolean | Promise<boolean>, what: string, ms = 5000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error(`timeout waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 2));
-  }
 }
 
 /** An in-process device and server, for tests that look inside the device. */

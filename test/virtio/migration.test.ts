@@ -16,7 +16,7 @@ import { VfioUserClient } from '../../src/client/client.js';
 import { migrate } from '../../src/client/migrate.js';
 import { VirtioBlkDevice, BlkStatus } from '../../src/devices/virtio/index.js';
 import { VirtioDriver, BlkDriver, pattern, listenDevice, type InProcessServer } from '../../src/testing/index.js';
-import { assertMigrationRefused } from '../helpers.js';
+import { assertMigrationRefused, waitFor } from '../helpers.js';
 
 function serve(image: string, size = 16 << 20): InProcessServer<VirtioBlkDevice> {
   return listenDevice(new VirtioBlkDevice({ image, size, queues: 2, serial: 'MIGRATE1', log: () => {} }), { name: 'virtio-mig' });
@@ -65,10 +65,8 @@ for (const shared of [true, false]) {
     });
     const late: Promise<void>[] = [];
     try {
-      const until = Date.now() + 5000;
-      while (ops < 20 && Date.now() < until) await new Promise((r) => setTimeout(r, 5));
+      await waitFor(() => ops >= 20, 'I/O running on the source', 10000);
       const before = ops;
-      assert.ok(before > 10, `I/O is running (${before} ops)`);
       const dstClient = await VfioUserClient.connect(dst.path);
       await d.ram.mapInto(dstClient);
 
@@ -88,10 +86,7 @@ for (const shared of [true, false]) {
       const res = await migrate(srcClient, dstClient, {
         threshold: -1,
         maxRounds: 2,
-        betweenRounds: async () => {
-          const until = Date.now() + 5000;
-          while (ops < before + 20 && Date.now() < until) await new Promise((r) => setTimeout(r, 5));
-        },
+        betweenRounds: () => waitFor(() => ops >= before + 20, 'I/O against the source in PRE_COPY', 10000),
         beforeStopCopy: async () => {
           gate = new Promise((r) => (openGate = r)); // the vCPUs stop; requests in flight stay in flight
           opsAtStop = ops;
@@ -110,10 +105,9 @@ for (const shared of [true, false]) {
       openGate();
       await Promise.all(late);
       assert.ok(dst.device.stats.writes >= 8, 'the requests published after the stop ran on the destination');
-      await new Promise((r) => setTimeout(r, 150));
+      await waitFor(() => ops > opsAtStop + 10, 'I/O continuing on the destination', 10000);
       stop = true;
       await Promise.all(workers);
-      assert.ok(ops > opsAtStop + 10, `I/O continued on the destination (${ops - opsAtStop} more ops)`);
 
       // exactly once: the devices executed what was submitted, no used entry came twice
       assert.equal(src.device.stats.writes + dst.device.stats.writes, writes, 'writes executed once');
