@@ -2,10 +2,7 @@
  * Helpers for the client tests: an in-process server with the test device, byte helpers.
  */
 import assert from 'node:assert/strict';
-import { VfioUserServer, type ServerOptions } from '../../src/server/server.js';
 import { VfioUserError, type VfioUserErrorCode } from '../../src/errors.js';
-import { TestDevice } from '../server/testdev.js';
-import { sockPath } from '../helpers.js';
 
 export { u32, u64, rd32, withServer } from '../helpers.js';
 
