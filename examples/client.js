@@ -33,8 +33,9 @@ const client = await VfioUserClient.connect(path);
 try {
   // config space: IDs (a real driver would look at the class code and capabilities too)
   const cfg = await client.readConfig(0, 4);
-  const vendor = cfg[0] | (cfg[1] << 8);
-  const device = cfg[2] | (cfg[3] << 8);
+  const ids = new DataView(cfg.buffer, cfg.byteOffset, 4);
+  const vendor = ids.getUint16(0, true);
+  const device = ids.getUint16(2, true);
   const info = await client.deviceInfo();
   console.log(`device ${hex(vendor)}:${hex(device)}, ${info.numRegions} regions, ${info.numIrqs} IRQ types`);
   for (const r of await client.regions()) {

@@ -11,6 +11,7 @@ import { migrate } from '../src/client/migrate.js';
 import type { VfioUserServer, ServerOptions } from '../src/server/server.js';
 import { spawnServer, listenDevice, waitUntil, type ServerProcess } from '../src/testing/index.js';
 import { TestDevice } from './server/testdev.js';
+import { byteAt } from '../src/bytes.js';
 
 export { socketPath as sockPath, u32, u64, rd32 } from '../src/testing/index.js';
 
@@ -24,7 +25,7 @@ export type Served = ServerProcess;
 
 /** Runs `vfio-user serve <device>` in a child process and waits until it is ready. */
 export function serveChild(device: string, extra: string[] = [], opts: { taskset?: string; nodeArgs?: string[] } = {}): Promise<Served> {
-  return spawnServer([...(opts.nodeArgs ?? []), CLI, 'serve', device, ...extra], { name: basename(device).replace(/\.[cm]?js$/, ''), wrapper: opts.taskset ? ['taskset', '-c', opts.taskset] : undefined });
+  return spawnServer([...(opts.nodeArgs ?? []), CLI, 'serve', device, ...extra], { name: basename(device).replace(/\.[cm]?js$/, ''), ...(opts.taskset !== undefined && { wrapper: ['taskset', '-c', opts.taskset] }) });
 }
 
 /**
@@ -35,6 +36,11 @@ export function fillEventfd(fd: number): void {
   const max = Buffer.alloc(8);
   max.writeBigUInt64LE(0xfffffffffffffffen);
   writeSync(fd, max);
+}
+
+/** b[i] ^= mask, for an index the test knows is inside b (a RangeError otherwise). */
+export function flipBits(b: Uint8Array, i: number, mask: number): void {
+  b[i] = byteAt(b, i) ^ mask;
 }
 
 export function delay(ms: number): Promise<void> {

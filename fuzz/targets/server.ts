@@ -19,7 +19,7 @@ import { nextStep } from '../frames.js';
 
 const MEMFD_SIZE = 1 << 16;
 
-let setup: { server: VfioUserServer; dev: NvmeDevice; baseline: number; ended: number; bugs: string[]; onEnd?: () => void } | undefined;
+let setup: { server: VfioUserServer; dev: NvmeDevice; baseline: number; ended: number; bugs: string[]; onEnd?: (() => void) | undefined } | undefined;
 
 function init(): NonNullable<typeof setup> {
   const dev = new NvmeDevice({ size: 1 << 20, ioQueues: 4, log: () => {} });

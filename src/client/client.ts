@@ -75,7 +75,7 @@ export interface RegionDescription {
   writable: boolean;
   mappable: boolean;
   sparseAreas: { offset: number; size: number }[];
-  type?: { type: number; subtype: number };
+  type?: { type: number; subtype: number } | undefined;
   caps: P.RegionCap[];
 }
 
@@ -422,7 +422,7 @@ export class VfioUserClient extends EventEmitter {
   }
 
   /** Writes a region by message, chunked. With posted, sends NO_REPLY writes (resolves once queued). */
-  async write(region: number, offset: number, data: Uint8Array, opts: { posted?: boolean } = {}): Promise<void> {
+  async write(region: number, offset: number, data: Uint8Array, opts: { posted?: boolean | undefined } = {}): Promise<void> {
     const max = this.serverCaps.maxDataXferSize;
     const parts: Promise<unknown>[] = [];
     for (let done = 0; done < data.length || (done === 0 && data.length === 0); done += max) {
@@ -452,7 +452,7 @@ export class VfioUserClient extends EventEmitter {
    * REGION_WRITE_MULTI: several small (≤ 8 byte) writes in one message when the server supports
    * it (split into several messages past writeMultiMaxEntries); one REGION_WRITE each otherwise.
    */
-  async writeMulti(entries: { region: number; offset: number; data: Uint8Array }[], opts: { posted?: boolean } = {}): Promise<void> {
+  async writeMulti(entries: { region: number; offset: number; data: Uint8Array }[], opts: { posted?: boolean | undefined } = {}): Promise<void> {
     for (const e of entries) {
       if (e.data.length > P.WRITE_MULTI_MAX_DATA) {
         throw new VfioUserError('VFU_INVALID_ARGUMENT', `WRITE_MULTI entries carry at most ${P.WRITE_MULTI_MAX_DATA} bytes`, Errno.EINVAL);
@@ -727,7 +727,7 @@ export class VfioUserClient extends EventEmitter {
 
   /** Raw SET_IRQS. */
   async setIrqs(index: number, flags: number, start: number, count: number, data?: Uint8Array, fds: number[] = []): Promise<void> {
-    await this.req(P.Command.DEVICE_SET_IRQS, P.encodeSetIrqsRequest({ flags, index, start, count, data }), { fds });
+    await this.req(P.Command.DEVICE_SET_IRQS, P.encodeSetIrqsRequest({ flags, index, start, count, ...(data && { data }) }), { fds });
   }
 
   // ------------------------------------------------------------ reset, features, migration

@@ -17,26 +17,26 @@ const S = { STOP: 1, RUNNING: 2, STOP_COPY: 3, RESUMING: 4, PRE_COPY: 6 } as con
 
 export interface MigrateOptions {
   /** bytes per MIG_DATA_READ (default: the smaller max_data_xfer_size, at most 1 MiB) */
-  chunk?: number;
+  chunk?: number | undefined;
   /** stop pre-copy once a round moves at most this many bytes (default 64 KiB) */
-  threshold?: number;
+  threshold?: number | undefined;
   /** most pre-copy rounds (default 16) */
-  maxRounds?: number;
+  maxRounds?: number | undefined;
   /** skip pre-copy even when the source supports it */
-  noPrecopy?: boolean;
+  noPrecopy?: boolean | undefined;
   /**
    * Give the destination the source client's DMA maps (before migrating) and move its IRQ
    * handles to the destination (after the state is written, before it runs). Default true.
    */
-  takeOver?: boolean;
+  takeOver?: boolean | undefined;
   /**
    * Called once pre-copy is over, just before the source stops (a VMM pauses its vCPUs here).
    * Downtime is counted from this call.
    */
-  beforeStopCopy?: () => Promise<void> | void;
+  beforeStopCopy?: (() => Promise<void> | void) | undefined;
   /** called between pre-copy rounds (e.g. to let the workload run) */
-  betweenRounds?: (round: number) => Promise<void> | void;
-  progress?: (p: MigrationProgress) => void;
+  betweenRounds?: ((round: number) => Promise<void> | void) | undefined;
+  progress?: ((p: MigrationProgress) => void) | undefined;
 }
 
 /**

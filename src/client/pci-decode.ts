@@ -47,7 +47,7 @@ const EXT_CAP_NAMES: Record<number, string> = {
 };
 
 function u8(b: Uint8Array, o: number): number {
-  return o < b.length ? b[o]! : 0;
+  return b[o] ?? 0; // past the end of a short blob: reads as 0 (decodeConfig is lenient)
 }
 function u16(b: Uint8Array, o: number): number {
   return u8(b, o) | (u8(b, o + 1) << 8);

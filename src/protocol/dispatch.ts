@@ -219,7 +219,7 @@ const FLAG_RENDERERS: Partial<Record<Command, (v: number) => string>> = {
 function hexBytes(b: Uint8Array): string {
   let s = '';
   const n = Math.min(b.length, MAX_BYTES);
-  for (let i = 0; i < n; i++) s += b[i].toString(16).padStart(2, '0');
+  for (const x of b.subarray(0, n)) s += x.toString(16).padStart(2, '0');
   return `[${b.length}B${b.length ? ' ' : ''}${s}${b.length > MAX_BYTES ? '…' : ''}]`;
 }
 

@@ -215,7 +215,7 @@ export class PciDevice {
     } else if (index === RegionIndex.ROM) {
       this.config.defineRom(o.size);
     }
-    const r = new Region(index, { ...o, writable: index === RegionIndex.ROM ? false : o.writable });
+    const r = new Region(index, index === RegionIndex.ROM ? { ...o, writable: false } : o);
     this.regions.set(index, r);
     return r;
   }

@@ -19,31 +19,31 @@ import { IrqIndex } from './irq.js';
 
 export interface ServerOptions {
   /** most bytes of data in one REGION_READ/WRITE or DMA message (default 1 MiB) */
-  maxDataXferSize?: number;
+  maxDataXferSize?: number | undefined;
   /** most fds accepted with one message (default 16, the most QEMU accepts) */
-  maxMsgFds?: number;
+  maxMsgFds?: number | undefined;
   /** most DMA maps (default 65535) */
-  maxDmaMaps?: number;
+  maxDmaMaps?: number | undefined;
   /** most bytes all DMA maps together may cover (default 16 TiB); a DMA_MAP past it gets ENOSPC */
-  maxDmaBytes?: number;
+  maxDmaBytes?: number | undefined;
   /** offer twin-socket mode to clients that support it (default true) */
-  twinSocket?: boolean;
+  twinSocket?: boolean | undefined;
   /** advertise REGION_WRITE_MULTI (default true) */
-  writeMultiple?: boolean;
+  writeMultiple?: boolean | undefined;
   /**
    * Layout of DMA_WRITE requests and DMA_READ replies: the spec's (u64 count, data at 16) or
    * QEMU's (u32 count, data at 12). 'auto' (default) picks QEMU's for a client whose VERSION
    * announces write_multiple without twin_socket, as QEMU's does, and the spec's otherwise.
    */
-  dmaMessageLayout?: 'auto' | 'spec' | 'qemu';
+  dmaMessageLayout?: 'auto' | 'spec' | 'qemu' | undefined;
   /** how long a DMA_READ/DMA_WRITE to the client may take before the access fails (ms, default 30000) */
-  dmaTimeoutMs?: number;
+  dmaTimeoutMs?: number | undefined;
   /**
    * Most bytes of DMA_READ data the client may owe at once (larger reads are split and
    * queued). Default: 65536 for a client with QEMU's DMA layout, which loses the tail of a
    * reply that does not fit its socket buffer (see dma-messenger.ts), no bound otherwise.
    */
-  dmaReadWindow?: number;
+  dmaReadWindow?: number | undefined;
   /**
    * Refuse DMA_MAP of files that cannot be sealed against shrinking (EPERM; default true).
    * Such a file (a regular file, one in /dev/shm, a memfd without MFD_ALLOW_SEALING) could be
@@ -51,13 +51,13 @@ export interface ServerOptions {
    * device code as views, only copied by a native copy that turns the fault (SIGBUS) into an
    * error for that one access. QEMU's memory-backend-memfd is sealed already.
    */
-  requireSealedDmaFiles?: boolean;
+  requireSealedDmaFiles?: boolean | undefined;
   /**
    * How long a client may take to complete VERSION after it connects (ms, default 5000);
    * a client that has not by then is disconnected, so a silent or trickling peer cannot
    * hold the device.
    */
-  handshakeTimeoutMs?: number;
+  handshakeTimeoutMs?: number | undefined;
   /**
    * The serving fast path (default true): after answering, wait for the client's next message
    * in poll(2) without a round through the event loop while the loop has nothing else to do
@@ -77,7 +77,7 @@ export interface ServerOptions {
    * log function. Default: warnings (a device error, with its stack; a misbehaving client)
    * go to stderr, nothing else; `() => {}` silences them.
    */
-  log?: (level: 'info' | 'warn' | 'debug', msg: string) => void;
+  log?: ((level: 'info' | 'warn' | 'debug', msg: string) => void) | undefined;
 }
 
 /**

@@ -13,13 +13,13 @@ export const GUARD = PAGE;
 /** How {@link GuestRam.map} lays out and maps guest RAM. */
 export interface GuestRamOptions {
   /** size of the memory object, both guard pages included (default 16 MiB; a multiple of 4096) */
-  size?: number;
+  size?: number | undefined;
   /** IOVA of the first mapped byte (default 0x1_0000_0000, above 4 GiB so 64-bit addressing is exercised) */
-  iova?: number;
+  iova?: number | undefined;
   /** pass the memfd to the server (default), or make the server use DMA_READ/DMA_WRITE messages */
-  shared?: boolean;
+  shared?: boolean | undefined;
   /** map this existing memory instead of a new one (for example on a migration destination) */
-  mem?: GuestMemory;
+  mem?: GuestMemory | undefined;
 }
 
 /**

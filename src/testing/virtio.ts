@@ -35,7 +35,7 @@ export interface CapLocation {
   bar: number;
   offset: number;
   length: number;
-  multiplier?: number;
+  multiplier?: number | undefined;
 }
 
 /** A buffer of a descriptor chain. */

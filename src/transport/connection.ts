@@ -145,11 +145,11 @@ const ROUNDS = 64;
 const FAST_ROUNDS = 1024;
 
 export interface RequestOptions {
-  fds?: readonly number[];
+  fds?: readonly number[] | undefined;
   /** keep fds that come with the reply (caller then owns them) */
-  expectFds?: boolean;
+  expectFds?: boolean | undefined;
   /** milliseconds before the request fails with VFU_TIMEOUT (default: none) */
-  timeout?: number;
+  timeout?: number | undefined;
 }
 
 /**

@@ -12,7 +12,7 @@ import { migrate } from '../../src/client/migrate.js';
 import { VfioUserError } from '../../src/errors.js';
 import { GpioDevice } from '../../src/devices/gpio.js';
 import { TestDevice } from '../server/testdev.js';
-import { serveChild, sockPath, CLI } from '../helpers.js';
+import { serveChild, sockPath, CLI, flipBits } from '../helpers.js';
 
 const S = MigState;
 const ALL = [S.RUNNING, S.STOP, S.STOP_COPY, S.RESUMING, S.PRE_COPY];
@@ -78,7 +78,7 @@ describe('migration data stream', () => {
     }
     for (let i = 0; i < all.length; i += 7) {
       const bad = Buffer.from(all);
-      bad[i] ^= 0x40;
+      flipBits(bad, i, 0x40);
       assert.throws(() => parseStream(bad), VfioUserError, `flipped byte ${i}`);
     }
     src.destroy();
@@ -190,7 +190,7 @@ describe('migrating a device', () => {
       const data = await src.migDataRead(1 << 20);
       await dst.setDeviceState(S.RESUMING);
       const bad = Buffer.from(data);
-      bad[bad.length - 10] ^= 1;
+      flipBits(bad, bad.length - 10, 1);
       await dst.migDataWrite(bad);
       await assert.rejects(dst.setDeviceState(S.STOP), (e) => e instanceof VfioUserError && e.code === 'VFU_REMOTE_ERROR');
       assert.equal(await dst.getDeviceState(), S.ERROR);

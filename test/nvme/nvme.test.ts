@@ -202,12 +202,14 @@ describe('nvme: I/O with data verification', () => {
     scatter(r.d, pages, data);
     const l1 = r.d.alloc(4096);
     const l2 = r.d.alloc(4096);
+    const [p0, p1, ...rest] = pages;
+    assert.ok(p0 !== undefined && p1 !== undefined && rest.length === n - 2);
     const v1 = new DataView(r.d.at(l1, 4096).buffer, r.d.at(l1, 4096).byteOffset, 4096);
-    setU64(v1, 4080, pages[1]!);
+    setU64(v1, 4080, p1);
     setU64(v1, 4088, l2);
     const v2 = new DataView(r.d.at(l2, 4096).buffer, r.d.at(l2, 4096).byteOffset, 4096);
-    for (let i = 2; i < n; i++) setU64(v2, 8 * (i - 2), pages[i]!);
-    assert.equal((await r.d.rw('write', 1, 20000, n * 8, { prp1: pages[0], prp2: l1 + 4080 })).status, 0);
+    rest.forEach((page, i) => setU64(v2, 8 * i, page));
+    assert.equal((await r.d.rw('write', 1, 20000, n * 8, { prp1: p0, prp2: l1 + 4080 })).status, 0);
     const back = r.d.alloc(n * 4096);
     assert.equal((await r.d.rw('read', 1, 20000, n * 8, r.d.prps(Array.from({ length: n }, (_, i) => back + i * 4096), n * 4096))).status, 0);
     assert.ok(Buffer.from(r.d.at(back, n * 4096)).equals(Buffer.from(data)));

@@ -10,6 +10,7 @@ import assert from 'node:assert/strict';
 import * as P from '../../src/protocol/index.js';
 import { FIXTURES } from './fixture-table.js';
 import { Rng, toHex } from './helpers.js';
+import { flipBits } from '../helpers.js';
 
 const SEED = Number(process.env.VFU_FUZZ_SEED ?? 0xf0221);
 const MUTATIONS_PER_FIXTURE = 1500;
@@ -35,7 +36,7 @@ function mutateOnce(r: Rng, b: Uint8Array): Uint8Array {
   switch (r.int(7)) {
     case 0: {
       const out = b.slice();
-      for (let i = 1 + r.int(8); i > 0 && len > 0; i--) out[r.int(len)] ^= 1 << r.int(8);
+      for (let i = 1 + r.int(8); i > 0 && len > 0; i--) flipBits(out, r.int(len), 1 << r.int(8));
       return out;
     }
     case 1:

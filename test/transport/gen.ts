@@ -8,6 +8,7 @@ import { HEADER_SIZE, FLAG_NO_REPLY, FLAG_ERROR, MSG_TYPE_REPLY, encodeHeader } 
 import { native } from '../../src/native/index.js';
 import { closeFds } from '../../src/transport/connection.js';
 import { Rng, concat } from './util.js';
+import { flipBits } from '../helpers.js';
 
 const C = P.Command;
 
@@ -56,7 +57,7 @@ export function validRequest(r: Rng): { command: number; payload: Uint8Array; fd
       const count = r.int(10);
       return {
         command: C.DEVICE_SET_IRQS,
-        payload: P.encodeSetIrqsRequest({ flags: data | action, index: r.int(6), start: r.int(9), count, data: data === 2 ? r.bytes(count) : undefined }),
+        payload: P.encodeSetIrqsRequest({ flags: data | action, index: r.int(6), start: r.int(9), count, ...(data === 2 && { data: r.bytes(count) }) }),
         fds: data === 4 ? r.int(count + 2) : 0,
       };
     }
@@ -95,7 +96,7 @@ function mutate(r: Rng, b: Uint8Array): Uint8Array {
   switch (r.int(6)) {
     case 0: {
       const out = b.slice();
-      for (let i = 1 + r.int(4); i > 0 && len > 0; i--) out[r.int(len)] ^= 1 << r.int(8);
+      for (let i = 1 + r.int(4); i > 0 && len > 0; i--) flipBits(out, r.int(len), 1 << r.int(8));
       return out;
     }
     case 1:

@@ -42,21 +42,21 @@ import { setRunning, quiesce, saveState, loadState } from './migration.js';
 
 export interface NvmeOptions {
   /** raw image file; created with `size` bytes when missing */
-  image?: string;
+  image?: string | undefined;
   /** bytes (required for memory namespaces and new images) */
-  size?: number;
-  lbaSize?: 512 | 4096;
-  serial?: string;
+  size?: number | undefined;
+  lbaSize?: 512 | 4096 | undefined;
+  serial?: string | undefined;
   /** number of I/O queue pairs offered (default 16) */
-  ioQueues?: number;
+  ioQueues?: number | undefined;
   /** doorbell mechanism (default 'trap') */
-  doorbells?: 'trap' | 'mmap';
+  doorbells?: 'trap' | 'mmap' | undefined;
   /** offer Doorbell Buffer Config (shadow doorbells, default true) */
-  shadowDoorbells?: boolean;
+  shadowDoorbells?: boolean | undefined;
   /** keep polling the shadow doorbells (and the mmap page) this long after the last I/O (microseconds, default 50) */
-  pollUs?: number;
+  pollUs?: number | undefined;
   /** log function for unexpected errors */
-  log?: (msg: string) => void;
+  log?: ((msg: string) => void) | undefined;
 }
 
 const BAR0_SIZE = 0x4000;

@@ -28,7 +28,7 @@ export interface SubQueue {
   /** a worker is fetching from this queue */
   active: boolean;
   /** shadow doorbell state (Doorbell Buffer Config) */
-  db?: DoorbellTracker;
+  db?: DoorbellTracker | undefined;
 }
 
 export interface CompQueue {
@@ -48,7 +48,7 @@ export interface CompQueue {
   /** entries posted since its last interrupt (interrupt coalescing) */
   coalesced: number;
   /** shadow doorbell state (Doorbell Buffer Config) */
-  db?: DoorbellTracker;
+  db?: DoorbellTracker | undefined;
 }
 
 /** a command's completion: status and dword 0 */

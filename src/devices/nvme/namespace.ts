@@ -20,7 +20,7 @@ export class Namespace {
   readonly eui64: Uint8Array;
   readonly uuid: Uint8Array;
 
-  constructor(nsid: number, backend: Backend, opts: { lbaSize?: 512 | 4096; identity: string }) {
+  constructor(nsid: number, backend: Backend, opts: { lbaSize?: 512 | 4096 | undefined; identity: string }) {
     this.nsid = nsid;
     this.backend = backend;
     this.lbaSize = opts.lbaSize ?? 512;

@@ -81,20 +81,20 @@ const FLAG_UNMAP = 1;
 
 export interface VirtioBlkOptions {
   /** raw image file; created with `size` bytes when missing */
-  image?: string;
+  image?: string | undefined;
   /** bytes (required for memory disks and new images) */
-  size?: number;
-  readOnly?: boolean;
+  size?: number | undefined;
+  readOnly?: boolean | undefined;
   /** request queues (default 1) */
-  queues?: number;
+  queues?: number | undefined;
   /** largest queue size (default 256) */
-  queueSize?: number;
+  queueSize?: number | undefined;
   /** the GET_ID string (default: derived from the image path) */
-  serial?: string;
+  serial?: string | undefined;
   /** notifications trapped (default) or by a polled mmap-able page (see VirtioDeviceOptions) */
-  notify?: 'trap' | 'mmap';
-  pollUs?: number;
-  log?: (msg: string) => void;
+  notify?: 'trap' | 'mmap' | undefined;
+  pollUs?: number | undefined;
+  log?: ((msg: string) => void) | undefined;
 }
 
 export class VirtioBlkDevice extends VirtioPciDevice {

@@ -55,7 +55,7 @@ export interface VirtioDeviceOptions {
   /** number of virtqueues */
   queues: number;
   /** largest queue size the driver may configure (power of two, default 256) */
-  queueSize?: number;
+  queueSize?: number | undefined;
   /** device-type feature bits offered (bits 0..23 and any others the device implements) */
   features: bigint;
   /** bytes of device-specific configuration (at most 4096) */
@@ -65,10 +65,10 @@ export interface VirtioDeviceOptions {
    * 'mmap' offers the notify page for mmap and polls it (a sleeping poller: every event-loop
    * turn while requests flow, then every millisecond; trapped writes work as well).
    */
-  notify?: 'trap' | 'mmap';
+  notify?: 'trap' | 'mmap' | undefined;
   /** with notify 'mmap': keep polling this long after the last request (µs, default 50) */
-  pollUs?: number;
-  log?: (msg: string) => void;
+  pollUs?: number | undefined;
+  log?: ((msg: string) => void) | undefined;
 }
 
 /** BAR4 areas */

@@ -34,6 +34,7 @@ import {
   vendorSpecificExtendedImage,
   vendorSpecificImage,
 } from './capabilities.js';
+import { byteAt, le16, le32 } from '../../bytes.js';
 import { ConfigSpaceError } from './errors.js';
 import * as R from './registers.js';
 
@@ -139,9 +140,11 @@ interface BarSlot extends BarInfo {
   highMask: number;
 }
 
-interface Hook extends ConfigHook {
+interface Hook {
   start: number;
   end: number;
+  read: ConfigHook['read'] | undefined;
+  write: ConfigHook['write'] | undefined;
 }
 
 const SAVE_MAGIC = 0x53435556; // "VUCS"
@@ -149,12 +152,6 @@ const SAVE_VERSION = 1;
 const SAVE_HEADER = 16;
 const SAVE_TAIL = 56; // 6 x u64 BAR addresses, u32 ROM address, u8 ROM enabled, 3 pad
 
-function u16(a: Uint8Array, o: number): number {
-  return a[o] | (a[o + 1] << 8);
-}
-function u32(a: Uint8Array, o: number): number {
-  return (a[o] | (a[o + 1] << 8) | (a[o + 2] << 16) | (a[o + 3] << 24)) >>> 0;
-}
 function put(a: Uint8Array, o: number, len: number, v: number): void {
   for (let i = 0; i < len; i++) a[o + i] = (v >>> (8 * i)) & 0xff;
 }
@@ -268,7 +265,7 @@ export class ConfigSpace {
     }
     if (size <= 0n || (size & (size - 1n)) !== 0n) bad(`BAR${index} size ${size} is not a power of two`);
     const pf = !!bar.prefetchable;
-    const taken = (i: number) => this.bars[i] !== null || this.barOwner[i] >= 0;
+    const taken = (i: number) => this.bars[i] !== null || (this.barOwner[i] ?? -1) >= 0; // (i < 6: no owner past the BARs)
     if (taken(index)) throw new ConfigSpaceError('VFU_CONFIG_CONFLICT', `BAR${index} is already defined`);
 
     let lowMask: number;
@@ -356,7 +353,7 @@ export class ConfigSpace {
     const off = this.placeStd(msixImage(opts));
     this.msixOff = off;
     this.mark(off + R.PCI_MSIX_FLAGS, 2, K_MSIX);
-    this.shMsixFlags = u16(this.raw, off + R.PCI_MSIX_FLAGS);
+    this.shMsixFlags = le16(this.raw, off + R.PCI_MSIX_FLAGS);
     return off;
   }
 
@@ -406,10 +403,10 @@ export class ConfigSpace {
     this.checkRange(offset, length);
     if (this.hooks.length !== 0 && this.hooked(offset, offset + length)) {
       const b = this.read(offset, length);
-      return length === 1 ? b[0] : length === 2 ? u16(b, 0) : u32(b, 0);
+      return length === 1 ? byteAt(b, 0) : length === 2 ? le16(b, 0) : le32(b, 0);
     }
     const r = this.raw;
-    return length === 1 ? r[offset] : length === 2 ? u16(r, offset) : u32(r, offset);
+    return length === 1 ? byteAt(r, offset) : length === 2 ? le16(r, offset) : le32(r, offset);
   }
 
   write(offset: number, data: Uint8Array): void {
@@ -428,9 +425,9 @@ export class ConfigSpace {
     const b = this.bars[index];
     if (!b) return 0n;
     const off = R.PCI_BASE_ADDRESS_0 + 4 * index;
-    const low = u32(this.raw, off) & b.lowMask;
+    const low = le32(this.raw, off) & b.lowMask;
     if (b.kind !== 'mem64') return BigInt(low >>> 0);
-    return (BigInt(u32(this.raw, off + 4) & b.highMask) << 32n) | BigInt(low >>> 0);
+    return (BigInt(le32(this.raw, off + 4) & b.highMask) << 32n) | BigInt(low >>> 0);
   }
 
   /** Definition of BAR `index`, or null if undefined (or the upper half of a mem64 BAR). */
@@ -445,23 +442,23 @@ export class ConfigSpace {
   }
 
   romAddress(): { address: bigint; enabled: boolean } {
-    const v = u32(this.raw, R.PCI_ROM_ADDRESS);
+    const v = le32(this.raw, R.PCI_ROM_ADDRESS);
     return { address: BigInt((v & R.PCI_ROM_ADDRESS_MASK) >>> 0), enabled: (v & R.PCI_ROM_ADDRESS_ENABLE) !== 0 };
   }
 
   command(): number {
-    return u16(this.raw, R.PCI_COMMAND);
+    return le16(this.raw, R.PCI_COMMAND);
   }
 
   /** PMCSR power state; 0 when there is no PM capability. */
   powerState(): PowerState {
-    return this.pm ? ((this.raw[this.pm + R.PCI_PM_CTRL] & R.PCI_PM_CTRL_STATE_MASK) as PowerState) : 0;
+    return this.pm ? ((byteAt(this.raw, this.pm + R.PCI_PM_CTRL) & R.PCI_PM_CTRL_STATE_MASK) as PowerState) : 0;
   }
 
   /** Sets or clears the Interrupt Status bit (status bit 3), which is read-only to the driver. */
   setInterruptStatus(on: boolean): void {
     const o = R.PCI_STATUS;
-    this.raw[o] = on ? this.raw[o] | R.PCI_STATUS_INTERRUPT : this.raw[o] & ~R.PCI_STATUS_INTERRUPT;
+    this.raw[o] = on ? byteAt(this.raw, o) | R.PCI_STATUS_INTERRUPT : byteAt(this.raw, o) & ~R.PCI_STATUS_INTERRUPT;
   }
 
   /**
@@ -479,17 +476,17 @@ export class ConfigSpace {
     const l = this.msiL;
     if (!l) return null;
     const o = this.msiOff;
-    const flags = u16(this.raw, o + R.PCI_MSI_FLAGS);
+    const flags = le16(this.raw, o + R.PCI_MSI_FLAGS);
     return {
       enabled: (flags & R.PCI_MSI_FLAGS_ENABLE) !== 0,
       address: this.msiAddress(),
-      data: u16(this.raw, o + l.data),
+      data: le16(this.raw, o + l.data),
       vectorsEnabled: 1 << ((flags & R.PCI_MSI_FLAGS_QSIZE) >> 4),
       vectorsCapable: l.vectors,
       address64: l.address64,
       perVectorMask: l.perVectorMask,
-      maskBits: l.mask ? u32(this.raw, o + l.mask) : 0,
-      pendingBits: l.pending ? u32(this.raw, o + l.pending) : 0,
+      maskBits: l.mask ? le32(this.raw, o + l.mask) : 0,
+      pendingBits: l.pending ? le32(this.raw, o + l.pending) : 0,
     };
   }
 
@@ -510,16 +507,16 @@ export class ConfigSpace {
     if (!l.pending) bad('MSI capability has no per-vector masking, hence no pending bits');
     if (!Number.isInteger(vector) || vector < 0 || vector >= l.vectors) bad(`MSI vector ${vector} is not 0..${l.vectors - 1}`);
     const o = this.msiOff + l.pending;
-    const v = pending ? u32(this.raw, o) | (1 << vector) : u32(this.raw, o) & ~(1 << vector);
+    const v = pending ? le32(this.raw, o) | (1 << vector) : le32(this.raw, o) & ~(1 << vector);
     put(this.raw, o, 4, v >>> 0);
   }
 
   msix(): MsixInfo | null {
     const o = this.msixOff;
     if (!o) return null;
-    const flags = u16(this.raw, o + R.PCI_MSIX_FLAGS);
-    const table = u32(this.raw, o + R.PCI_MSIX_TABLE);
-    const pba = u32(this.raw, o + R.PCI_MSIX_PBA);
+    const flags = le16(this.raw, o + R.PCI_MSIX_FLAGS);
+    const table = le32(this.raw, o + R.PCI_MSIX_TABLE);
+    const pba = le32(this.raw, o + R.PCI_MSIX_PBA);
     return {
       enabled: (flags & R.PCI_MSIX_FLAGS_ENABLE) !== 0,
       functionMask: (flags & R.PCI_MSIX_FLAGS_MASKALL) !== 0,
@@ -556,12 +553,12 @@ export class ConfigSpace {
     dv.setUint32(0, SAVE_MAGIC, true);
     dv.setUint16(4, SAVE_VERSION, true);
     dv.setUint16(6, this.size, true);
-    dv.setUint16(8, u16(this.defaults, R.PCI_VENDOR_ID), true);
-    dv.setUint16(10, u16(this.defaults, R.PCI_DEVICE_ID), true);
+    dv.setUint16(8, le16(this.defaults, R.PCI_VENDOR_ID), true);
+    dv.setUint16(10, le16(this.defaults, R.PCI_DEVICE_ID), true);
     dv.setUint32(12, this.fingerprint(), true);
     out.set(this.raw, SAVE_HEADER);
     const t = SAVE_HEADER + this.size;
-    for (let i = 0; i < R.PCI_NUM_BARS; i++) dv.setBigUint64(t + 8 * i, this.shBar[i], true);
+    for (const [i, bar] of this.shBar.entries()) dv.setBigUint64(t + 8 * i, bar, true);
     dv.setUint32(t + 48, this.shRomAddr, true);
     out[t + 52] = this.shRomEnabled ? 1 : 0;
     return out;
@@ -581,12 +578,12 @@ export class ConfigSpace {
     if (state.length !== SAVE_HEADER + size + SAVE_TAIL) fail(`state length ${state.length} does not match`);
     const vid = dv.getUint16(8, true);
     const did = dv.getUint16(10, true);
-    const myVid = u16(this.defaults, R.PCI_VENDOR_ID);
-    const myDid = u16(this.defaults, R.PCI_DEVICE_ID);
+    const myVid = le16(this.defaults, R.PCI_VENDOR_ID);
+    const myDid = le16(this.defaults, R.PCI_DEVICE_ID);
     if (vid !== myVid || did !== myDid) {
       fail(`state is for device ${vid.toString(16)}:${did.toString(16)}, this is ${myVid.toString(16)}:${myDid.toString(16)}`);
     }
-    if (u16(state, SAVE_HEADER + R.PCI_VENDOR_ID) !== myVid || u16(state, SAVE_HEADER + R.PCI_DEVICE_ID) !== myDid) {
+    if (le16(state, SAVE_HEADER + R.PCI_VENDOR_ID) !== myVid || le16(state, SAVE_HEADER + R.PCI_DEVICE_ID) !== myDid) {
       fail('saved config space bytes carry different IDs');
     }
     if (dv.getUint32(12, true) !== this.fingerprint()) fail('state is from a device with a different BAR/capability layout');
@@ -626,8 +623,8 @@ export class ConfigSpace {
     this.setDefault(off + R.PCI_CAP_LIST_NEXT, 1, 0);
     if (this.lastStd === 0) {
       this.setDefault(R.PCI_CAPABILITY_LIST, 1, off);
-      this.defaults[R.PCI_STATUS] |= R.PCI_STATUS_CAP_LIST;
-      this.raw[R.PCI_STATUS] |= R.PCI_STATUS_CAP_LIST;
+      this.defaults[R.PCI_STATUS] = byteAt(this.defaults, R.PCI_STATUS) | R.PCI_STATUS_CAP_LIST;
+      this.raw[R.PCI_STATUS] = byteAt(this.raw, R.PCI_STATUS) | R.PCI_STATUS_CAP_LIST;
     } else {
       this.setDefault(this.lastStd + R.PCI_CAP_LIST_NEXT, 1, off);
     }
@@ -647,7 +644,7 @@ export class ConfigSpace {
     this.copyImage(off, img);
     this.setDefault(off, 4, (img.id | (img.version << R.PCI_EXT_CAP_VER_SHIFT)) >>> 0);
     if (this.lastExt !== 0) {
-      const hdr = u32(this.defaults, this.lastExt);
+      const hdr = le32(this.defaults, this.lastExt);
       this.setDefault(this.lastExt, 4, ((hdr & 0xfffff) | (off << R.PCI_EXT_CAP_NEXT_SHIFT)) >>> 0);
     }
     this.lastExt = off;
@@ -726,12 +723,12 @@ export class ConfigSpace {
     let touched = 0;
     for (let i = from; i < to; i++) {
       const o = offset + i;
-      const m = wm[o];
-      const c = wc[o];
+      const m = byteAt(wm, o);
+      const c = byteAt(wc, o);
       if ((m | c) === 0) continue;
-      const d = data[i];
-      raw[o] = ((raw[o] & ~m) | (d & m)) & ~(d & c);
-      touched |= 1 << kind[o];
+      const d = byteAt(data, i);
+      raw[o] = ((byteAt(raw, o) & ~m) | (d & m)) & ~(d & c);
+      touched |= 1 << byteAt(kind, o);
     }
     return touched & ~(1 << K_NONE);
   }
@@ -740,7 +737,7 @@ export class ConfigSpace {
     const ev = this.events;
     const raw = this.raw;
     if (touched & (1 << K_COMMAND)) {
-      const v = u16(raw, R.PCI_COMMAND);
+      const v = le16(raw, R.PCI_COMMAND);
       const old = this.shCommand;
       if (v !== old) {
         this.shCommand = v;
@@ -752,7 +749,7 @@ export class ConfigSpace {
       if (touched & (1 << (K_BAR0 + i))) this.barWritten(i);
     }
     if (touched & (1 << K_ROM) && this.romSz) {
-      const v = u32(raw, R.PCI_ROM_ADDRESS);
+      const v = le32(raw, R.PCI_ROM_ADDRESS);
       const mask = (this.wmaskU32(R.PCI_ROM_ADDRESS) & ~R.PCI_ROM_ADDRESS_ENABLE) >>> 0;
       const addr = (v & mask) >>> 0;
       const en = (v & R.PCI_ROM_ADDRESS_ENABLE) !== 0;
@@ -765,11 +762,11 @@ export class ConfigSpace {
     }
     if (touched & (1 << K_PM)) {
       const o = this.pm + R.PCI_PM_CTRL;
-      let st = raw[o] & R.PCI_PM_CTRL_STATE_MASK;
+      let st = byteAt(raw, o) & R.PCI_PM_CTRL_STATE_MASK;
       if ((st === 1 && !this.pmD1) || (st === 2 && !this.pmD2)) {
         // PCI PM 1.2 5.4.1: unsupported state -> write completes, data discarded, no change
         st = this.shPower;
-        raw[o] = (raw[o] & ~R.PCI_PM_CTRL_STATE_MASK) | st;
+        raw[o] = (byteAt(raw, o) & ~R.PCI_PM_CTRL_STATE_MASK) | st;
       }
       if (st !== this.shPower) {
         this.shPower = st;
@@ -778,7 +775,7 @@ export class ConfigSpace {
     }
     if (touched & (1 << K_MSI)) this.msiWritten();
     if (touched & (1 << K_MSIX)) {
-      const f = u16(raw, this.msixOff + R.PCI_MSIX_FLAGS);
+      const f = le16(raw, this.msixOff + R.PCI_MSIX_FLAGS);
       const ctl = R.PCI_MSIX_FLAGS_ENABLE | R.PCI_MSIX_FLAGS_MASKALL;
       if ((f ^ this.shMsixFlags) & ctl) {
         this.shMsixFlags = f;
@@ -788,25 +785,25 @@ export class ConfigSpace {
     // last, because the handler is expected to call reset()
     if (touched & (1 << K_DEVCTL)) {
       const o = this.exp + R.PCI_EXP_DEVCTL + 1;
-      if (raw[o] & (R.PCI_EXP_DEVCTL_BCR_FLR >> 8)) {
-        raw[o] &= ~(R.PCI_EXP_DEVCTL_BCR_FLR >> 8); // always reads 0
+      if (byteAt(raw, o) & (R.PCI_EXP_DEVCTL_BCR_FLR >> 8)) {
+        raw[o] = byteAt(raw, o) & ~(R.PCI_EXP_DEVCTL_BCR_FLR >> 8); // always reads 0
         ev.onFlr?.();
       }
     }
   }
 
   private wmaskU32(o: number): number {
-    return u32(this.wmask, o);
+    return le32(this.wmask, o);
   }
 
   private barWritten(i: number): void {
     const b = this.bars[i];
     if (!b) return;
     const off = R.PCI_BASE_ADDRESS_0 + 4 * i;
-    const low = (u32(this.raw, off) & b.lowMask) >>> 0;
+    const low = (le32(this.raw, off) & b.lowMask) >>> 0;
     let sizing = b.lowMask !== 0 && low === b.lowMask;
     if (b.kind === 'mem64') {
-      const high = (u32(this.raw, off + 4) & b.highMask) >>> 0;
+      const high = (le32(this.raw, off + 4) & b.highMask) >>> 0;
       sizing ||= b.highMask !== 0 && high === b.highMask;
     }
     if (sizing) return; // all-ones sizing write: not an address
@@ -819,22 +816,22 @@ export class ConfigSpace {
 
   private msiAddress(): bigint {
     const l = this.msiL!;
-    const lo = BigInt(u32(this.raw, this.msiOff + R.PCI_MSI_ADDRESS_LO));
-    return l.address64 ? (BigInt(u32(this.raw, this.msiOff + R.PCI_MSI_ADDRESS_HI)) << 32n) | lo : lo;
+    const lo = BigInt(le32(this.raw, this.msiOff + R.PCI_MSI_ADDRESS_LO));
+    return l.address64 ? (BigInt(le32(this.raw, this.msiOff + R.PCI_MSI_ADDRESS_HI)) << 32n) | lo : lo;
   }
 
   private msiWritten(): void {
     const l = this.msiL!;
     const o = this.msiOff + R.PCI_MSI_FLAGS;
-    let flags = u16(this.raw, o);
+    let flags = le16(this.raw, o);
     // Multiple Message Enable is clamped to Multiple Message Capable (as QEMU does)
     if ((flags & R.PCI_MSI_FLAGS_QSIZE) >> 4 > l.mmc) {
       flags = (flags & ~R.PCI_MSI_FLAGS_QSIZE) | (l.mmc << 4);
       put(this.raw, o, 2, flags);
     }
     const addr = this.msiAddress();
-    const data = u16(this.raw, this.msiOff + l.data);
-    const mask = l.mask ? u32(this.raw, this.msiOff + l.mask) : 0;
+    const data = le16(this.raw, this.msiOff + l.data);
+    const mask = l.mask ? le32(this.raw, this.msiOff + l.mask) : 0;
     const ctl = R.PCI_MSI_FLAGS_ENABLE | R.PCI_MSI_FLAGS_QSIZE;
     if ((flags & ctl) !== (this.shMsiFlags & ctl) || addr !== this.shMsiAddr || data !== this.shMsiData || mask !== this.shMsiMask) {
       this.shMsiFlags = flags;
@@ -848,16 +845,16 @@ export class ConfigSpace {
   /** Resynchronises event shadows with the raw bytes (BAR/ROM shadows only when `bars`). */
   private syncShadows(bars: boolean): void {
     const raw = this.raw;
-    this.shCommand = u16(raw, R.PCI_COMMAND);
-    this.shPower = this.pm ? raw[this.pm + R.PCI_PM_CTRL] & R.PCI_PM_CTRL_STATE_MASK : 0;
+    this.shCommand = le16(raw, R.PCI_COMMAND);
+    this.shPower = this.pm ? byteAt(raw, this.pm + R.PCI_PM_CTRL) & R.PCI_PM_CTRL_STATE_MASK : 0;
     if (this.msiL) {
       const l = this.msiL;
-      this.shMsiFlags = u16(raw, this.msiOff + R.PCI_MSI_FLAGS);
+      this.shMsiFlags = le16(raw, this.msiOff + R.PCI_MSI_FLAGS);
       this.shMsiAddr = this.msiAddress();
-      this.shMsiData = u16(raw, this.msiOff + l.data);
-      this.shMsiMask = l.mask ? u32(raw, this.msiOff + l.mask) : 0;
+      this.shMsiData = le16(raw, this.msiOff + l.data);
+      this.shMsiMask = l.mask ? le32(raw, this.msiOff + l.mask) : 0;
     }
-    if (this.msixOff) this.shMsixFlags = u16(raw, this.msixOff + R.PCI_MSIX_FLAGS);
+    if (this.msixOff) this.shMsixFlags = le16(raw, this.msixOff + R.PCI_MSIX_FLAGS);
     if (bars) {
       for (let i = 0; i < R.PCI_NUM_BARS; i++) this.shBar[i] = this.barAddress(i);
       const rom = this.romAddress();
@@ -870,7 +867,7 @@ export class ConfigSpace {
   private fingerprint(): number {
     let h = 0x811c9dc5;
     for (const a of [this.defaults, this.wmask, this.w1c]) {
-      for (let i = 0; i < a.length; i++) h = Math.imul(h ^ a[i], 0x01000193);
+      for (const x of a) h = Math.imul(h ^ x, 0x01000193);
     }
     return h >>> 0;
   }

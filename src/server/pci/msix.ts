@@ -10,6 +10,7 @@
  * outside the table/PBA reading 0. The PBA is read-only.
  */
 import { ConfigSpaceError } from './errors.js';
+import { byteAt } from '../../bytes.js';
 import * as R from './registers.js';
 
 const SAVE_MAGIC = 0x58535556; // "VUSX"
@@ -56,7 +57,7 @@ export class MsixTable {
         const v = o >> 4;
         const wasMasked = this.isMasked(v);
         // only the mask bit is implemented; the rest is reserved (reads 0)
-        this.table[o] = data[i] & R.PCI_MSIX_ENTRY_CTRL_MASKBIT;
+        this.table[o] = byteAt(data, i) & R.PCI_MSIX_ENTRY_CTRL_MASKBIT;
         this.table[o + 1] = this.table[o + 2] = this.table[o + 3] = 0;
         if (wasMasked && !this.isMasked(v) && this.pending(v)) this.onUnmask?.(v);
       } else {
@@ -76,7 +77,7 @@ export class MsixTable {
     return {
       address: (BigInt(dv.getUint32(R.PCI_MSIX_ENTRY_UPPER_ADDR, true)) << 32n) | BigInt(dv.getUint32(R.PCI_MSIX_ENTRY_LOWER_ADDR, true)),
       data: dv.getUint32(R.PCI_MSIX_ENTRY_DATA, true),
-      masked: (this.table[o + R.PCI_MSIX_ENTRY_VECTOR_CTRL] & R.PCI_MSIX_ENTRY_CTRL_MASKBIT) !== 0,
+      masked: (byteAt(this.table, o + R.PCI_MSIX_ENTRY_VECTOR_CTRL) & R.PCI_MSIX_ENTRY_CTRL_MASKBIT) !== 0,
     };
   }
 
@@ -85,7 +86,7 @@ export class MsixTable {
     return (
       !this.enabled ||
       this.functionMask ||
-      (this.table[v * R.PCI_MSIX_ENTRY_SIZE + R.PCI_MSIX_ENTRY_VECTOR_CTRL] & R.PCI_MSIX_ENTRY_CTRL_MASKBIT) !== 0
+      (byteAt(this.table, v * R.PCI_MSIX_ENTRY_SIZE + R.PCI_MSIX_ENTRY_VECTOR_CTRL) & R.PCI_MSIX_ENTRY_CTRL_MASKBIT) !== 0
     );
   }
 
@@ -107,12 +108,12 @@ export class MsixTable {
   setPending(v: number, on: boolean): void {
     this.checkVector(v);
     const bit = 1 << (v & 7);
-    if (on) this.pba[v >> 3] |= bit;
-    else this.pba[v >> 3] &= ~bit;
+    const b = byteAt(this.pba, v >> 3);
+    this.pba[v >> 3] = on ? b | bit : b & ~bit;
   }
 
   pending(v: number): boolean {
-    return (this.pba[v >> 3] & (1 << (v & 7))) !== 0;
+    return (byteAt(this.pba, v >> 3) & (1 << (v & 7))) !== 0;
   }
 
   /**
@@ -162,8 +163,8 @@ export class MsixTable {
     if (b.length !== SAVE_HEADER + this.tableSize + this.pbaSize) fail('MSI-X state length mismatch');
     this.table.set(b.subarray(SAVE_HEADER, SAVE_HEADER + this.tableSize));
     this.pba.set(b.subarray(SAVE_HEADER + this.tableSize));
-    this.enabled = (b[5] & 1) !== 0;
-    this.functionMask = (b[5] & 2) !== 0;
+    this.enabled = (byteAt(b, 5) & 1) !== 0;
+    this.functionMask = (byteAt(b, 5) & 2) !== 0;
   }
 
   private checkVector(v: number): void {

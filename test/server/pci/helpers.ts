@@ -2,6 +2,7 @@
  * looks at bytes read through the public read() API (as a guest would). */
 import assert from 'node:assert/strict';
 import { ConfigSpace, ConfigSpaceError, type ConfigSpaceOptions } from '../../../src/server/pci/index.js';
+import { byteAt, le16, le32 } from '../../../src/bytes.js';
 
 export const BASE: ConfigSpaceOptions = { vendorId: 0x1af4, deviceId: 0x10ff, classCode: 0x010802, revision: 3 };
 
@@ -10,15 +11,13 @@ export function make(extra: Partial<ConfigSpaceOptions> = {}): ConfigSpace {
 }
 
 export function r8(cs: ConfigSpace, o: number): number {
-  return cs.read(o, 1)[0];
+  return byteAt(cs.read(o, 1), 0);
 }
 export function r16(cs: ConfigSpace, o: number): number {
-  const b = cs.read(o, 2);
-  return b[0] | (b[1] << 8);
+  return le16(cs.read(o, 2), 0);
 }
 export function r32(cs: ConfigSpace, o: number): number {
-  const b = cs.read(o, 4);
-  return (b[0] | (b[1] << 8) | (b[2] << 16) | (b[3] << 24)) >>> 0;
+  return le32(cs.read(o, 4), 0);
 }
 export function le(v: number, len: number): Uint8Array {
   const b = new Uint8Array(len);

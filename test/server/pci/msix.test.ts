@@ -2,10 +2,11 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { MsixTable } from '../../../src/server/pci/index.js';
 import { le, make, w16, throwsCode } from './helpers.js';
+import { le32 } from '../../../src/bytes.js';
+import { flipBits } from '../../helpers.js';
 
 function rd32(t: MsixTable, o: number): number {
-  const b = t.readTable(o, 4);
-  return (b[0] | (b[1] << 8) | (b[2] << 16) | (b[3] << 24)) >>> 0;
+  return le32(t.readTable(o, 4), 0);
 }
 
 test('MsixTable sizes and reset state', () => {
@@ -121,6 +122,6 @@ test('MsixTable save/load', () => {
   throwsCode(() => new MsixTable(4).load(blob), 'VFU_CONFIG_BAD_STATE');
   throwsCode(() => u.load(blob.subarray(0, 10)), 'VFU_CONFIG_BAD_STATE');
   const bad = blob.slice();
-  bad[0] ^= 1;
+  flipBits(bad, 0, 1);
   throwsCode(() => u.load(bad), 'VFU_CONFIG_BAD_STATE');
 });

@@ -2,6 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ConfigSpace, ConfigSpaceError } from '../../../src/server/pci/index.js';
 import { make, r16, r32, w16, w32, walkExt, walkStd, throwsCode } from './helpers.js';
+import { flipBits } from '../../helpers.js';
 
 function fullDevice(): ConfigSpace {
   const cs = make({ size: 4096 });
@@ -94,7 +95,7 @@ test('load validates size, ids and layout', () => {
   throwsCode(() => fullDevice().load(blob.subarray(0, 100)), 'VFU_CONFIG_BAD_STATE');
   throwsCode(() => fullDevice().load(new Uint8Array(3)), 'VFU_CONFIG_BAD_STATE');
   const bad = blob.slice();
-  bad[16] ^= 0xff; // vendor id in the raw bytes
+  flipBits(bad, 16, 0xff); // vendor id in the raw bytes
   throwsCode(() => fullDevice().load(bad), 'VFU_CONFIG_BAD_STATE');
 });
 
