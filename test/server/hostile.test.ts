@@ -15,7 +15,7 @@ import { connectPath } from '../../src/transport/socket.js';
 import { VfioUserError } from '../../src/errors.js';
 import * as P from '../../src/protocol/index.js';
 import { sockPath, serveChild, delay, u32, u64, rd32, withServer, type ServerContext } from '../helpers.js';
-import { RawPeer, frame, openFds, fdsBackTo, waitFor, concat } from '../transport/util.js';
+import { RawPeer, frame, openFds, fdsBackTo, waitFor, concat, type RawMessage } from '../transport/util.js';
 
 const C = P.Command;
 const PAGE = 4096;
@@ -446,7 +446,8 @@ describe('hostile clients: in-process server', () => {
         peer.send(bytes, [fd]);
         native.close(fd);
         // our end stays open: only the server can end the session (an error reply at most, then EOF)
-        for (let m = await peer.recv(5000); m !== undefined; m = await peer.recv(5000)) assert.notEqual(m.header.error, 0, `${what}: only an error reply`);
+        const next = (): Promise<RawMessage | undefined> => peer.recv(10000).catch((e: unknown) => assert.fail(`${what}: not dropped (${String(e)})`));
+        for (let m = await next(); m !== undefined; m = await next()) assert.notEqual(m.header.error, 0, `${what}: only an error reply`);
         await waitFor(() => ended() === before + 1, `${what}: session end`);
         peer.close();
       });
