@@ -34,7 +34,7 @@ export class DmaDevice extends PciDevice {
   /** longest copy */
   maxLen = MAX_LEN;
 
-  /** @param {{ log?: (msg: string) => void, maxLen?: number }} [opts] */
+  /** @param {{ log?: (msg: string) => void, maxLen?: number | undefined }} [opts] an undefined maxLen means the default */
   constructor(opts = {}) {
     super({ name: 'dma-example', vendorId: 0x1234, deviceId: 0x11e2, classCode: 0xff0000, irqs: { msix: 1 } });
     this.log = opts.log ?? (() => {});
