@@ -292,9 +292,9 @@ async function startServer(dir: string): Promise<Server> {
   const path = join(dir, 'soak.sock');
   const child = spawn(process.execPath, [CLI, 'serve', 'nvme', '--size=16M', `--socket-path=${path}`], { stdio: ['pipe', 'pipe', 'pipe'] });
   let err = '';
-  child.stderr!.on('data', (d) => (err = (err + d).slice(-20000)));
+  child.stderr.on('data', (d) => (err = (err + d).slice(-20000)));
   await new Promise<void>((resolve, reject) => {
-    createInterface({ input: child.stdout! }).on('line', (line) => {
+    createInterface({ input: child.stdout }).on('line', (line) => {
       if (/"event":\s*"ready"/.test(line)) resolve();
     });
     child.on('exit', (code, sig) => reject(new Error(`server exited (${code ?? sig}) before ready: ${err}`)));

@@ -60,7 +60,7 @@ export interface ServerContext {
   dev: TestDevice;
   path: string;
   /** how many sessions have ended so far (the server's 'disconnect' events) */
-  ended(): number;
+  ended: () => number;
 }
 
 /** Serves a fresh TestDevice in this process (the kit's listenDevice) while fn runs, then closes both. */

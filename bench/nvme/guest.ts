@@ -124,8 +124,8 @@ function runGuest(runner: string, args: string[], server?: { pid: number; ask: (
     const r: Run = { code: null, out: '', dd: new Map(), fio: new Map(), stats: new Map() };
     const cpu0 = server ? cpuSeconds(server.pid) : 0;
     let idle0 = 0;
-    p.stderr!.on('data', (d) => (r.out += d));
-    createInterface({ input: p.stdout! }).on('line', (line) => {
+    p.stderr.on('data', (d) => (r.out += d));
+    createInterface({ input: p.stdout }).on('line', (line) => {
       r.out += line + '\n';
       let m = line.match(/NVMEPHASE: (.+)/);
       if (m) server?.ask(m[1]!.trim());
@@ -165,7 +165,7 @@ async function ours(runner: string, image: string, dir: string, shared: boolean,
   const asked: string[] = [];
   const got = new Map<string, Stats[]>();
   await new Promise<void>((resolve) => {
-    createInterface({ input: srv.stdout! }).on('line', (l) => {
+    createInterface({ input: srv.stdout }).on('line', (l) => {
       if (l.includes('"ready"')) resolve();
       if (!l.includes('"stats"')) return;
       const label = asked.shift();

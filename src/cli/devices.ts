@@ -130,8 +130,8 @@ const nul = defineDevice({
 });
 
 export const DEVICES: Record<string, DeviceFactory> = {
-  gpio: gpio as unknown as DeviceFactory,
-  nvme: nvme as unknown as DeviceFactory,
-  'virtio-blk': virtioBlk as unknown as DeviceFactory,
-  null: nul as unknown as DeviceFactory,
+  gpio: gpio,
+  nvme: nvme,
+  'virtio-blk': virtioBlk,
+  null: nul,
 };

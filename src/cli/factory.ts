@@ -147,7 +147,7 @@ export function checkFactory(f: unknown, where: string, reserved: readonly strin
   for (const [n, o] of Object.entries(d.options ?? {})) {
     if (reserved.includes(n)) bad(`option --${n} is one of serve's own options`);
     if (!/^[a-z][a-z0-9-]*$/.test(n)) bad(`option name '${n}' is not lower-case-with-dashes`);
-    if (!o || !['string', 'boolean', 'integer', 'size'].includes((o as DeviceOption).type)) bad(`option --${n} needs a type: string, boolean, integer or size`);
+    if (!o || !['string', 'boolean', 'integer', 'size'].includes(o.type)) bad(`option --${n} needs a type: string, boolean, integer or size`);
   }
   for (const [n, c] of Object.entries(d.control ?? {})) if (typeof c?.run !== 'function') bad(`control command '${n}' has no run function`);
   return d as DeviceFactory;

@@ -43,7 +43,7 @@ export async function collect(c: VfioUserClient, socket: string): Promise<Device
   return {
     socket,
     version: c.version,
-    capabilities: jsonSafe(P.capabilitiesToJson(c.serverCaps as P.VersionCapabilities)) as Record<string, unknown>,
+    capabilities: jsonSafe(P.capabilitiesToJson(c.serverCaps)) as Record<string, unknown>,
     device: { flags: di.flags, numRegions: di.numRegions, numIrqs: di.numIrqs },
     config: decodeConfig(cfg),
     configBytes: Buffer.from(cfg).toString('hex'),

@@ -9,7 +9,7 @@
 import { parseArgs } from 'node:util';
 import { native } from '../native/index.js';
 import * as P from '../protocol/index.js';
-import { MSG_TYPE_MASK, MSG_TYPE_REPLY, FLAG_ERROR, FLAG_NO_REPLY, type Header } from '../protocol/header.js';
+import { MSG_TYPE_MASK, MSG_TYPE_REPLY, FLAG_ERROR, FLAG_NO_REPLY } from '../protocol/header.js';
 import { Connection, takeFds, closeFds, type Message } from '../transport/connection.js';
 import { Listener, connectPath } from '../transport/socket.js';
 import { errnoName } from '../errors.js';
@@ -173,7 +173,7 @@ export function proxySession(clientFd: number, serverPath: string, tracer: Trace
   };
   const forward = (to: Connection, msg: Message, fds: number[]): void => {
     try {
-      if (!to.isClosed) to.send(msg.header as Header, msg.payload, fds);
+      if (!to.isClosed) to.send(msg.header, msg.payload, fds);
     } catch {
       // the other side is gone (or refused the message): end the session, never crash the tracer
       end();

@@ -48,7 +48,7 @@ export class Session {
   toClient: Connection;
   private twin: Connection | undefined;
   negotiated = false;
-  clientCaps: P.VersionCapabilities = {} as P.VersionCapabilities;
+  clientCaps: P.VersionCapabilities = {};
   clientMaxDataXfer = 1048576;
   /** layout for DMA messages to this client */
   dmaLayout: 'spec' | 'qemu' = 'spec';
@@ -148,9 +148,9 @@ export class Session {
       closeFds(takeFds(msg));
       return;
     }
-    if (result && typeof (result as Promise<void>).then === 'function') {
+    if (result && typeof result.then === 'function') {
       this.busy = true;
-      (result as Promise<void>).then(
+      result.then(
         () => this.next(),
         (e) => {
           this.replyFailure(msg.header, e);
@@ -248,7 +248,7 @@ export class Session {
       maxDmaMaps: s.maxDmaMaps,
       pgsizes: BigInt(PAGE),
       writeMultiple: s.writeMultiple,
-    } as P.VersionCapabilities;
+    };
     if (s.migration) {
       reply.migration = { pgsize: PAGE, maxBitmapSize: 256 * 1024 * 1024 };
     }
@@ -506,7 +506,7 @@ export class Session {
     if (this.st.msix && msixAccess(dev, region, offset, data, true)) return;
     if (r.access?.write) {
       const res = r.access.write(offset, data);
-      if (res && typeof (res as Promise<void>).then === 'function') return res as Promise<void>;
+      if (res && typeof res.then === 'function') return res;
       return;
     }
     if (r.memory) {

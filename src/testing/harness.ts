@@ -146,9 +146,9 @@ export async function spawnServer(args: string[], opts: SpawnOptions = {}): Prom
   const events: Record<string, unknown>[] = [];
   const waiters: { name: string; resolve: (e: Record<string, unknown>) => void }[] = [];
   let err = '';
-  child.stderr!.on('data', (d) => (err += d));
-  child.stdin!.on('error', () => {}); // a child that exited does not take control lines
-  createInterface({ input: child.stdout! }).on('line', (line) => {
+  child.stderr.on('data', (d) => (err += d));
+  child.stdin.on('error', () => {}); // a child that exited does not take control lines
+  createInterface({ input: child.stdout }).on('line', (line) => {
     let e: Record<string, unknown>;
     try {
       e = JSON.parse(line) as Record<string, unknown>;
@@ -193,7 +193,7 @@ export async function spawnServer(args: string[], opts: SpawnOptions = {}): Prom
     path,
     events,
     waitEvent,
-    send: (line) => void child.stdin!.write(line + '\n'),
+    send: (line) => void child.stdin.write(line + '\n'),
     stop,
     stderr: () => err,
     [Symbol.asyncDispose]: async () => void (await stop()),

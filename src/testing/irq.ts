@@ -128,7 +128,8 @@ export class IrqRecorder implements Disposable {
       }, timeoutMs);
       const abort = (): void => {
         done();
-        reject(opts.signal!.reason);
+        const reason: unknown = opts.signal?.reason; // whatever abort() was given
+        reject(reason);
       };
       if (opts.signal?.aborted) return abort();
       opts.signal?.addEventListener('abort', abort, { once: true });

@@ -908,7 +908,7 @@ export class Connection {
       } catch (e) {
         if (this.pending.get(id) === p) this.pending.delete(id);
         if (p.timer) clearTimeout(p.timer);
-        reject(e as Error);
+        reject(e);
       }
     });
   }

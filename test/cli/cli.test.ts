@@ -43,8 +43,8 @@ async function startCli(args: string[], readyText: string): Promise<{ child: Chi
   const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
-  child.stdout!.on('data', (d) => (stdout += d));
-  child.stderr!.on('data', (d) => (stderr += d));
+  child.stdout.on('data', (d) => (stdout += d));
+  child.stderr.on('data', (d) => (stderr += d));
   const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
   for (let i = 0; i < 400 && !stderr.includes(readyText); i++) await delay(25);
   assert.ok(stderr.includes(readyText), `ready: ${stderr}`);

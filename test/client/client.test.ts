@@ -489,7 +489,7 @@ describe('client: disconnects and reconnects', () => {
     const start = async (): Promise<ChildProcess> => {
       const child = spawn(process.execPath, [CLI, 'serve', 'gpio', `--socket-path=${path}`, '-q'], { stdio: ['pipe', 'pipe', 'inherit'] });
       let out = '';
-      child.stdout!.on('data', (d) => (out += d));
+      child.stdout.on('data', (d) => (out += d));
       for (let i = 0; i < 200 && !out.includes('"ready"'); i++) await delay(25);
       assert.ok(out.includes('"ready"'), 'server ready');
       return child;

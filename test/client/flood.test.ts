@@ -20,7 +20,7 @@ for (const mode of ['dma-read', 'unknown'] as const) {
     const path = sockPath('flood');
     const child = spawn(process.execPath, [SERVER, path, mode], { stdio: ['ignore', 'pipe', 'inherit'] });
     const exited = once(child, 'exit');
-    const lines = createInterface({ input: child.stdout! });
+    const lines = createInterface({ input: child.stdout });
     const next = (): Promise<string> => new Promise((r) => lines.once('line', r));
     let c: VfioUserClient | undefined;
     const mem = new GuestMemory(MiB);

@@ -54,14 +54,14 @@ export async function runGuest(
   const guest = spawn(guestRunner!, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let partial = '';
-  guest.stdout!.on('data', (d) => {
+  guest.stdout.on('data', (d) => {
     out += d;
     if (!onLine) return;
     const lines = (partial + String(d)).split('\n');
     partial = lines.pop()!;
     for (const l of lines) onLine(l.replace(/\r$/, ''));
   });
-  guest.stderr!.on('data', (d) => (out += d));
+  guest.stderr.on('data', (d) => (out += d));
   const code = await new Promise<number | null>((r) => guest.on('exit', r));
   return { code, out, lines: (tag) => out.split('\n').filter((l) => l.includes(tag)).map((l) => l.replace(/\r$/, '')) };
 }

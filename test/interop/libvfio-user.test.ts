@@ -42,8 +42,8 @@ async function sample(name: string, args: string[] = []): Promise<Peer> {
   const path = sockPath(name);
   const child = spawn(join(DIR!, name), [...args, path], { stdio: ['pipe', 'pipe', 'pipe'] });
   let out = '';
-  child.stdout!.on('data', (d) => (out += d));
-  child.stderr!.on('data', (d) => (out += d));
+  child.stdout.on('data', (d) => (out += d));
+  child.stderr.on('data', (d) => (out += d));
   const exited = new Promise<number | null>((r) => child.on('exit', (code, sig) => r(code ?? (sig ? -1 : null))));
   let gone = false;
   void exited.then(() => (gone = true));

@@ -46,13 +46,13 @@ test(`QEMU + Linux guest: gpio-pci-idio-16 binds and uses our GPIO device${probe
   try {
     const guest = spawn(runner!, ['-s', srv.path, '-t', script], { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
-    guest.stdout!.on('data', (d) => (out += d));
-    guest.stderr!.on('data', (d) => (out += d));
+    guest.stdout.on('data', (d) => (out += d));
+    guest.stderr.on('data', (d) => (out += d));
     const code = await new Promise<number | null>((r) => guest.on('exit', r));
     const lines = out.split('\n').filter((l) => l.includes('GPIOTEST')).join('\n');
     process.stdout.write(lines + '\n');
     assert.equal(code, 0, `guest failed:\n${out.slice(-4000)}\nserver stderr:\n${srv.stderr()}`);
-    assert.ok(seen.some((v) => (v & 0xf) === 0b1101), `host saw the guest's outputs: ${seen.map((v) => v.toString(16))}`);
+    assert.ok(seen.some((v) => (v & 0xf) === 0b1101), `host saw the guest's outputs: ${seen.map((v) => v.toString(16)).join(',')}`);
     assert.ok(answered && toggled);
   } finally {
     clearInterval(poll);
@@ -68,9 +68,9 @@ test('vfio-user trace shows a complete QEMU boot session with the GPIO device', 
   const tracePath = sockPath('trace');
   const tracer = spawn(process.execPath, [CLI, 'trace', `--listen=${tracePath}`, `--connect=${srv.path}`, '--json', '--once'], { stdio: ['ignore', 'pipe', 'pipe'] });
   const records: Record<string, unknown>[] = [];
-  createInterface({ input: tracer.stdout! }).on('line', (l) => records.push(JSON.parse(l)));
+  createInterface({ input: tracer.stdout }).on('line', (l) => records.push(JSON.parse(l)));
   let terr = '';
-  tracer.stderr!.on('data', (d) => (terr += d));
+  tracer.stderr.on('data', (d) => (terr += d));
   const { existsSync } = await import('node:fs');
   for (let i = 0; i < 100 && !existsSync(tracePath); i++) await new Promise((r) => setTimeout(r, 50));
   // answer the guest script's requests as in the first test
@@ -85,7 +85,7 @@ test('vfio-user trace shows a complete QEMU boot session with the GPIO device', 
   try {
     const guest = spawn(runner!, ['-s', tracePath, '-t', script], { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
-    guest.stdout!.on('data', (d) => (out += d));
+    guest.stdout.on('data', (d) => (out += d));
     const code = await new Promise<number | null>((r) => guest.on('exit', r));
     assert.equal(code, 0, `guest failed through the tracer:\n${out.slice(-3000)}\ntrace stderr: ${terr}`);
     await new Promise((r) => (tracer.exitCode !== null ? r(null) : tracer.on('exit', r)));

@@ -29,7 +29,7 @@ test('a memfd shared over SCM_RIGHTS: both processes see each other\'s writes', 
   assert.equal(seen.value.seen, 'written by the parent');
   conn.close();
   native.close(fd);
-  native.munmap(view.buffer as ArrayBuffer);
+  native.munmap(view.buffer);
   native.close(mfd);
   const r = await done;
   assert.equal(r.code, 0, r.stderr);

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { native, isNativeError, PROT_READ, PROT_WRITE, type NativeError } from '../../src/native/index.js';
+import { native, isNativeError, PROT_READ, PROT_WRITE } from '../../src/native/index.js';
 import { collect, isCloexec, lastJson, spawnPeer, str, text } from './helpers.js';
 import { cpuMs } from '../helpers.js';
 
@@ -8,7 +8,7 @@ const T = { timeout: 10000 };
 const RW = PROT_READ | PROT_WRITE;
 
 function expectErrno(fn: () => unknown, code: string, syscall: string): void {
-  assert.throws(fn, (e: unknown) => isNativeError(e) && e.code === code && (e as NativeError).syscall === syscall);
+  assert.throws(fn, (e: unknown) => isNativeError(e) && e.code === code && e.syscall === syscall);
 }
 
 test('memfd: CLOEXEC, ftruncate and fstat', T, () => {
@@ -70,7 +70,7 @@ test('munmap detaches the buffer: views read as empty, and it is idempotent', T,
   // the memory was really unmapped and the file is intact
   const again = new Uint8Array(native.mmap(fd, 0, native.PAGE_SIZE, RW));
   assert.equal(again[0], 1);
-  native.munmap(again.buffer as ArrayBuffer);
+  native.munmap(again.buffer);
   native.close(fd);
 });
 

@@ -25,7 +25,7 @@ function expectErrno(fn: () => unknown, code: string, syscall?: string): NativeE
     caught = e;
   }
   assert.ok(isNativeError(caught), `expected a NativeError ${code}, got ${String(caught)}`);
-  const e = caught as NativeError;
+  const e = caught;
   assert.equal(e.code, code);
   if (syscall) assert.equal(e.syscall, syscall);
   return e;

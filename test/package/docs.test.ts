@@ -93,7 +93,7 @@ test('the published declarations leave @internal out and compile for a strict co
       }),
     );
     writeFileSync(join(dir, 'package.json'), '{"type":"module"}');
-    const r = await run(process.execPath, [tsc, '-p', dir], { timeout: 170000 }).catch((e: { stdout?: string }) => ({ stdout: e.stdout ?? String(e) }));
+    const r = await run(process.execPath, [tsc, '-p', dir], { timeout: 170000 }).catch((e: unknown) => ({ stdout: typeof e === 'object' && e !== null && 'stdout' in e && typeof e.stdout === 'string' ? e.stdout : String(e) }));
     assert.equal(r.stdout, '', 'no type errors');
   } finally {
     rmSync(dir, { recursive: true, force: true });

@@ -63,7 +63,7 @@ async function withPosting(
     await c.dmaMap(mem, IOVA, { shared: false });
     await fn(c, mem, dev);
   } finally {
-    await c.close();
+    c.close();
     mem.free();
     server.close();
   }

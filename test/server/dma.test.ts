@@ -3,6 +3,9 @@
  * permissions, pins, the 65,535-map case, dirty logging rules.
  */
 import { test } from 'node:test';
+import { openSync, closeSync, writeFileSync, rmSync, ftruncateSync } from 'node:fs';
+import { join } from 'node:path';
+import { tmpdir } from 'node:os';
 import assert from 'node:assert/strict';
 import { DmaController, DmaError, WINDOW } from '../../src/server/dma.js';
 import { native } from '../../src/native/index.js';
@@ -139,9 +142,6 @@ test('dirty logging: only logged ranges, bits cleared when reported, invalid req
 });
 
 test('mapped memfds are sealed against shrinking; unsealable files are flagged or refused', async () => {
-  const { openSync, closeSync, writeFileSync, rmSync, ftruncateSync } = await import('node:fs');
-  const { join } = await import('node:path');
-  const { tmpdir } = await import('node:os');
   const fd = memfd(1 << 16);
   const dma = new DmaController({ requireSealed: false });
   const r = dma.map(0, 1 << 16, 3, native.dup(fd), 0);

@@ -122,8 +122,8 @@ describe('interrupt fds from a hostile client (child processes)', () => {
     const s = await serveChild('gpio', ['--quiet']);
     const dir = mkdtempSync(join(tmpdir(), 'vfu-irqfd-'));
     const [a, b] = native.socketpair();
-    native.close(b!);
-    const fds = { pipe: fullBlockingPipe(dir), 'read-only fd': openSync('/dev/null', 'r'), 'socket without a peer': a!, memfd: native.memfdCreate('irq') };
+    native.close(b);
+    const fds = { pipe: fullBlockingPipe(dir), 'read-only fd': openSync('/dev/null', 'r'), 'socket without a peer': a, memfd: native.memfdCreate('irq') };
     let conn: Connection | undefined;
     try {
       conn = await rawClient(s.path);
@@ -158,8 +158,8 @@ describe('interrupt fds from a hostile client (child processes)', () => {
       d = drv;
       await within(drv.init({ queues: 1 }), 5000, 'init');
       const [a, b] = native.socketpair();
-      native.close(b!);
-      for (const [what, fd] of [['read-only fd', openSync('/dev/null', 'r')], ['dead socket', a!]] as const) {
+      native.close(b);
+      for (const [what, fd] of [['read-only fd', openSync('/dev/null', 'r')], ['dead socket', a]] as const) {
         const refused = await c.setIrqs(MSIX, F.DATA_EVENTFD | F.ACTION_TRIGGER, 0, 1, undefined, [fd]).then(
           () => false,
           (e) => remoteErrno(e) === 22,

@@ -16,7 +16,7 @@ import { serveChild, concat } from '../helpers.js';
 const CYCLES = 1000;
 
 function versionMessage(): Uint8Array {
-  const payload = P.encodeVersionRequest({ major: 0, minor: 0, capabilities: { maxMsgFds: 8, maxDataXferSize: 65536, maxDmaMaps: 16, pgsizes: 4096n } as P.VersionCapabilities });
+  const payload = P.encodeVersionRequest({ major: 0, minor: 0, capabilities: { maxMsgFds: 8, maxDataXferSize: 65536, maxDmaMaps: 16, pgsizes: 4096n } });
   const header = new Uint8Array(16);
   encodeHeader(header, 0, { msgId: 1, command: P.Command.VERSION, size: 16 + payload.length, flags: 0, error: 0 });
   return concat(header, payload);

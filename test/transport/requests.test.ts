@@ -160,7 +160,7 @@ describe('transport: reply matching', () => {
       const ps = Array.from({ length: 5000 }, () => conn.request(9, null, { timeout: 1 }));
       for (const r of await Promise.allSettled(ps)) {
         assert.equal(r.status, 'rejected');
-        assert.equal(((r as PromiseRejectedResult).reason as VfioUserError).code, 'VFU_TIMEOUT', 'never VFU_BUSY');
+        assert.equal((r.reason as VfioUserError).code, 'VFU_TIMEOUT', 'never VFU_BUSY');
       }
     }
     assert.ok(conn.tombstones <= 4096, `${conn.tombstones} tombstones`);

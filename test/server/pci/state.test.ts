@@ -111,7 +111,7 @@ test('hooks: overlapping portion, read modification, handled writes', () => {
     {
       read(off, data) {
         reads.push([off, data.length]);
-        for (let i = 0; i < data.length; i++) data[i] = ((counter >>> (8 * (off - vnd - 4 + i))) & 0xff) as number;
+        for (let i = 0; i < data.length; i++) data[i] = ((counter >>> (8 * (off - vnd - 4 + i))) & 0xff);
       },
       write(off, data) {
         writes.push([off, [...data]]);
