@@ -108,7 +108,7 @@ export class Region {
 
 export interface PciDeviceOptions extends ConfigSpaceOptions {
   /** vector counts per IRQ index */
-  irqs?: { intx?: number; msi?: number; msix?: number; err?: number; req?: number };
+  irqs?: { intx?: number | undefined; msi?: number | undefined; msix?: number | undefined; err?: number | undefined; req?: number | undefined } | undefined;
   /** device name for logs and `info` */
   name?: string;
 }
