@@ -63,7 +63,7 @@ describe('device exceptions', () => {
     process.stderr.write = ((chunk: string | Uint8Array) => {
       written.push(String(chunk));
       return true;
-    }) as typeof process.stderr.write;
+    });
     try {
       await serve(async (c) => {
         await assert.rejects(c.read(0, 0x100, 4), (e) => (e as Error).message === 'REGION_READ region 0 +0x100 4B: EINVAL');
