@@ -177,7 +177,7 @@ async function ours(runner: string, image: string, dir: string, shared: boolean,
   });
   const ask = (label: string): void => {
     asked.push(label);
-    srv.stdin!.write('stats\n');
+    srv.stdin.write('stats\n');
   };
   const r = await runGuest(runner, [...guestArgs(shared, iommu, true), '-s', sock, '-t', SCRIPT], { pid: srv.pid!, ask });
   srv.kill('SIGTERM');

@@ -33,7 +33,7 @@ interface Result {
   mbs: number;
   latUs: number;
   /** server CPU µs per I/O (ours only) */
-  cpuUs?: number;
+  cpuUs?: number | undefined;
 }
 
 /** a process's CPU seconds (utime + stime) */

@@ -145,7 +145,7 @@ class Upstream implements MigrationEndpoint {
       } catch (e) {
         this.own.delete(id);
         clearTimeout(timer);
-        reject(e as Error);
+        reject(e);
       }
     });
   }

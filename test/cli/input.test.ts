@@ -35,8 +35,8 @@ function cliAsync(...args: string[]): Promise<Run> {
     const ch = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
-    ch.stdout.on('data', (d: Buffer) => (stdout += d));
-    ch.stderr.on('data', (d: Buffer) => (stderr += d));
+    ch.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    ch.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
     ch.on('exit', (status) => resolve({ status, stdout, stderr }));
   });
 }

@@ -137,7 +137,7 @@ test('switchover proxy: regions without mmap, no ioeventfds; the CLI moves a ses
   const child = spawn(process.execPath, [CLI, 'proxy', `--listen=${path}`, `--connect=${a.path}`], { stdio: ['pipe', 'pipe', 'pipe'] });
   const events: Record<string, unknown>[] = [];
   let wake = (): void => {};
-  createInterface({ input: child.stdout! }).on('line', (l) => {
+  createInterface({ input: child.stdout }).on('line', (l) => {
     events.push(JSON.parse(l) as Record<string, unknown>);
     wake();
   });
@@ -163,7 +163,7 @@ test('switchover proxy: regions without mmap, no ioeventfds; the CLI moves a ses
     assert.ok(!info.caps.some((x) => x.kind === 'sparse-mmap'));
     await assert.rejects(c.regionIoFds(0), (e) => e instanceof VfioUserError && e.errno === Errno.ENOTSUP);
     const cap = await c.read(0, 0, 8); // CAP through A
-    child.stdin!.write(`switch ${b.path}\n`);
+    child.stdin.write(`switch ${b.path}\n`);
     const sw = await next('switched');
     assert.equal(sw.migrated, true);
     assert.equal(sw.to, b.path);
