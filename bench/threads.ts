@@ -30,7 +30,7 @@ function rssMiB(pid: number): number {
 async function serveN(n: number, dir: string): Promise<ChildProcess> {
   const child = spawn(process.execPath, [new URL(import.meta.url).pathname, `--serve=${n}`, `--dir=${dir}`], { stdio: ['ignore', 'pipe', 'inherit'] });
   await new Promise<void>((resolve, reject) => {
-    createInterface({ input: child.stdout! }).on('line', (l) => l === 'ready' && resolve());
+    createInterface({ input: child.stdout }).on('line', (l) => l === 'ready' && resolve());
     child.once('exit', (c) => reject(new Error(`server exited ${c}`)));
   });
   return child;
@@ -40,7 +40,7 @@ function runBench(tools: string, path: string, n: number): Promise<number> {
   return new Promise((resolve, reject) => {
     const p = spawn(`${tools}/vfu-bench`, ['-r', '2', '-o', '0', '-c', '1', '-d', '16', '-n', String(n), path], { stdio: ['ignore', 'pipe', 'inherit'] });
     let out = '';
-    p.stdout!.on('data', (d) => (out += d));
+    p.stdout.on('data', (d) => (out += d));
     p.once('exit', (code) => (code === 0 ? resolve(resultField(out, 'req_per_sec')) : reject(new Error(`vfu-bench ${code}`))));
   });
 }

@@ -63,7 +63,7 @@ function isUsageError(e: unknown): boolean {
 }
 
 const cmd = process.argv[2];
-const prefix = cmd && ['serve', 'info', 'trace', 'migrate', 'bench'].includes(cmd) ? `vfio-user ${cmd}` : 'vfio-user';
+const prefix = cmd && ['serve', 'info', 'trace', 'migrate', 'proxy', 'bench'].includes(cmd) ? `vfio-user ${cmd}` : 'vfio-user';
 main(process.argv.slice(2)).then(
   (code) => {
     process.exitCode = code;

@@ -51,7 +51,7 @@ function deviceArgvs(values: { device?: string[]; config?: string }): string[][]
     if (!Array.isArray(list)) throw new UsageError(`--config: ${values.config} has no "devices" array`);
     for (const d of list) {
       if (typeof d === 'string') out.push(d.trim().split(/\s+/).filter(Boolean));
-      else if (Array.isArray(d) && d.every((x) => typeof x === 'string')) out.push(d as string[]);
+      else if (Array.isArray(d) && d.every((x) => typeof x === 'string')) out.push(d);
       else throw new UsageError(`--config: each device is a string or an array of strings, not ${JSON.stringify(d)}`);
     }
   }

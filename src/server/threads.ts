@@ -45,13 +45,13 @@ export interface DeviceThreadSpec {
   /** the device module: a path (absolute, or relative to the working directory) or a URL */
   module: string | URL;
   /** the export that is the factory (default: the default export); a dotted path reaches into objects */
-  export?: string;
+  export?: string | undefined;
   /** passed to the factory (structured-cloned: plain data only) */
-  options?: Record<string, unknown>;
+  options?: Record<string, unknown> | undefined;
   /** where the device listens (a stale socket file is replaced; removed again by close()) */
   socketPath: string;
   /** server options (plain data: no log function; logs come as 'log' events) */
-  server?: Omit<ServerOptions, 'log'>;
+  server?: Omit<ServerOptions, 'log'> | undefined;
   /** restart a worker that dies (default { max: 5, windowMs: 60000 }); false: report it and leave it down */
   restart?: { max: number; windowMs: number } | false;
   /** V8 limits for the worker (a device past them dies and is restarted like one that throws) */
@@ -64,10 +64,10 @@ export type DeviceThreadState = 'starting' | 'running' | 'restarting' | 'failed'
 export interface DeviceWorkerData {
   name: string;
   module: string;
-  export?: string;
-  options?: Record<string, unknown>;
+  export?: string | undefined;
+  options?: Record<string, unknown> | undefined;
   listenFd: number;
-  server?: Omit<ServerOptions, 'log'>;
+  server?: Omit<ServerOptions, 'log'> | undefined;
 }
 /** @internal */
 export type FromWorker =

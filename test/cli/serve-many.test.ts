@@ -30,8 +30,8 @@ function serveMany(args: string[]): Many {
   const events: Record<string, unknown>[] = [];
   const waiters: { pred: (e: Record<string, unknown>) => boolean; resolve: (e: Record<string, unknown>) => void }[] = [];
   let err = '';
-  child.stderr!.on('data', (d) => (err += d));
-  createInterface({ input: child.stdout! }).on('line', (l) => {
+  child.stderr.on('data', (d) => (err += d));
+  createInterface({ input: child.stdout }).on('line', (l) => {
     const e = JSON.parse(l) as Record<string, unknown>;
     events.push(e);
     for (const w of waiters.splice(0)) {

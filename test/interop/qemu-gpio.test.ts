@@ -113,9 +113,9 @@ test('QEMU + Linux guest: two GPIO devices served by one process, each on its ow
   const b = sockPath('gpio-b');
   const srv = spawn(process.execPath, [CLI, 'serve', `--device=gpio --socket-path=${a} --inputs=0x00ff`, `--device=gpio --socket-path=${b} --inputs=0xff00`], { stdio: ['pipe', 'pipe', 'pipe'] });
   const events: Record<string, unknown>[] = [];
-  createInterface({ input: srv.stdout! }).on('line', (l) => events.push(JSON.parse(l)));
+  createInterface({ input: srv.stdout }).on('line', (l) => events.push(JSON.parse(l)));
   let err = '';
-  srv.stderr!.on('data', (d) => (err += d));
+  srv.stderr.on('data', (d) => (err += d));
   const exited = new Promise<number | null>((r) => srv.on('exit', r));
   try {
     for (let i = 0; i < 200 && events.filter((e) => e.event === 'ready').length < 2; i++) await new Promise((r) => setTimeout(r, 50));
@@ -123,8 +123,8 @@ test('QEMU + Linux guest: two GPIO devices served by one process, each on its ow
     const script2 = new URL('../../../test/interop/guest/gpio-two.sh', import.meta.url).pathname;
     const guest = spawn(runner!, ['-s', a, '-s', b, '-t', script2, '-T', '400'], { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
-    guest.stdout!.on('data', (d) => (out += d));
-    guest.stderr!.on('data', (d) => (out += d));
+    guest.stdout.on('data', (d) => (out += d));
+    guest.stderr.on('data', (d) => (out += d));
     const code = await new Promise<number | null>((r) => guest.on('exit', r));
     const lines = out.split('\n').filter((l) => l.includes('GPIO2'));
     process.stdout.write(lines.join('\n') + '\n');
