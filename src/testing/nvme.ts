@@ -7,7 +7,8 @@
 import type { VfioUserClient, GuestMemory, IrqHandle } from '../client/client.js';
 import { needEvent } from '../devices/nvme/shadow.js';
 import { GuestRam, PAGE } from './memory.js';
-import { findCapability, enableMsix, armMsixVectors } from './pci.js';
+import { GuestDriver } from './driver.js';
+import { enableMsix, armMsixVectors } from './pci.js';
 
 /** the admin queue's ID */
 export const ADMIN = 0;
@@ -98,11 +99,7 @@ export interface DriverOptions {
  * d.close(); await d.ram.unmap(); d.mem.free();
  * ```
  */
-export class NvmeDriver {
-  readonly client: VfioUserClient;
-  /** guest RAM: queues, PRP lists and data buffers live there */
-  readonly ram: GuestRam;
-  readonly opts: DriverOptions;
+export class NvmeDriver extends GuestDriver<DriverOptions> {
   private sqs = new Map<number, Sq>();
   private cqs = new Map<number, Cq>();
   irq: IrqHandle | undefined;
@@ -124,19 +121,7 @@ export class NvmeDriver {
   readonly doorbellStats = { rung: 0, skipped: 0 };
 
   private constructor(client: VfioUserClient, ram: GuestRam, opts: DriverOptions) {
-    this.client = client;
-    this.ram = ram;
-    this.opts = opts;
-  }
-
-  /** the memory object of guest RAM */
-  get mem(): GuestMemory {
-    return this.ram.mem;
-  }
-
-  /** IOVA of memory offset GUARD (the first mapped byte) */
-  get iova(): number {
-    return this.ram.iova;
+    super(client, ram, opts);
   }
 
   /** Maps guest memory (all but a guard page at each end) and sets up interrupts. */
@@ -152,21 +137,6 @@ export class NvmeDriver {
       d.unmapDoorbells = () => m.unmap();
     }
     return d;
-  }
-
-  /** IOVA of a byte of guest memory (by memfd offset) */
-  iovaOf(memOffset: number): number {
-    return this.ram.iovaOf(memOffset);
-  }
-
-  /** the guest memory bytes at an IOVA */
-  at(iova: number, len: number): Uint8Array {
-    return this.ram.at(iova, len);
-  }
-
-  /** Allocates guest memory (page aligned by default); returns its IOVA. */
-  alloc(len: number, align = PAGE): number {
-    return this.ram.alloc(len, align);
   }
 
   // ------------------------------------------------------------ registers
@@ -216,10 +186,6 @@ export class NvmeDriver {
   // ------------------------------------------------------------ interrupts
 
   /** Finds a capability in config space (its offset, 0 when absent). */
-  async findCap(id: number): Promise<number> {
-    return findCapability(this.client, id);
-  }
-
   private async setupInterrupts(): Promise<void> {
     if ((this.opts.interrupts ?? 'msix') === 'intx') {
       this.irq = await this.client.enableIrqs(0, 1);
@@ -255,7 +221,7 @@ export class NvmeDriver {
   async moveTo(client: VfioUserClient): Promise<void> {
     for (const h of this.irqs) h.close();
     this.irq?.close();
-    (this as { client: VfioUserClient }).client = client;
+    this.setClient(client);
     if ((this.opts.interrupts ?? 'msix') === 'intx') {
       this.irq = await client.enableIrqs(0, 1);
       this.irq.on('irq', () => {

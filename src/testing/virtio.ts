@@ -11,7 +11,8 @@ import { BlkType } from '../devices/virtio/blk.js';
 import { fullBarrier } from '../devices/virtio/virtqueue.js';
 import { IrqIndex } from '../server/irq.js';
 import { GuestRam, PAGE } from './memory.js';
-import { findCapability, enableMsix, disableMsix, armMsixVectors } from './pci.js';
+import { GuestDriver } from './driver.js';
+import { enableMsix, disableMsix, armMsixVectors } from './pci.js';
 
 /** Options of {@link VirtioDriver.attach}. */
 export interface VirtioDriverOptions {
@@ -198,11 +199,7 @@ export class DriverQueue {
  * const used = await d.submit(0, [{ iova: buf, len: 4096, write: true }]);
  * ```
  */
-export class VirtioDriver {
-  readonly client: VfioUserClient;
-  /** guest RAM: rings and buffers live there */
-  readonly ram: GuestRam;
-  readonly opts: VirtioDriverOptions;
+export class VirtioDriver extends GuestDriver<VirtioDriverOptions> {
   caps = new Map<number, CapLocation>();
   queues: DriverQueue[] = [];
   features = 0n;
@@ -217,19 +214,7 @@ export class VirtioDriver {
   private readonly timers = new Set<NodeJS.Timeout>();
 
   private constructor(client: VfioUserClient, ram: GuestRam, opts: VirtioDriverOptions) {
-    this.client = client;
-    this.ram = ram;
-    this.opts = opts;
-  }
-
-  /** the memory object of guest RAM */
-  get mem(): GuestMemory {
-    return this.ram.mem;
-  }
-
-  /** IOVA of the first mapped byte of guest RAM */
-  get iova(): number {
-    return this.ram.iova;
+    super(client, ram, opts);
   }
 
   /** Maps guest memory, finds the virtio capabilities and sets up interrupts (the device is not reset). */
@@ -253,21 +238,6 @@ export class VirtioDriver {
 
   /** the mmap-ed notify area (mmapNotify) */
   private notifyMap: { region: MappedRegion; bytes: Uint8Array } | undefined;
-
-  /** IOVA of a byte of guest memory (by memfd offset) */
-  iovaOf(memOffset: number): number {
-    return this.ram.iovaOf(memOffset);
-  }
-
-  /** the guest memory bytes at an IOVA */
-  at(iova: number, len: number): Uint8Array {
-    return this.ram.at(iova, len);
-  }
-
-  /** Allocates guest memory (page aligned by default); returns its IOVA. */
-  alloc(len: number, align = PAGE): number {
-    return this.ram.alloc(len, align);
-  }
 
   // ------------------------------------------------------------ capabilities and registers
 
@@ -358,10 +328,6 @@ export class VirtioDriver {
   }
 
   /** Finds a capability in config space (its offset, 0 when absent). */
-  async findCap(id: number): Promise<number> {
-    return findCapability(this.client, id);
-  }
-
   private count(v: number): void {
     this.interrupts.set(v, (this.interrupts.get(v) ?? 0) + 1);
   }
@@ -387,7 +353,7 @@ export class VirtioDriver {
   /** Re-arms interrupts on a new client (migration destination). */
   async moveTo(client: VfioUserClient): Promise<void> {
     for (const h of this.irqs) h.close();
-    (this as { client: VfioUserClient }).client = client;
+    this.setClient(client);
     if ((this.opts.interrupts ?? 'msix') === 'intx') {
       const h = await client.enableIrqs(IrqIndex.INTX, 1);
       h.on('irq', () => void this.intx());
