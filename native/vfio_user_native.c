@@ -203,6 +203,34 @@ static bool get_integer(napi_env env, napi_value v, const char* name, double min
   return true;
 }
 
+/* An eventfd counter value in [min, 2^64 - 2] (the largest the counter holds; the kernel
+ * refuses 2^64 - 1): a bigint, or an integer number up to 2^53. */
+#define EVENTFD_MAX 0xfffffffffffffffeULL
+static bool get_eventfd_value(napi_env env, napi_value v, const char* name, uint64_t min, uint64_t* out) {
+  napi_valuetype t;
+  bool lossless = false;
+  if (napi_typeof(env, v, &t) != napi_ok) {
+    throw_napi(env);
+    return false;
+  }
+  if (t == napi_bigint) {
+    if (napi_get_value_bigint_uint64(env, v, out, &lossless) != napi_ok) {
+      throw_napi(env);
+      return false;
+    }
+    if (lossless && *out >= min && *out <= EVENTFD_MAX) return true;
+  } else {
+    int64_t x;
+    if (!get_integer(env, v, name, (double)min, MAX_SAFE_INTEGER, &x)) return false;
+    *out = (uint64_t)x;
+    return true;
+  }
+  char what[96];
+  snprintf(what, sizeof what, "an integer >= %llu and <= %llu (a number or a bigint)", (unsigned long long)min, EVENTFD_MAX);
+  throw_range(env, name, what);
+  return false;
+}
+
 static bool get_fd(napi_env env, napi_value v, const char* name, int* out) {
   int64_t x;
   if (!get_integer(env, v, name, (double)INT32_MIN, (double)INT32_MAX, &x)) return false;
@@ -1025,35 +1053,53 @@ static napi_value js_eventfd(napi_env env, napi_callback_info info) {
   return make_int(env, fd);
 }
 
-static napi_value js_eventfd_read(napi_env env, napi_callback_info info) {
-  GET_ARGS(1);
+/* Reads (and so resets) the counter of the eventfd argv[0] into *v; 0 when it was zero
+ * (EAGAIN: a successful read never gives 0). False with an exception pending on error. */
+static bool eventfd_read_arg(napi_env env, napi_callback_info info, uint64_t* v) {
+  size_t argc = 1;
+  napi_value argv[1];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) {
+    throw_napi(env);
+    return false;
+  }
   int fd;
-  if (!get_fd(env, argv[0], "fd", &fd)) return NULL;
-  uint64_t v;
+  if (!get_fd(env, argv[0], "fd", &fd)) return false; /* a missing argument is padded with undefined */
   ssize_t n;
-  RETRY_EINTR(n, read(fd, &v, sizeof v));
+  RETRY_EINTR(n, read(fd, v, sizeof *v));
   if (n < 0) {
-    if (errno == EAGAIN || errno == EWOULDBLOCK) return make_int(env, -1);
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      *v = 0;
+      return true;
+    }
     throw_errno(env, errno, "read");
-    return NULL;
+    return false;
   }
-  if (n != (ssize_t)sizeof v) {
+  if (n != (ssize_t)sizeof *v) {
     throw_errno(env, EIO, "read");
-    return NULL;
+    return false;
   }
+  return true;
+}
+
+static napi_value js_eventfd_read(napi_env env, napi_callback_info info) {
+  uint64_t v;
+  if (!eventfd_read_arg(env, info, &v)) return NULL;
   napi_value r;
-  NAPI_OK(napi_create_double(env, (double)v, &r));
+  NAPI_OK(napi_create_bigint_uint64(env, v, &r));
   return r;
+}
+
+static napi_value js_eventfd_drain(napi_env env, napi_callback_info info) {
+  uint64_t v;
+  if (!eventfd_read_arg(env, info, &v)) return NULL;
+  return make_bool(env, v != 0);
 }
 
 static napi_value js_eventfd_write(napi_env env, napi_callback_info info) {
   GET_ARGS(2);
   int fd;
-  int64_t value;
-  if (!get_fd(env, argv[0], "fd", &fd) || !get_integer(env, argv[1], "value", 0, MAX_SAFE_INTEGER, &value)) {
-    return NULL;
-  }
-  uint64_t v = (uint64_t)value;
+  uint64_t v;
+  if (!get_fd(env, argv[0], "fd", &fd) || !get_eventfd_value(env, argv[1], "value", 0, &v)) return NULL;
   ssize_t n;
   RETRY_EINTR(n, write(fd, &v, sizeof v));
   if (n < 0) {
@@ -1329,17 +1375,15 @@ static int guarded_write(signal_guard* g, int fd, uint64_t v) {
 static napi_value js_eventfd_signal(napi_env env, napi_callback_info info) {
   GET_ARGS(2);
   int fd;
-  int64_t value;
-  if (!get_fd(env, argv[0], "fd", &fd) || !get_integer(env, argv[1], "value", 1, MAX_SAFE_INTEGER, &value)) {
-    return NULL;
-  }
+  uint64_t value;
+  if (!get_fd(env, argv[0], "fd", &fd) || !get_eventfd_value(env, argv[1], "value", 1, &value)) return NULL;
   int err = 0;
   signal_guard* g = guard_get(st, &err);
   if (g == NULL) {
     throw_errno(env, err, "timer_create");
     return NULL;
   }
-  int r = guarded_write(g, fd, (uint64_t)value);
+  int r = guarded_write(g, fd, value);
   if (r < 0) {
     throw_errno(env, -r, "write");
     return NULL;
@@ -1763,6 +1807,7 @@ NAPI_MODULE_INIT() {
       METHOD("copyToMapping", js_copy_to_mapping),
       METHOD("eventfd", js_eventfd),
       METHOD("eventfdRead", js_eventfd_read),
+      METHOD("eventfdDrain", js_eventfd_drain),
       METHOD("eventfdWrite", js_eventfd_write),
       METHOD("eventfdSignal", js_eventfd_signal),
       METHOD("isEventfd", js_is_eventfd),

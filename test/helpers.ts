@@ -3,7 +3,7 @@
  * time, a PRNG. Socket paths, device harnesses, drivers and register helpers are the public
  * test kit's (src/testing), re-exported here under the names the tests use.
  */
-import { readdirSync, readFileSync, writeSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { basename } from 'node:path';
 import assert from 'node:assert/strict';
 import { VfioUserClient } from '../src/client/client.js';
@@ -12,6 +12,7 @@ import type { VfioUserServer, ServerOptions } from '../src/server/server.js';
 import { spawnServer, listenDevice, waitUntil, type ServerProcess } from '../src/testing/index.js';
 import { TestDevice } from './server/testdev.js';
 import { byteAt } from '../src/bytes.js';
+import { native } from '../src/native/index.js';
 
 export { socketPath as sockPath, u32, u64, rd32 } from '../src/testing/index.js';
 
@@ -33,9 +34,7 @@ export function serveChild(device: string, extra: string[] = [], opts: { taskset
  * waits when the fd is blocking. The counter must be 0, or the fd non-blocking.
  */
 export function fillEventfd(fd: number): void {
-  const max = Buffer.alloc(8);
-  max.writeBigUInt64LE(0xfffffffffffffffen);
-  writeSync(fd, max);
+  if (!native.eventfdWrite(fd, 0xfffffffffffffffen)) throw new Error('fillEventfd: the counter was not 0');
 }
 
 /** b[i] ^= mask, for an index the test knows is inside b (a RangeError otherwise). */

@@ -41,11 +41,14 @@ export interface IrqHandle extends EventEmitter, AsyncIterable<number> {
   readonly eventfds: readonly number[];
   /** 'active', 'detached' (connection lost, may be re-bound by reconnect) or 'closed' */
   readonly state: 'active' | 'detached' | 'closed';
-  /** fires with the vector each time the server signals it (count: signals coalesced in the eventfd) */
-  on(event: 'irq', listener: (vector: number, count: number) => void): this;
+  /**
+   * fires with the vector each time the server signals it; count: the eventfd's counter, the
+   * signals it coalesced when the server adds 1 each time (exact whatever it added: a bigint)
+   */
+  on(event: 'irq', listener: (vector: number, count: bigint) => void): this;
   /** fires when reconnect() re-bound this handle to a new connection */
   on(event: 'rebound', listener: (client: VfioUserClient) => void): this;
-  off(event: 'irq', listener: (vector: number, count: number) => void): this;
+  off(event: 'irq', listener: (vector: number, count: bigint) => void): this;
   /**
    * Resolves with the next vector signalled. With `timeoutMs` it rejects with VFU_TIMEOUT, with
    * `signal` with VFU_ABORTED (cause: the signal's reason); a wait given up that way takes
@@ -92,13 +95,13 @@ export class IrqHandleImpl extends EventEmitter implements IrqHandle {
     fds.forEach((fd, i) => {
       const p = native.createPoller(fd, (status) => {
         if (status < 0 || this.st !== 'active') return;
-        let n: number;
+        let n: bigint;
         try {
           n = native.eventfdRead(fd);
         } catch {
           return;
         }
-        if (n <= 0) return;
+        if (n === 0n) return;
         const vector = this.start + i;
         const w = this.waiters.shift();
         if (w) w.resolve(vector);

@@ -125,19 +125,31 @@ export interface NativeAddon {
   copyToMapping(buf: ArrayBuffer, offset: number, src: ArrayBufferView): boolean;
   /** eventfd(initval, EFD_CLOEXEC|EFD_NONBLOCK [|EFD_SEMAPHORE]) */
   eventfd(initval: number, semaphore: boolean): number;
-  /** Reads the counter (resetting it); returns -1 when it is zero (EAGAIN). */
-  eventfdRead(fd: number): number;
-  /** Adds value to the counter. Returns false on EAGAIN (counter would overflow). */
-  eventfdWrite(fd: number, value: number): boolean;
   /**
-   * Adds value (>= 1) to an eventfd counter without ever waiting, whatever the fd's O_NONBLOCK
-   * flag (which a peer sharing the file can change at any time). Returns true when added,
-   * false when the counter is full: it is then readable, so whoever waits on it is woken
-   * already. A write that would block is cut short by a per-thread timer within about 2 ms
+   * Reads the counter, resetting it (in semaphore mode: takes 1 from it and returns 1n);
+   * returns 0n when it is zero (EAGAIN), which a successful read never returns. A bigint: the
+   * counter is a u64, up to 2^64 - 2, and a peer sharing the eventfd may write any value.
+   */
+  eventfdRead(fd: number): bigint;
+  /**
+   * Like {@link NativeAddon.eventfdRead} for callers that only need to know whether the
+   * eventfd was signalled: resets the counter and returns whether it was non-zero.
+   */
+  eventfdDrain(fd: number): boolean;
+  /**
+   * Adds value (0 to 2^64 - 2: a bigint, or an integer number up to 2^53) to the counter.
+   * Returns false on EAGAIN (the counter would pass 2^64 - 2).
+   */
+  eventfdWrite(fd: number, value: number | bigint): boolean;
+  /**
+   * Adds value (1 to 2^64 - 2: a bigint, or an integer number up to 2^53) to an eventfd
+   * counter without ever waiting, whatever the fd's O_NONBLOCK flag (which a peer sharing the
+   * file can change at any time). Returns true when added, false when the counter is full: it
+   * is then readable, so whoever waits on it is woken already. A write that would block is cut short by a per-thread timer within about 2 ms
    * (a real-time signal, process-wide handler; see the C source). Throws on other errors
    * (EBADF, EINVAL for a non-eventfd...).
    */
-  eventfdSignal(fd: number, value: number): boolean;
+  eventfdSignal(fd: number, value: number | bigint): boolean;
   /** Whether fd is an eventfd (by its /proc/self/fd link); throws EBADF for a closed fd. */
   isEventfd(fd: number): boolean;
   /**

@@ -42,7 +42,8 @@ interface Waiter {
  *
  * Signals are queued per vector; {@link IrqRecorder.next} takes one (waiting for it if none is
  * queued), so an interrupt that arrives between a trigger and the wait is never lost, and two
- * signals the eventfd coalesced count as two.
+ * signals the eventfd coalesced count as two. (A counter beyond `Number.MAX_SAFE_INTEGER`,
+ * which only a server adding huge values to the eventfd produces, counts as that many.)
  *
  * ```ts
  * const h = await client.enableIrqs(IrqIndex.MSIX, 4);
@@ -56,7 +57,7 @@ export class IrqRecorder implements Disposable {
   private readonly total = new Map<number, number>();
   private readonly pending = new Map<number, number>();
   private readonly waiters = new Set<Waiter>();
-  private readonly handles: { h: IrqHandle; fn: (vector: number, count: number) => void }[] = [];
+  private readonly handles: { h: IrqHandle; fn: (vector: number, count: bigint) => void }[] = [];
 
   /** Starts recording the given handles' interrupts. */
   constructor(...handles: IrqHandle[]) {
@@ -65,14 +66,14 @@ export class IrqRecorder implements Disposable {
 
   /** Records this handle's interrupts too. */
   watch(h: IrqHandle): this {
-    const fn = (vector: number, count: number): void => this.record(vector, count);
+    const fn = (vector: number, count: bigint): void => this.record(vector, count);
     h.on('irq', fn);
     this.handles.push({ h, fn });
     return this;
   }
 
-  private record(vector: number, count: number): void {
-    const n = Math.max(1, count);
+  private record(vector: number, count: bigint): void {
+    const n = count > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Math.max(1, Number(count));
     this.total.set(vector, (this.total.get(vector) ?? 0) + n);
     this.pending.set(vector, (this.pending.get(vector) ?? 0) + n);
     for (const w of this.waiters) {

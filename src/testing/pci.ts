@@ -37,7 +37,7 @@ export async function disableMsix(client: VfioUserClient): Promise<void> {
  * Gives MSI-X vectors 0..vectors-1 eventfds (SET_IRQS in chunks of the server's max_msg_fds,
  * one message per chunk) and calls `onIrq` with the vector each time one fires.
  */
-export async function armMsixVectors(client: VfioUserClient, vectors: number, onIrq: (vector: number, count: number) => void): Promise<IrqHandle[]> {
+export async function armMsixVectors(client: VfioUserClient, vectors: number, onIrq: (vector: number, count: bigint) => void): Promise<IrqHandle[]> {
   const max = client.serverCaps.maxMsgFds || 16;
   const handles: IrqHandle[] = [];
   try {

@@ -41,12 +41,12 @@ test('an eventfd written in one process wakes the other process\'s poller', T, a
   await conn.sendJson({ cmd: 'eventfd' }, [efd]);
   await conn.recvJson(); // child is polling it
   native.eventfdWrite(efd, 42);
-  const res = await conn.recvJson<{ status: number; events: number; value: number }>();
-  assert.deepEqual(res.value, { status: 0, events: native.POLL_READABLE, value: 42 });
+  const res = await conn.recvJson<{ status: number; events: number; value: string }>();
+  assert.deepEqual(res.value, { status: 0, events: native.POLL_READABLE, value: '42' });
   assert.equal(res.fds.length, 1);
   const theirs = res.fds[0]!;
   // reverse direction: the child writes an eventfd it created; our poller wakes
-  const woke = new Promise<number>((resolve) => {
+  const woke = new Promise<bigint>((resolve) => {
     const p = native.createPoller(theirs, () => {
       p.close();
       resolve(native.eventfdRead(theirs));
@@ -54,7 +54,7 @@ test('an eventfd written in one process wakes the other process\'s poller', T, a
     p.start(native.POLL_READABLE);
   });
   await conn.sendJson({ watching: true });
-  assert.equal(await woke, 1234);
+  assert.equal(await woke, 1234n);
   await conn.sendJson({ done: true });
   const r = await done;
   assert.equal(r.code, 0, r.stderr);
@@ -68,7 +68,7 @@ test('fds stay with their own message across interleaved messages', T, async () 
   const { conn, fd, done } = withPeer('interleave');
   const count = 40;
   await conn.sendJson({ count });
-  const expected: Array<{ id: number; len: number; fdValues: number[] }> = [];
+  const expected: Array<{ id: number; len: number; fdValues: string[] }> = [];
   for (let id = 0; id < count; id++) {
     const nfds = id % 3 === 0 ? 1 : id % 4 === 1 ? 3 : 0;
     const fds = Array.from({ length: nfds }, () => native.eventfd(id + 1, false));
@@ -77,7 +77,7 @@ test('fds stay with their own message across interleaved messages', T, async () 
     const payload = text(JSON.stringify({ id, pad }));
     await conn.sendMsg(payload, fds.length ? fds : null);
     for (const f of fds) native.close(f); // in-flight references keep them alive
-    expected.push({ id, len: payload.length, fdValues: fds.map(() => id + 1) });
+    expected.push({ id, len: payload.length, fdValues: fds.map(() => String(id + 1)) });
   }
   const res = await conn.recvJson<{ results: typeof expected }>();
   assert.deepEqual(res.value.results, expected);

@@ -115,25 +115,59 @@ test('mappings dropped without munmap are reclaimed by GC', T, async () => {
 test('eventfd: counter, EAGAIN, semaphore mode, overflow', T, () => {
   const fd = native.eventfd(5, false);
   assert.ok(isCloexec(fd));
-  assert.equal(native.eventfdRead(fd), 5);
-  assert.equal(native.eventfdRead(fd), -1);
+  assert.equal(native.eventfdRead(fd), 5n);
+  assert.equal(native.eventfdRead(fd), 0n, 'zero: EAGAIN');
+  assert.equal(native.eventfdDrain(fd), false);
   assert.equal(native.eventfdWrite(fd, 2), true);
-  assert.equal(native.eventfdWrite(fd, 40), true);
-  assert.equal(native.eventfdRead(fd), 42);
+  assert.equal(native.eventfdWrite(fd, 40n), true);
+  assert.equal(native.eventfdRead(fd), 42n);
+  assert.equal(native.eventfdWrite(fd, 1), true);
+  assert.equal(native.eventfdDrain(fd), true);
+  assert.equal(native.eventfdDrain(fd), false, 'drained');
   // the counter saturates at 2^64 - 2: further writes report EAGAIN as false
   let writes = 0;
   while (native.eventfdWrite(fd, 2 ** 53)) writes++;
   assert.equal(writes, 2047);
-  assert.ok(native.eventfdRead(fd) > 2 ** 63);
+  assert.equal(native.eventfdRead(fd), 2047n * 2n ** 53n);
   native.close(fd);
 
   const sem = native.eventfd(2, true);
-  assert.equal(native.eventfdRead(sem), 1);
-  assert.equal(native.eventfdRead(sem), 1);
-  assert.equal(native.eventfdRead(sem), -1);
+  assert.equal(native.eventfdRead(sem), 1n);
+  assert.equal(native.eventfdRead(sem), 1n);
+  assert.equal(native.eventfdRead(sem), 0n);
   native.close(sem);
   expectErrno(() => native.eventfdRead(sem), 'EBADF', 'read');
   expectErrno(() => native.eventfdWrite(sem, 1), 'EBADF', 'write');
+  expectErrno(() => native.eventfdDrain(sem), 'EBADF', 'read');
+});
+
+test('eventfd: counters above 2^53 are written and read exactly (bigint)', T, () => {
+  const fd = native.eventfd(0, false);
+  for (const v of [2n ** 53n + 1n, 0xfffffffffffffffen, 2n ** 64n - 2n ** 11n - 1n]) {
+    assert.equal(native.eventfdWrite(fd, v), true);
+    assert.equal(native.eventfdRead(fd), v, `write/read ${v}`);
+    assert.equal(native.eventfdSignal(fd, v), true);
+    assert.equal(native.eventfdRead(fd), v, `signal/read ${v}`);
+  }
+  // sums too: 2^53 + 1 as two writes, one of them a number
+  assert.equal(native.eventfdWrite(fd, 2 ** 53), true);
+  assert.equal(native.eventfdSignal(fd, 1n), true);
+  assert.equal(native.eventfdRead(fd), 2n ** 53n + 1n);
+  // the full counter refuses one more, exactly at the boundary
+  assert.equal(native.eventfdWrite(fd, 0xfffffffffffffffdn), true);
+  assert.equal(native.eventfdWrite(fd, 2n), false);
+  assert.equal(native.eventfdSignal(fd, 2n), false);
+  assert.equal(native.eventfdWrite(fd, 1n), true);
+  assert.equal(native.eventfdRead(fd), 0xfffffffffffffffen);
+  // out of range: 2^64 - 1 (the kernel's EINVAL), beyond 64 bits, negative, unsafe numbers, 0 for a signal
+  for (const bad of [2n ** 64n - 1n, 2n ** 64n, -1n, -1, 2 ** 53 + 2, 1.5]) {
+    assert.throws(() => native.eventfdWrite(fd, bad), RangeError, `write ${bad}`);
+    assert.throws(() => native.eventfdSignal(fd, bad), RangeError, `signal ${bad}`);
+  }
+  assert.throws(() => native.eventfdSignal(fd, 0n), RangeError);
+  assert.throws(() => native.eventfdWrite(fd, '1' as unknown as number), TypeError);
+  assert.equal(native.eventfdRead(fd), 0n, 'nothing was written by a refused value');
+  native.close(fd);
 });
 
 test('thousands of mappings: no GC per mapping, munmap stays fast (stacked 2 MiB mappings used to share one registry bucket)', { timeout: 60000 }, async () => {

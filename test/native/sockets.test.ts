@@ -79,7 +79,7 @@ test('send and receive data with an eventfd and a memfd', T, () => {
 
   // the received eventfd is the same object
   assert.equal(native.eventfdWrite(efd2, 3), true);
-  assert.equal(native.eventfdRead(efd), 3);
+  assert.equal(native.eventfdRead(efd), 3n);
   // the received memfd is the same file, and mappings share memory
   const s1 = native.fstat(mfd);
   const s2 = native.fstat(mfd2);

@@ -27,7 +27,7 @@ function start(mode: string): Started {
 test('the addon works in a worker thread', T, async () => {
   const w = start('basic');
   const [msg] = (await w.message) as [Record<string, unknown>];
-  assert.deepEqual(msg, { sent: 2, n: 2, nfds: 2, shared: 77, woke: { status: 0, value: 5 }, errCode: 'EBADF' });
+  assert.deepEqual(msg, { sent: 2, n: 2, nfds: 2, shared: 77, woke: { status: 0, value: 5n }, errCode: 'EBADF' });
   const [code] = (await w.exit) as [number];
   assert.equal(code, 0);
 });

@@ -15,9 +15,9 @@ import { sockPath, serveChild, CLI, delay } from '../helpers.js';
 test('ioeventfds: GET_REGION_IO_FDS hands them out, writing one runs the device handler', async () => {
   const dev = new PciDevice({ vendorId: 0x1234, deviceId: 0x11, classCode: 0xff0000 });
   dev.addRegion(0, { size: 4096, access: { read: (_o, n) => new Uint8Array(n), write: () => {} } });
-  const kicks: number[] = [];
+  const kicks: bigint[] = [];
   dev.addIoEventFd(0, 0x100, 4, undefined, (n) => kicks.push(n));
-  dev.addIoEventFd(0, 0x104, 4, 7n, () => kicks.push(-1));
+  dev.addIoEventFd(0, 0x104, 4, 7n, () => kicks.push(-1n));
   const server = new VfioUserServer(dev);
   const path = sockPath('iofd');
   server.listen(path);
@@ -31,7 +31,7 @@ test('ioeventfds: GET_REGION_IO_FDS hands them out, writing one runs the device 
   native.eventfdWrite(fds[sr[0]!.fdIndex]!, 1);
   native.eventfdWrite(fds[sr[1]!.fdIndex]!, 1);
   for (let i = 0; i < 50 && kicks.length < 2; i++) await delay(10);
-  assert.deepEqual(kicks.sort(), [-1, 1]);
+  assert.deepEqual(kicks.sort(), [-1n, 1n]);
   for (const fd of fds) native.close(fd);
   const none = await c.regionIoFds(7);
   assert.equal(none.reply.count, 0);

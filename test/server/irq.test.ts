@@ -28,9 +28,9 @@ function rig(): { irqs: IrqController; intx: number; msix: number[]; done: () =>
   };
 }
 
-/** eventfd counter (reset by the read); 0 when nothing was signalled */
-function taken(fd: number): number {
-  return Math.max(0, native.eventfdRead(fd));
+/** eventfd counter (reset by the read); 0n when nothing was signalled */
+function taken(fd: number): bigint {
+  return native.eventfdRead(fd);
 }
 
 describe('SET_IRQS ACTION_TRIGGER with DATA_NONE/DATA_BOOL is a loopback (as in VFIO)', () => {
@@ -38,19 +38,19 @@ describe('SET_IRQS ACTION_TRIGGER with DATA_NONE/DATA_BOOL is a loopback (as in 
     const r = rig();
     try {
       r.irqs.setLevel(INTX, 0, true);
-      assert.equal(taken(r.intx), 1);
+      assert.equal(taken(r.intx), 1n);
       assert.equal(r.irqs.isMasked(INTX), true, 'automasked');
       r.irqs.setIrqs({ flags: F.DATA_NONE | F.ACTION_TRIGGER, index: INTX, start: 0, count: 1 }, []);
-      assert.equal(taken(r.intx), 1, 'DATA_NONE signalled while masked');
+      assert.equal(taken(r.intx), 1n, 'DATA_NONE signalled while masked');
       r.irqs.setIrqs({ flags: F.DATA_BOOL | F.ACTION_TRIGGER, index: INTX, start: 0, count: 1, data: Uint8Array.of(1) }, []);
-      assert.equal(taken(r.intx), 1, 'DATA_BOOL [1] signalled while masked');
+      assert.equal(taken(r.intx), 1n, 'DATA_BOOL [1] signalled while masked');
       r.irqs.setIrqs({ flags: F.DATA_BOOL | F.ACTION_TRIGGER, index: INTX, start: 0, count: 1, data: Uint8Array.of(0) }, []);
-      assert.equal(taken(r.intx), 0, 'DATA_BOOL [0] does nothing');
+      assert.equal(taken(r.intx), 0n, 'DATA_BOOL [0] does nothing');
       assert.equal(r.irqs.isMasked(INTX), true);
       assert.equal(r.irqs.isPending(INTX), false);
       // the level is still high: unmasking delivers it once, as before
       r.irqs.setIrqs({ flags: F.DATA_NONE | F.ACTION_UNMASK, index: INTX, start: 0, count: 1 }, []);
-      assert.equal(taken(r.intx), 1);
+      assert.equal(taken(r.intx), 1n);
     } finally {
       r.done();
     }
@@ -61,12 +61,12 @@ describe('SET_IRQS ACTION_TRIGGER with DATA_NONE/DATA_BOOL is a loopback (as in 
     try {
       for (let i = 0; i < 3; i++) {
         r.irqs.setIrqs({ flags: F.DATA_NONE | F.ACTION_TRIGGER, index: INTX, start: 0, count: 1 }, []);
-        assert.equal(taken(r.intx), 1, `trigger ${i}`);
+        assert.equal(taken(r.intx), 1n, `trigger ${i}`);
         assert.equal(r.irqs.isMasked(INTX), false, 'not automasked');
       }
       // the device's own delivery still automasks
       r.irqs.setLevel(INTX, 0, true);
-      assert.equal(taken(r.intx), 1);
+      assert.equal(taken(r.intx), 1n);
       assert.equal(r.irqs.isMasked(INTX), true);
     } finally {
       r.done();
@@ -80,15 +80,15 @@ describe('SET_IRQS ACTION_TRIGGER with DATA_NONE/DATA_BOOL is a loopback (as in 
     try {
       r.irqs.setIrqs({ flags: F.DATA_NONE | F.ACTION_MASK, index: MSIX, start: 0, count: 4 }, []);
       r.irqs.setIrqs({ flags: F.DATA_BOOL | F.ACTION_TRIGGER, index: MSIX, start: 0, count: 4, data: Uint8Array.of(0, 1, 1, 1) }, []);
-      assert.deepEqual(r.msix.map(taken), [0, 1]);
+      assert.deepEqual(r.msix.map(taken), [0n, 1n]);
       r.irqs.setIrqs({ flags: F.DATA_NONE | F.ACTION_TRIGGER, index: MSIX, start: 0, count: 4 }, []);
-      assert.deepEqual(r.msix.map(taken), [1, 1]);
+      assert.deepEqual(r.msix.map(taken), [1n, 1n]);
       assert.deepEqual(pending, []);
       for (let v = 0; v < 4; v++) assert.equal(r.irqs.isPending(MSIX, v), false);
       // the device's own trigger of a masked vector pends as before
       assert.equal(r.irqs.trigger(MSIX, 1), false);
       assert.deepEqual(pending, ['2/1:true']);
-      assert.deepEqual(r.msix.map(taken), [0, 0]);
+      assert.deepEqual(r.msix.map(taken), [0n, 0n]);
     } finally {
       r.done();
     }

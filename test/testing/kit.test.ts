@@ -19,9 +19,9 @@ const root = new URL('../../../', import.meta.url).pathname; // from dist/test/t
 const DMA_EXAMPLE = join(root, 'examples/dma-device.js');
 
 /** An IrqHandle stand-in: the recorder's logic checked signal by signal, with no eventfd in between. */
-function fakeHandle(): IrqHandle & { fire(vector: number, count?: number): void } {
-  const e = new EventEmitter() as unknown as IrqHandle & { fire(vector: number, count?: number): void };
-  e.fire = (vector, count = 1) => void e.emit('irq', vector, count);
+function fakeHandle(): IrqHandle & { fire(vector: number, count?: bigint): void } {
+  const e = new EventEmitter() as unknown as IrqHandle & { fire(vector: number, count?: bigint): void };
+  e.fire = (vector, count = 1n) => void e.emit('irq', vector, count);
   return e;
 }
 
@@ -56,7 +56,7 @@ test('kit: IrqRecorder keeps signals that arrive before the wait, per vector; ti
   // waiters first, then the signal (vector 0 included: a falsy vector is a vector)
   const w0 = irqs.next(0);
   const wAny = irqs.next();
-  h.fire(0, 2); // two signals the eventfd coalesced
+  h.fire(0, 2n); // two signals the eventfd coalesced
   assert.deepEqual(await Promise.all([w0, wAny]), [0, 0]);
   // expectNone fails on a queued signal and on one that arrives
   h.fire(1);
