@@ -7,7 +7,11 @@
  *   VfioUserError        transport, server, client (the codes below)
  *   ├─ ProtocolError     the codec: a malformed message (protocol/errors.ts)
  *   ├─ ConfigSpaceError  the PCI config-space model (server/pci/errors.ts)
- *   └─ DmaError          a DMA access or map the client's maps do not allow (server/dma-error.ts)
+ *   ├─ DmaError          a DMA access or map the client's maps do not allow (server/dma-error.ts)
+ *   ├─ VirtqError        a broken virtqueue or descriptor chain (devices/virtio/virtqueue.ts)
+ *   ├─ NvmeStatusError   an NVMe command that completes with a status (devices/nvme/constants.ts)
+ *   ├─ WaitTimeoutError  a wait of the test kit that ran out of time (testing/irq.ts)
+ *   └─ UsageError        a command line mistake (cli/factory.ts)
  *
  * A server replies to any of them with their errno and logs them as client errors; anything
  * else thrown by device code is a device bug (logged with its stack).
@@ -27,6 +31,9 @@ export type VfioUserErrorCode =
   | 'VFU_BAD_STATE' // an operation that the current state forbids
   | 'VFU_DEVICE_FAILED' // a device on a worker thread failed to start (server/threads.ts)
   | 'VFU_INVALID_ARGUMENT' // a local caller's argument is invalid
+  | 'VFU_VIRTQ' // a broken virtqueue or descriptor chain: the virtio device needs a reset (VirtqError)
+  | 'VFU_NVME_STATUS' // an NVMe command fails with the error's `status` (NvmeStatusError)
+  | 'VFU_USAGE' // a command line mistake (the CLI's UsageError)
   | 'VFU_DEVICE_DEFINITION'; // a device definition that contradicts itself (thrown when it is defined or served)
 
 /** The codes of ProtocolError: what is wrong with a malformed message. */
@@ -66,6 +73,19 @@ export class VfioUserError extends Error {
   }
 }
 
+/**
+ * The base of a layer's error with its own codes (ProtocolError, ConfigSpaceError): errno
+ * defaults to EINVAL, the errno of the error reply when a peer's input caused it; `name` is
+ * the subclass's name.
+ */
+export abstract class LayerError<C extends ErrorCode> extends VfioUserError {
+  declare readonly code: C;
+  constructor(code: C, message: string, errno: number = Errno.EINVAL) {
+    super(code, message, errno);
+    this.name = new.target.name;
+  }
+}
+
 /** errno values used across the package (Linux x86-64/arm64 generic numbers). */
 export const Errno = {
   EPERM: 1,
@@ -88,6 +108,7 @@ export const Errno = {
   EPROTO: 71,
   ENOTCONN: 107,
   ECONNRESET: 104,
+  ETIMEDOUT: 110,
 } as const;
 
 const errnoNames = new Map<number, string>(Object.entries(Errno).map(([k, v]) => [v, k]));

@@ -32,7 +32,7 @@ export { NullDevice } from './devices/null.js';
 export { VirtioPciDevice, Virtqueue, VirtioRequest, VirtqError, VirtioBlkDevice } from './devices/virtio/index.js';
 export type { VirtioDeviceOptions, VirtioBlkOptions } from './devices/virtio/index.js';
 export * as virtio from './devices/virtio/index.js';
-export { VfioUserError, Errno, errnoName } from './errors.js';
+export { VfioUserError, LayerError, Errno, errnoName } from './errors.js';
 export type { ErrorCode, VfioUserErrorCode, ProtocolErrorCode, ConfigSpaceErrorCode } from './errors.js';
 export { ProtocolError } from './protocol/errors.js';
 export { ConfigSpaceError } from './server/pci/errors.js';

@@ -19,6 +19,7 @@
  * `create` runs), then serves the device with the spec's backend conventions.
  */
 import type { PciDevice } from '../server/device.js';
+import { VfioUserError, Errno } from '../errors.js';
 
 /** One option a device takes on the command line (`--name=value`). */
 export type DeviceOption =
@@ -73,9 +74,12 @@ export function defineDevice<O extends DeviceOptions, D extends PciDevice>(facto
   return factory;
 }
 
-/** A command line mistake: reported with usage to stderr, exit code 2. */
-export class UsageError extends Error {
-  override readonly name = 'UsageError';
+/** A command line mistake: reported with usage to stderr, exit code 2 (code VFU_USAGE, errno EINVAL). */
+export class UsageError extends VfioUserError {
+  constructor(message: string) {
+    super('VFU_USAGE', message, Errno.EINVAL);
+    this.name = 'UsageError';
+  }
 }
 
 const SIZE_UNITS: Record<string, number> = { '': 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40 };

@@ -19,7 +19,7 @@ export type { GuestRamOptions } from './memory.js';
 export { serveDevice, listenDevice, spawnDevice, spawnServer, socketPath } from './harness.js';
 export type { InProcessHarness, InProcessServer, ChildHarness, ServerProcess, ServeDeviceOptions, SpawnDeviceOptions, SpawnOptions } from './harness.js';
 export { IrqRecorder, waitUntil, WaitTimeoutError } from './irq.js';
-export type { WaitOptions } from './irq.js';
+export type { WaitOptions, IrqSource } from './irq.js';
 export { findCapability, enableMsix, disableMsix, armMsixVectors } from './pci.js';
 export { NvmeDriver, ADMIN, sc, setU64, sglDesc } from './nvme.js';
 export type { Completion, Command, DriverOptions as NvmeDriverOptions } from './nvme.js';

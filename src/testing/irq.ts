@@ -2,7 +2,7 @@
  * Interrupt assertions: record what a device signals on the client's interrupt eventfds and
  * wait for it with a timeout, without ever losing an interrupt that arrived before the wait.
  */
-import type { IrqHandle } from '../client/client.js';
+import { VfioUserError, Errno } from '../errors.js';
 
 /** Options of the waits: how long, and a signal to give up early. */
 export interface WaitOptions {
@@ -12,9 +12,18 @@ export interface WaitOptions {
   signal?: AbortSignal;
 }
 
-/** Thrown when a wait of the test kit runs out of time. */
-export class WaitTimeoutError extends Error {
-  override readonly name = 'WaitTimeoutError';
+/** Thrown when a wait of the test kit runs out of time (code VFU_TIMEOUT, errno ETIMEDOUT). */
+export class WaitTimeoutError extends VfioUserError {
+  constructor(message: string) {
+    super('VFU_TIMEOUT', message, Errno.ETIMEDOUT);
+    this.name = 'WaitTimeoutError';
+  }
+}
+
+/** What an IrqRecorder listens to: an IrqHandle, or a stand-in with the same `irq` events. */
+export interface IrqSource {
+  on(event: 'irq', listener: (vector: number, count: bigint) => void): unknown;
+  off(event: 'irq', listener: (vector: number, count: bigint) => void): unknown;
 }
 
 /**
@@ -57,15 +66,15 @@ export class IrqRecorder implements Disposable {
   private readonly total = new Map<number, number>();
   private readonly pending = new Map<number, number>();
   private readonly waiters = new Set<Waiter>();
-  private readonly handles: { h: IrqHandle; fn: (vector: number, count: bigint) => void }[] = [];
+  private readonly handles: { h: IrqSource; fn: (vector: number, count: bigint) => void }[] = [];
 
   /** Starts recording the given handles' interrupts. */
-  constructor(...handles: IrqHandle[]) {
+  constructor(...handles: IrqSource[]) {
     for (const h of handles) this.watch(h);
   }
 
   /** Records this handle's interrupts too. */
-  watch(h: IrqHandle): this {
+  watch(h: IrqSource): this {
     const fn = (vector: number, count: bigint): void => this.record(vector, count);
     h.on('irq', fn);
     this.handles.push({ h, fn });

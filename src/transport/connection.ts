@@ -134,7 +134,8 @@ export interface ConnectionOptions {
  * (process._tickCallback: present in Node 20-24, only documentation-deprecated). Without it
  * the fast path is off.
  */
-const runTicks: (() => void) | undefined = (process as unknown as { _tickCallback?: () => void })._tickCallback;
+const tickCallback: unknown = Reflect.get(process, '_tickCallback');
+const runTicks = typeof tickCallback === 'function' ? (tickCallback as () => void) : undefined;
 
 /** waits that sleep at once after a spin that caught nothing (see spinUs) */
 const SPIN_SKIP = 16;
@@ -197,7 +198,8 @@ interface QueuedWrite {
 
 /** A FIFO with O(1) shift (Array.shift is O(n): a long backlog would make flushing quadratic). */
 class WriteQueue {
-  private a: QueuedWrite[] = [];
+  /** slots before `head` are cleared (undefined) so the queue does not hold sent buffers */
+  private a: (QueuedWrite | undefined)[] = [];
   private head = 0;
   get length(): number {
     return this.a.length - this.head;
@@ -209,7 +211,7 @@ class WriteQueue {
     this.a.push(w);
   }
   shift(): void {
-    this.a[this.head++] = undefined as unknown as QueuedWrite;
+    this.a[this.head++] = undefined;
     if (this.head === this.a.length) {
       this.a = [];
       this.head = 0;
@@ -219,7 +221,9 @@ class WriteQueue {
     }
   }
   items(): QueuedWrite[] {
-    return this.a.slice(this.head);
+    const out: QueuedWrite[] = [];
+    for (let i = 0; i < this.length; i++) out.push(this.at(i));
+    return out;
   }
 }
 

@@ -48,26 +48,28 @@ function fakeServer(handler: Handler): { path: string; sides: Side[]; close(): v
   const path = sockPath('hostile');
   const sides: Side[] = [];
   const listener = new Listener(path, (fd) => {
-    const side = {} as Side;
-    side.replies = [];
-    side.conn = new Connection(fd, {
-      maxMessageSize: 1 << 24,
-      onRaw: (m) => {
-        takeFds(m).forEach((x) => native.close(x));
-        if ((m.header.flags & 0xf) === MSG_TYPE_REPLY) {
-          side.replies.push(m);
-          return;
-        }
-        if (handler(m, side)) return;
-        if (m.header.command === P.Command.VERSION) side.reply(m, P.encodeVersionReply({ major: 0, minor: 0, capabilities: GOOD_CAPS }));
-      },
-    });
-    side.raw = (bytes, fds) => {
+    const raw: Side['raw'] = (bytes, fds) => {
       native.sendmsg(fd, [bytes], fds ?? null);
     };
-    side.reply = (m, payload = new Uint8Array(0), over = {}, fds) =>
-      side.raw(frame({ msgId: m.header.msgId, command: m.header.command, ...over }, payload), fds);
-    side.command = (id, command, payload) => side.raw(frame({ msgId: id, command, flags: MSG_TYPE_COMMAND }, payload));
+    const side: Side = {
+      replies: [],
+      raw,
+      reply: (m, payload = new Uint8Array(0), over = {}, fds) => raw(frame({ msgId: m.header.msgId, command: m.header.command, ...over }, payload), fds),
+      command: (id, command, payload) => raw(frame({ msgId: id, command, flags: MSG_TYPE_COMMAND }, payload)),
+      // onRaw runs only when a message arrives, after side is assigned
+      conn: new Connection(fd, {
+        maxMessageSize: 1 << 24,
+        onRaw: (m) => {
+          takeFds(m).forEach((x) => native.close(x));
+          if ((m.header.flags & 0xf) === MSG_TYPE_REPLY) {
+            side.replies.push(m);
+            return;
+          }
+          if (handler(m, side)) return;
+          if (m.header.command === P.Command.VERSION) side.reply(m, P.encodeVersionReply({ major: 0, minor: 0, capabilities: GOOD_CAPS }));
+        },
+      }),
+    };
     sides.push(side);
   });
   return {

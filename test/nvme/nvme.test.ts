@@ -8,6 +8,7 @@ import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync, statSync } from 'node:fs';
 import { VfioUserClient } from '../../src/client/client.js';
+import { FileBackend } from '../../src/devices/backend.js';
 import { NvmeDriver, ADMIN, sc, sglDesc, setU64, GUARD, pattern } from '../../src/testing/index.js';
 import { serveChild } from '../helpers.js';
 import { rig, imagePath, type Rig } from './rig.js';
@@ -190,7 +191,9 @@ describe('nvme: I/O with data verification', () => {
       assert.ok(Buffer.from(gather(r.d, rpages, bytes, off)).equals(Buffer.from(data)), `data at lba ${lba} (${bytes} bytes)`);
     }
     // the image holds it too
-    const img = readFileSync((r.dev.namespaces.get(1)!.backend as unknown as { path: string }).path);
+    const backend = r.dev.namespaces.get(1)!.backend;
+    assert.ok(backend instanceof FileBackend, 'the rig serves an image file');
+    const img = readFileSync(backend.path);
     assert.ok(img.subarray(1000 * 512, 1000 * 512 + 12 * 4096).equals(Buffer.from(pattern(12 * 4096, 1000))));
   });
 

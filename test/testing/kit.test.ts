@@ -9,7 +9,6 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { EventEmitter } from 'node:events';
 import { IrqIndex } from '../../src/server/irq.js';
-import type { IrqHandle } from '../../src/client/client.js';
 import { serveDevice, listenDevice, spawnDevice, GuestRam, IrqRecorder, WaitTimeoutError, waitUntil, u32, rd32 } from '../../src/testing/index.js';
 import { openFds } from '../helpers.js';
 import { MmioDevice, REG } from '../../examples/mmio-device.js';
@@ -19,10 +18,13 @@ const root = new URL('../../../', import.meta.url).pathname; // from dist/test/t
 const DMA_EXAMPLE = join(root, 'examples/dma-device.js');
 
 /** An IrqHandle stand-in: the recorder's logic checked signal by signal, with no eventfd in between. */
-function fakeHandle(): IrqHandle & { fire(vector: number, count?: bigint): void } {
-  const e = new EventEmitter() as unknown as IrqHandle & { fire(vector: number, count?: bigint): void };
-  e.fire = (vector, count = 1n) => void e.emit('irq', vector, count);
-  return e;
+class FakeHandle extends EventEmitter {
+  fire(vector: number, count = 1n): void {
+    this.emit('irq', vector, count);
+  }
+}
+function fakeHandle(): FakeHandle {
+  return new FakeHandle();
 }
 
 test('kit: IrqRecorder keeps signals that arrive before the wait, per vector; times out naming the vector; aborts', async () => {

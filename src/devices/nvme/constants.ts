@@ -2,6 +2,7 @@
  * NVMe 1.4 constants: controller register offsets and fields, admin and NVM opcodes,
  * status codes, feature identifiers, log page identifiers.
  */
+import { VfioUserError, Errno } from '../../errors.js';
 
 export const NVME_VENDOR = 0x4e58; // "NX"
 export const NVME_DEVICE = 0x0002;
@@ -133,11 +134,15 @@ export const Sgl = { DATA_BLOCK: 0x0, BIT_BUCKET: 0x1, SEGMENT: 0x2, LAST_SEGMEN
 export const SQE_SIZE = 64;
 export const CQE_SIZE = 16;
 
-/** Thrown inside command handlers: completes the command with that status. */
-export class NvmeStatusError extends Error {
+/**
+ * Thrown inside command handlers: completes the command with that status (code
+ * VFU_NVME_STATUS, errno EIO where it reaches a vfio-user reply, as a bad migration state).
+ */
+export class NvmeStatusError extends VfioUserError {
   readonly status: number;
   constructor(status: number, message = `NVMe status 0x${status.toString(16)}`) {
-    super(message);
+    super('VFU_NVME_STATUS', message, Errno.EIO);
+    this.name = 'NvmeStatusError';
     this.status = status;
   }
 }

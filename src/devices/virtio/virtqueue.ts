@@ -9,14 +9,15 @@
  * VirtqErrors: the device goes to NEEDS_RESET. Buffer addresses are checked when the data
  * moves (a DmaError the device turns into a failed request).
  */
+import { VfioUserError, Errno } from '../../errors.js';
 import { DmaController } from '../../server/dma.js';
 import { guestRead, guestWrite, fromGuest, toGuest, sgViews, sliceSegments, type Segment } from '../guest.js';
 import { Desc, NO_VECTOR, AVAIL_F_NO_INTERRUPT } from './constants.js';
 
-/** A broken ring or descriptor chain: the device must be reset. */
-export class VirtqError extends Error {
+/** A broken ring or descriptor chain: the device must be reset (code VFU_VIRTQ, errno EIO). */
+export class VirtqError extends VfioUserError {
   constructor(message: string) {
-    super(message);
+    super('VFU_VIRTQ', message, Errno.EIO);
     this.name = 'VirtqError';
   }
 }
