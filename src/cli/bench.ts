@@ -6,10 +6,9 @@
  * per second with latency percentiles. (For figures independent of our client, time servers
  * with ../shared/tools/vfu-bench; see bench/README.md.)
  */
-import { parseArgs } from 'node:util';
 import type { VfioUserClient } from '../client/client.js';
 import { connectServer, parseTimeout } from './connect.js';
-import { intOption, onePositional } from './args.js';
+import { intOption, onePositional, parseCommand } from './args.js';
 import { UsageError } from './factory.js';
 
 const REGION_NAMES = ['BAR0', 'BAR1', 'BAR2', 'BAR3', 'BAR4', 'BAR5', 'ROM', 'CONFIG', 'VGA'];
@@ -36,29 +35,22 @@ async function pickRegion(c: VfioUserClient, wanted: number | undefined, end: nu
 }
 
 export async function bench(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    allowPositionals: true,
-    options: {
-      region: { type: 'string' },
-      offset: { type: 'string' },
-      count: { type: 'string' },
-      n: { type: 'string', short: 'n' },
-      depth: { type: 'string', short: 'd' },
-      write: { type: 'boolean', short: 'w' },
-      posted: { type: 'boolean' },
-      json: { type: 'boolean' },
-      timeout: { type: 'string' },
-      help: { type: 'boolean', short: 'h' },
-    },
-  });
   const usage =
     'usage: vfio-user bench <socket> [--region=N (default: the first BAR the device has)] [--offset=N (0)] [--count=BYTES (4)]\n' +
     '                       [-n N (100000)] [--depth=D (1)] [--write | --posted] [--json] [--timeout=SECONDS (10)]\n';
-  if (values.help) {
-    process.stdout.write(usage);
-    return 0;
-  }
+  const args = parseCommand(argv, usage, true, {
+    region: { type: 'string' },
+    offset: { type: 'string' },
+    count: { type: 'string' },
+    n: { type: 'string', short: 'n' },
+    depth: { type: 'string', short: 'd' },
+    write: { type: 'boolean', short: 'w' },
+    posted: { type: 'boolean' },
+    json: { type: 'boolean' },
+    timeout: { type: 'string' },
+  });
+  if (!args) return 0;
+  const { values, positionals } = args;
   const socket = onePositional(positionals, 'socket');
   if (!socket) throw new UsageError(`no socket given\n${usage}`);
   const offset = intOption('offset', values.offset, 0) ?? 0;

@@ -2,10 +2,9 @@
  * `vfio-user info <socket> [--json]`: what a server offers, printed the way `lspci -vv` would:
  * IDs, class, BARs with sizes and flags, sparse mmap areas, capabilities, IRQs.
  */
-import { parseArgs } from 'node:util';
 import type { VfioUserClient, RegionDescription } from '../client/client.js';
 import { connectServer, parseTimeout } from './connect.js';
-import { onePositional } from './args.js';
+import { onePositional, parseCommand } from './args.js';
 import { UsageError } from './factory.js';
 import { decodeConfig, type DecodedConfig } from '../client/pci-decode.js';
 import * as P from '../protocol/index.js';
@@ -124,16 +123,10 @@ export function render(r: DeviceReport): string {
 }
 
 export async function info(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    allowPositionals: true,
-    options: { json: { type: 'boolean' }, timeout: { type: 'string' }, help: { type: 'boolean', short: 'h' }, 'no-twin-socket': { type: 'boolean' } },
-  });
   const usage = 'usage: vfio-user info <socket> [--json] [--timeout=SECONDS (default 10)] [--no-twin-socket]\n';
-  if (values.help) {
-    process.stdout.write(usage);
-    return 0;
-  }
+  const args = parseCommand(argv, usage, true, { json: { type: 'boolean' }, timeout: { type: 'string' }, 'no-twin-socket': { type: 'boolean' } });
+  if (!args) return 0;
+  const { values, positionals } = args;
   const socket = onePositional(positionals, 'socket');
   if (!socket) throw new UsageError(`no socket given\n${usage}`);
   const timeout = parseTimeout(values.timeout, 10000);

@@ -9,14 +9,13 @@
  * Moves a device's state from the server at --from to the server at --to (pre-copy rounds,
  * stop-and-copy, resume), printing progress: bytes, rounds, downtime.
  */
-import { parseArgs } from 'node:util';
 import { statSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { VfioUserClient } from '../client/client.js';
 import { migrate as runMigration } from '../client/migrate.js';
 import { PciRegion } from '../protocol/index.js';
 import { connectServer, parseTimeout } from './connect.js';
-import { intOption } from './args.js';
+import { intOption, parseCommand, requireOptions } from './args.js';
 import { UsageError } from './factory.js';
 
 /** true when both paths name the same socket (the same path, or the same inode by another path) */
@@ -40,27 +39,21 @@ async function identity(c: VfioUserClient): Promise<string> {
 }
 
 export async function migrate(argv: string[]): Promise<number> {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      from: { type: 'string' },
-      to: { type: 'string' },
-      'no-precopy': { type: 'boolean' },
-      threshold: { type: 'string' },
-      chunk: { type: 'string' },
-      force: { type: 'boolean' },
-      timeout: { type: 'string' },
-      json: { type: 'boolean' },
-      help: { type: 'boolean', short: 'h' },
-    },
-  });
   const usage = 'usage: vfio-user migrate --from=SOCKET --to=SOCKET [--no-precopy] [--threshold=BYTES] [--chunk=BYTES] [--force] [--timeout=SECONDS (60)] [--json]\n' +
     '  --force: migrate between devices whose IDs (vendor, device, subsystem, class, revision) differ\n';
-  if (values.help) {
-    process.stdout.write(usage);
-    return 0;
-  }
-  if (!values.from || !values.to) throw new UsageError(`give both --from=SOCKET and --to=SOCKET\n${usage}`);
+  const args = parseCommand(argv, usage, false, {
+    from: { type: 'string' },
+    to: { type: 'string' },
+    'no-precopy': { type: 'boolean' },
+    threshold: { type: 'string' },
+    chunk: { type: 'string' },
+    force: { type: 'boolean' },
+    timeout: { type: 'string' },
+    json: { type: 'boolean' },
+  });
+  if (!args) return 0;
+  const { values } = args;
+  requireOptions(values, ['from', 'to'], '--from=SOCKET and --to=SOCKET', usage);
   if (sameSocket(values.from, values.to)) throw new UsageError(`--from and --to are the same socket (${values.from}): a device cannot migrate onto itself`);
   const threshold = intOption('threshold', values.threshold, 0);
   const chunk = intOption('chunk', values.chunk, 1, 1 << 30);

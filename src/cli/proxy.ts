@@ -7,26 +7,17 @@
  * interrupt fds handed over, its commands held meanwhile). Events are JSON lines on stdout:
  * ready, session, session-end, switched (with the figures), switch-failed.
  */
-import { parseArgs } from 'node:util';
 import { createInterface } from 'node:readline';
 import { SwitchoverProxy } from '../client/proxy.js';
+import { parseCommand, requireOptions, stopOnSignal } from './args.js';
 
 const USAGE = 'usage: vfio-user proxy --listen=PATH --connect=SERVER_PATH [--quiet]\n  stdin: switch NEW_SERVER_PATH | state\n';
 
 export async function proxy(argv: string[]): Promise<number> {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      listen: { type: 'string' },
-      connect: { type: 'string' },
-      quiet: { type: 'boolean' },
-      help: { type: 'boolean', short: 'h' },
-    },
-  });
-  if (values.help || !values.listen || !values.connect) {
-    process.stdout.write(USAGE);
-    return values.help ? 0 : 2;
-  }
+  const args = parseCommand(argv, USAGE, false, { listen: { type: 'string' }, connect: { type: 'string' }, quiet: { type: 'boolean' } });
+  if (!args) return 0;
+  const { values } = args;
+  requireOptions(values, ['listen', 'connect'], '--listen=PATH and --connect=SERVER_PATH', USAGE);
   const event = (o: Record<string, unknown>): void => {
     process.stdout.write(JSON.stringify(o) + '\n');
   };
@@ -67,7 +58,6 @@ export async function proxy(argv: string[]): Promise<number> {
       process.stdin.destroy();
       resolve(0);
     };
-    process.once('SIGTERM', stop);
-    process.once('SIGINT', stop);
+    stopOnSignal(stop);
   });
 }

@@ -15,11 +15,11 @@
  * name the device first (`gpio inputs 0x00ff`); `help` lists them, `quit` stops. SIGTERM or
  * SIGINT stops every device (each disconnects its client) and removes the sockets.
  */
-import { parseArgs } from 'node:util';
 import { readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { DeviceThreads, type DeviceThread, type DeviceThreadSpec } from '../server/threads.js';
 import { UsageError } from './factory.js';
+import { parseCommand, stopOnSignal } from './args.js';
 import { resolveDevice, parseServeArgs, type ResolvedDevice } from './serve.js';
 
 /** Whether argv asks for several devices (--device or --config). */
@@ -110,22 +110,14 @@ async function plan(argvs: string[][]): Promise<Planned[]> {
 }
 
 export async function serveMany(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    strict: true,
-    allowPositionals: true,
-    options: {
-      device: { type: 'string', multiple: true },
-      config: { type: 'string' },
-      verbose: { type: 'boolean', short: 'v' },
-      quiet: { type: 'boolean', short: 'q' },
-      help: { type: 'boolean', short: 'h' },
-    },
+  const args = parseCommand(argv, USAGE, true, {
+    device: { type: 'string', multiple: true },
+    config: { type: 'string' },
+    verbose: { type: 'boolean', short: 'v' },
+    quiet: { type: 'boolean', short: 'q' },
   });
-  if (values.help) {
-    process.stdout.write(USAGE);
-    return 0;
-  }
+  if (!args) return 0;
+  const { values, positionals } = args;
   if (positionals.length) throw new UsageError(`unexpected argument '${positionals[0]}': with several devices, each goes in a --device\n${USAGE}`);
   const planned = await plan(deviceArgvs(values));
 
@@ -189,7 +181,6 @@ export async function serveMany(argv: string[]): Promise<number> {
     t.control(args);
   });
   rl.on('close', () => {}); // stdin closing (e.g. </dev/null) must not stop the server
-  process.once('SIGTERM', () => shutdown(0));
-  process.once('SIGINT', () => shutdown(0));
+  stopOnSignal(() => shutdown(0));
   return finished;
 }

@@ -18,6 +18,7 @@ import { VfioUserServer } from '../server/server.js';
 import type { PciDevice } from '../server/device.js';
 import { DEVICES } from './devices.js';
 import { wantsMany, serveMany } from './serve-many.js';
+import { stopOnSignal } from './args.js';
 import { UsageError, checkFactory, optionsHelp, parseOptionValue, type DeviceContext, type DeviceFactory, type DeviceOptions } from './factory.js';
 
 /** serve's own options (a device may not declare these) */
@@ -263,7 +264,6 @@ export async function serveDevice(dev: ResolvedDevice, args: ParsedServeArgs): P
     rl.close();
     done(0);
   };
-  process.once('SIGTERM', shutdown);
-  process.once('SIGINT', shutdown);
+  stopOnSignal(shutdown);
   return finished;
 }

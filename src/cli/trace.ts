@@ -6,14 +6,13 @@
  * with its timing (and, for replies, the round-trip time of the request). A twin socket the
  * server hands out is proxied too, so server-to-client commands are traced as well.
  */
-import { parseArgs } from 'node:util';
 import { native } from '../native/index.js';
 import * as P from '../protocol/index.js';
 import { MSG_TYPE_MASK, MSG_TYPE_REPLY, FLAG_ERROR, FLAG_NO_REPLY } from '../protocol/header.js';
 import { Connection, takeFds, closeFds, type Message } from '../transport/connection.js';
 import { Listener, connectPath } from '../transport/socket.js';
 import { errnoName } from '../errors.js';
-import { UsageError } from './factory.js';
+import { parseCommand, requireOptions, stopOnSignal } from './args.js';
 
 export interface TraceRecord {
   t: number; // ms since the session (the client's connection) started
@@ -235,22 +234,16 @@ export function proxySession(clientFd: number, serverPath: string, tracer: Trace
 }
 
 export async function trace(argv: string[]): Promise<number> {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      listen: { type: 'string' },
-      connect: { type: 'string' },
-      json: { type: 'boolean' },
-      once: { type: 'boolean' },
-      help: { type: 'boolean', short: 'h' },
-    },
-  });
   const usage = 'usage: vfio-user trace --listen=PATH --connect=SERVER_PATH [--json] [--once]\n';
-  if (values.help) {
-    process.stdout.write(usage);
-    return 0;
-  }
-  if (!values.listen || !values.connect) throw new UsageError(`give both --listen=PATH and --connect=SERVER_PATH\n${usage}`);
+  const args = parseCommand(argv, usage, false, {
+    listen: { type: 'string' },
+    connect: { type: 'string' },
+    json: { type: 'boolean' },
+    once: { type: 'boolean' },
+  });
+  if (!args) return 0;
+  const { values } = args;
+  requireOptions(values, ['listen', 'connect'], '--listen=PATH and --connect=SERVER_PATH', usage);
   const emit = (r: TraceRecord): void => void process.stdout.write((values.json ? JSON.stringify(r) : formatRecord(r)) + '\n');
   let sessions = 0;
   let done: (n: number) => void = () => {};
@@ -259,7 +252,7 @@ export async function trace(argv: string[]): Promise<number> {
     const tracer = new Tracer(emit, ++sessions);
     process.stderr.write(`trace: session ${tracer.session}: client connected (times count from here)\n`);
     try {
-      proxySession(fd, values.connect!, tracer, () => {
+      proxySession(fd, values.connect, tracer, () => {
         process.stderr.write(`trace: session ${tracer.session} ended\n`);
         if (values.once) {
           listener.close();
@@ -282,7 +275,6 @@ export async function trace(argv: string[]): Promise<number> {
     listener.close();
     done(0);
   };
-  process.once('SIGTERM', stop);
-  process.once('SIGINT', stop);
+  stopOnSignal(stop);
   return finished;
 }

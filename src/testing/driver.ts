@@ -3,7 +3,7 @@
  * RAM their queues and buffers live in, with the address helpers over it.
  */
 import type { VfioUserClient, GuestMemory } from '../client/client.js';
-import { GuestRam, PAGE } from './memory.js';
+import { GuestRam, PAGE, type GuestRamOptions } from './memory.js';
 import { findCapability } from './pci.js';
 
 export abstract class GuestDriver<O> {
@@ -17,6 +17,15 @@ export abstract class GuestDriver<O> {
     this.client = client;
     this.ram = ram;
     this.opts = opts;
+  }
+
+  /** Guest RAM mapped from a driver's options (memSize with the driver's default, iova, shared, mem). */
+  protected static mapRam(
+    client: VfioUserClient,
+    opts: Omit<GuestRamOptions, 'size'> & { memSize?: number | undefined },
+    defaultSize: number,
+  ): Promise<GuestRam> {
+    return GuestRam.map(client, { size: opts.memSize ?? defaultSize, iova: opts.iova, shared: opts.shared, mem: opts.mem });
   }
 
   /** the memory object of guest RAM */

@@ -126,8 +126,7 @@ export class NvmeDriver extends GuestDriver<DriverOptions> {
 
   /** Maps guest memory (all but a guard page at each end) and sets up interrupts. */
   static async attach(client: VfioUserClient, opts: DriverOptions = {}): Promise<NvmeDriver> {
-    const ram = await GuestRam.map(client, { size: opts.memSize ?? 64 << 20, iova: opts.iova, shared: opts.shared, mem: opts.mem });
-    const d = new NvmeDriver(client, ram, opts);
+    const d = new NvmeDriver(client, await GuestDriver.mapRam(client, opts, 64 << 20), opts);
     await d.setupInterrupts();
     if (opts.mmapDoorbells) {
       const m = await client.mapRegion(0);

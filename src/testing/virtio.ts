@@ -219,8 +219,7 @@ export class VirtioDriver extends GuestDriver<VirtioDriverOptions> {
 
   /** Maps guest memory, finds the virtio capabilities and sets up interrupts (the device is not reset). */
   static async attach(client: VfioUserClient, opts: VirtioDriverOptions = {}): Promise<VirtioDriver> {
-    const ram = await GuestRam.map(client, { size: opts.memSize ?? 16 << 20, iova: opts.iova, shared: opts.shared, mem: opts.mem });
-    const d = new VirtioDriver(client, ram, opts);
+    const d = new VirtioDriver(client, await GuestDriver.mapRam(client, opts, 16 << 20), opts);
     await d.findCaps();
     await d.setupInterrupts();
     if (opts.mmapNotify) {

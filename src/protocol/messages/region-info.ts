@@ -94,12 +94,17 @@ export function encodeRegionInfoRequest(msg: Init<RegionInfoRequest, 'argsz' | '
 }
 
 export function decodeRegionInfoRequest(payload: Uint8Array): RegionInfoRequest {
-  need(payload, REGION_INFO.size, 'GET_REGION_INFO');
+  return decodeRegionInfo(payload, 'GET_REGION_INFO');
+}
+
+/** The fixed part a request and a reply share; argsz is at least that part. */
+function decodeRegionInfo(payload: Uint8Array, what: string): RegionInfoRequest {
+  need(payload, REGION_INFO.size, what);
   const F = REGION_INFO.fields;
   const dv = viewOf(payload);
   const argsz = dv.getUint32(F.argsz, true);
   if (argsz < REGION_INFO.size) {
-    throw new ProtocolError('VFU_BAD_ARGSZ', `GET_REGION_INFO argsz ${argsz} is smaller than the ${REGION_INFO.size}-byte reply`);
+    throw new ProtocolError('VFU_BAD_ARGSZ', `${what} argsz ${argsz} is smaller than the ${REGION_INFO.size}-byte reply`);
   }
   return {
     argsz,
@@ -236,24 +241,10 @@ function decodeCapChain(payload: Uint8Array, dv: DataView, first: number, end: n
 }
 
 export function decodeRegionInfoReply(payload: Uint8Array): RegionInfoReply {
-  need(payload, REGION_INFO.size, 'GET_REGION_INFO reply');
-  const F = REGION_INFO.fields;
-  const dv = viewOf(payload);
-  const argsz = dv.getUint32(F.argsz, true);
-  if (argsz < REGION_INFO.size) throw new ProtocolError('VFU_BAD_ARGSZ', `GET_REGION_INFO reply argsz ${argsz} < ${REGION_INFO.size}`);
-  const flags = dv.getUint32(F.flags, true);
-  const capOffset = dv.getUint32(F.cap_offset, true);
+  const fixed = decodeRegionInfo(payload, 'GET_REGION_INFO reply');
+  const { argsz, flags, capOffset } = fixed;
   const truncated = argsz > payload.length;
   const caps =
-    !truncated && (flags & RegionInfoFlags.CAPS) !== 0 && capOffset !== 0 ? decodeCapChain(payload, dv, capOffset, argsz) : [];
-  return {
-    argsz,
-    flags,
-    index: dv.getUint32(F.index, true),
-    capOffset,
-    size: dv.getBigUint64(F.size, true),
-    offset: dv.getBigUint64(F.offset, true),
-    caps,
-    truncated,
-  };
+    !truncated && (flags & RegionInfoFlags.CAPS) !== 0 && capOffset !== 0 ? decodeCapChain(payload, viewOf(payload), capOffset, argsz) : [];
+  return { ...fixed, caps, truncated };
 }

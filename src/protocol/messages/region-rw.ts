@@ -85,6 +85,17 @@ function dataOf(payload: Uint8Array, count: number, what: string): Uint8Array {
   return payload.subarray(F.data, F.data + count);
 }
 
+/** An access with exactly `count` data bytes after it: a REGION_READ reply, a REGION_WRITE request. */
+function encodeWithData(msg: Init<RegionWriteRequest, 'count'>, what: string): Uint8Array {
+  const data = checkBytes(msg.data, 'data');
+  return encodeAccess(msg.offset, msg.region, countOf(msg.count, data, what), data);
+}
+
+function decodeWithData(payload: Uint8Array, what: string): RegionWriteRequest {
+  const { offset, region, count } = decodeAccess(payload, what);
+  return { offset, region, count, data: dataOf(payload, count, what) };
+}
+
 export function encodeRegionReadRequest(msg: RegionReadRequest): Uint8Array {
   return encodeAccess(msg.offset, msg.region, msg.count, undefined);
 }
@@ -94,23 +105,19 @@ export function decodeRegionReadRequest(payload: Uint8Array): RegionReadRequest 
 }
 
 export function encodeRegionReadReply(msg: Init<RegionReadReply, 'count'>): Uint8Array {
-  const data = checkBytes(msg.data, 'data');
-  return encodeAccess(msg.offset, msg.region, countOf(msg.count, data, 'REGION_READ reply'), data);
+  return encodeWithData(msg, 'REGION_READ reply');
 }
 
 export function decodeRegionReadReply(payload: Uint8Array): RegionReadReply {
-  const { offset, region, count } = decodeAccess(payload, 'REGION_READ reply');
-  return { offset, region, count, data: dataOf(payload, count, 'REGION_READ reply') };
+  return decodeWithData(payload, 'REGION_READ reply');
 }
 
 export function encodeRegionWriteRequest(msg: Init<RegionWriteRequest, 'count'>): Uint8Array {
-  const data = checkBytes(msg.data, 'data');
-  return encodeAccess(msg.offset, msg.region, countOf(msg.count, data, 'REGION_WRITE'), data);
+  return encodeWithData(msg, 'REGION_WRITE');
 }
 
 export function decodeRegionWriteRequest(payload: Uint8Array): RegionWriteRequest {
-  const { offset, region, count } = decodeAccess(payload, 'REGION_WRITE');
-  return { offset, region, count, data: dataOf(payload, count, 'REGION_WRITE') };
+  return decodeWithData(payload, 'REGION_WRITE');
 }
 
 export function encodeRegionWriteReply(msg: RegionWriteReply): Uint8Array {
