@@ -18,10 +18,13 @@
  * Closing: a hang-up, an error or close() ends the connection exactly once: pending requests
  * reject with VFU_DISCONNECTED, queued fds are closed, `onClose` runs once.
  *
- * One idea in one file although it passes 800 lines: reading, writing and closing share the
- * socket, its poller, the fds in flight and the pending requests, and each path must see the
- * others' state at once (a hang-up found while writing fails the reads' requests; a backlog
- * pauses reads). Split, every part would reach into one object anyway.
+ * What stands alone is in its own file: the message and its fds (message.ts), reply matching
+ * by id with timeouts and tombstones (requests.ts), the write backlog (write-queue.ts), the
+ * traffic counters (stats.ts). The rest stays one idea in one file although it passes 600
+ * lines: reading, writing and closing share the socket, its poller, the receive and staging
+ * buffers and the fds in flight, and each path must see the others' state at once (a hang-up
+ * found while writing fails the reads' requests; a backlog pauses reads; a read batch corks
+ * the replies it causes). Split, every part would reach into one object anyway.
  */
 import { native, type NativePoller } from '../native/index.js';
 import {
@@ -35,41 +38,13 @@ import {
   type Header,
 } from '../protocol/header.js';
 import { VfioUserError, Errno, errnoName } from '../errors.js';
+import { closeFds, takeFds, retain, type Message } from './message.js';
+import { ConnectionStats, slot } from './stats.js';
+import { RequestTable, type Pending } from './requests.js';
+import { WriteQueue } from './write-queue.js';
 
-export interface Message {
-  readonly header: Header;
-  /**
-   * The bytes after the header. For a reply this is a copy the requester may keep. For a
-   * command (and in raw mode) it is a view into the receive buffer, valid only until the
-   * handler returns: copy what you keep (see retain()). This keeps the hot path free of
-   * allocations.
-   */
-  readonly payload: Uint8Array;
-  /** fds that arrived with this message; take them with takeFds() to own them */
-  fds: number[];
-}
-
-/** A copy of a command message that outlives its handler (payload copied, fds moved). */
-export function retain(msg: Message): Message {
-  return { header: msg.header, payload: msg.payload.slice(), fds: takeFds(msg) };
-}
-
-/** Takes ownership of a message's fds: the transport will no longer close them. */
-export function takeFds(msg: Message): number[] {
-  const fds = msg.fds;
-  msg.fds = [];
-  return fds;
-}
-
-export function closeFds(fds: readonly number[]): void {
-  for (const fd of fds) {
-    try {
-      native.close(fd);
-    } catch {
-      /* already closed */
-    }
-  }
-}
+export { type Message, retain, takeFds, closeFds } from './message.js';
+export { ConnectionStats } from './stats.js';
 
 export interface ConnectionOptions {
   /** largest message accepted or sent, header included */
@@ -153,80 +128,6 @@ export interface RequestOptions {
   timeout?: number | undefined;
 }
 
-/**
- * Traffic counters, for benchmarks' per-operation breakdowns (a few increments per message).
- * Arrays are indexed by command number (commands past 63 count at 63).
- */
-export class ConnectionStats {
-  /** commands received from the peer */
-  readonly commandsIn: number[] = new Array<number>(64).fill(0);
-  /** requests we sent that wait for a reply */
-  readonly requestsOut: number[] = new Array<number>(64).fill(0);
-  /** the round trips of those requests, summed (microseconds, send to reply) */
-  readonly rttUs: number[] = new Array<number>(64).fill(0);
-  /** commands we sent with NO_REPLY */
-  readonly postedOut: number[] = new Array<number>(64).fill(0);
-  /** wake-ups of this connection (poll callbacks) */
-  polls = 0;
-
-  /** a plain copy (for JSON) */
-  snapshot(): { commandsIn: number[]; requestsOut: number[]; rttUs: number[]; postedOut: number[]; polls: number } {
-    return { commandsIn: [...this.commandsIn], requestsOut: [...this.requestsOut], rttUs: [...this.rttUs], postedOut: [...this.postedOut], polls: this.polls };
-  }
-}
-
-function slot(command: number): number {
-  return command < 64 ? command : 63;
-}
-
-interface Pending {
-  resolve: (m: Message) => void;
-  reject: (e: Error) => void;
-  command: number;
-  expectFds: boolean;
-  timer: ReturnType<typeof setTimeout> | undefined;
-  /** performance.now() when sent */
-  sent: number;
-  /** a timed-out request: its id is reserved (see ConnectionOptions.tombstoneMs) */
-  tombstone?: true;
-}
-
-interface QueuedWrite {
-  data: Uint8Array;
-  fds: number[] | null; // duplicated fds owned by the queue
-}
-
-/** A FIFO with O(1) shift (Array.shift is O(n): a long backlog would make flushing quadratic). */
-class WriteQueue {
-  /** slots before `head` are cleared (undefined) so the queue does not hold sent buffers */
-  private a: (QueuedWrite | undefined)[] = [];
-  private head = 0;
-  get length(): number {
-    return this.a.length - this.head;
-  }
-  at(i: number): QueuedWrite {
-    return this.a[this.head + i]!;
-  }
-  push(w: QueuedWrite): void {
-    this.a.push(w);
-  }
-  shift(): void {
-    this.a[this.head++] = undefined;
-    if (this.head === this.a.length) {
-      this.a = [];
-      this.head = 0;
-    } else if (this.head >= 1024 && this.head * 2 >= this.a.length) {
-      this.a = this.a.slice(this.head);
-      this.head = 0;
-    }
-  }
-  items(): QueuedWrite[] {
-    const out: QueuedWrite[] = [];
-    for (let i = 0; i < this.length; i++) out.push(this.at(i));
-    return out;
-  }
-}
-
 interface FdRecord {
   pos: number; // absolute stream position of the last byte of the read that brought them
   fds: number[];
@@ -293,12 +194,7 @@ export class Connection {
   private drainWaiters: (() => void)[] = [];
   private watching: number;
 
-  private readonly pending = new Map<number, Pending>();
-  /** ids of timed-out requests (also in pending) -> when they expire; in expiry order */
-  private readonly tombs = new Map<number, number>();
-  private readonly tombstoneMs: number;
-  private readonly maxTombstones: number;
-  private nextId = 0;
+  private readonly requests: RequestTable;
   private closed = false;
   private readonly hdr = new Uint8Array(HEADER_SIZE);
   private readonly hdrView = new DataView(this.hdr.buffer);
@@ -322,8 +218,7 @@ export class Connection {
     this.holdCommands = opts.holdCommandsWhenBacklogged ?? false;
     this.maxHeldCommands = opts.maxHeldCommands ?? 4096;
     this.maxHeldBytes = opts.maxHeldBytes ?? 64 * 1024 * 1024;
-    this.tombstoneMs = opts.tombstoneMs ?? 60000;
-    this.maxTombstones = opts.maxTombstones ?? 4096;
+    this.requests = new RequestTable(opts.tombstoneMs ?? 60000, opts.maxTombstones ?? 4096);
     this.onCommand = opts.onCommand;
     this.onClose = opts.onClose;
     this.onRaw = opts.onRaw;
@@ -343,24 +238,12 @@ export class Connection {
 
   /** number of requests awaiting a reply (timed-out ones whose id is still reserved included) */
   get inFlight(): number {
-    return this.pending.size;
+    return this.requests.size;
   }
 
   /** ids of timed-out requests still reserved for a late reply */
   get tombstones(): number {
-    this.expireTombstones();
-    return this.tombs.size;
-  }
-
-  /** Frees the ids of tombstones past their age, and the oldest beyond maxTombstones. */
-  private expireTombstones(): void {
-    if (this.tombs.size === 0) return;
-    const now = Date.now();
-    for (const [id, expires] of this.tombs) {
-      if (expires > now && this.tombs.size <= this.maxTombstones) break;
-      this.tombs.delete(id);
-      if (this.pending.get(id)?.tombstone) this.pending.delete(id);
-    }
+    return this.requests.tombstones;
   }
 
   /** bytes accepted by send() but not yet written to the socket */
@@ -592,8 +475,8 @@ export class Connection {
     const type = msg.header.flags & MSG_TYPE_MASK;
     if (type === MSG_TYPE_REPLY) {
       // reserved flag bits in a reply are ignored
-      const p = this.pending.get(msg.header.msgId);
-      if (!p || p.command !== msg.header.command) {
+      const p = this.requests.take(msg.header.msgId, msg.header.command);
+      if (!p) {
         closeFds(msg.fds);
         this.fail(
           new VfioUserError(
@@ -604,10 +487,7 @@ export class Connection {
         );
         return;
       }
-      this.pending.delete(msg.header.msgId);
       this.stats.rttUs[slot(p.command)]! += (performance.now() - p.sent) * 1000;
-      if (p.tombstone) this.tombs.delete(msg.header.msgId);
-      if (p.timer) clearTimeout(p.timer);
       if (!p.expectFds && msg.fds.length) {
         closeFds(msg.fds);
         msg.fds = [];
@@ -870,48 +750,23 @@ export class Connection {
     return new Promise((resolve) => this.drainWaiters.push(resolve));
   }
 
-  private allocId(): number {
-    this.expireTombstones();
-    if (this.pending.size >= 0x10000) {
-      throw new VfioUserError('VFU_BUSY', 'all 65536 message ids are in flight', Errno.EBUSY);
-    }
-    for (;;) {
-      const id = this.nextId;
-      this.nextId = (this.nextId + 1) & 0xffff;
-      if (!this.pending.has(id)) return id;
-    }
-  }
-
   /** Sends a command and resolves with its reply (rejects with VFU_REMOTE_ERROR on an error reply). */
   request(command: number, payload: Uint8Array | null, opts: RequestOptions = {}): Promise<Message> {
     if (this.closed) return Promise.reject(new VfioUserError('VFU_DISCONNECTED', 'connection is closed', Errno.ENOTCONN));
     let id: number;
     try {
-      id = this.allocId();
+      id = this.requests.allocId();
     } catch (e) {
       return Promise.reject(e);
     }
     return new Promise<Message>((resolve, reject) => {
       const p: Pending = { resolve, reject, command, expectFds: opts.expectFds ?? false, timer: undefined, sent: performance.now() };
       this.stats.requestsOut[slot(command)]!++;
-      this.pending.set(id, p);
-      if (opts.timeout !== undefined) {
-        p.timer = setTimeout(() => {
-          if (this.pending.get(id) === p) {
-            // A late reply must not match nothing (that fails the connection) nor a new request
-            // given the same id: the id stays reserved by a tombstone, for a while.
-            this.pending.set(id, { ...p, resolve: (m) => closeFds(m.fds), reject: () => {}, timer: undefined, tombstone: true });
-            this.tombs.set(id, Date.now() + this.tombstoneMs);
-            this.expireTombstones();
-            reject(new VfioUserError('VFU_TIMEOUT', `no reply to command ${command} within ${opts.timeout} ms`, Errno.EAGAIN));
-          }
-        }, opts.timeout);
-      }
+      this.requests.add(id, p, opts.timeout);
       try {
         this.send({ msgId: id, command, size: 0, flags: MSG_TYPE_COMMAND, error: 0 }, payload, opts.fds);
       } catch (e) {
-        if (this.pending.get(id) === p) this.pending.delete(id);
-        if (p.timer) clearTimeout(p.timer);
+        this.requests.remove(id, p);
         reject(e);
       }
     });
@@ -919,8 +774,7 @@ export class Connection {
 
   /** Sends a command with NO_REPLY set. Returns send()'s backpressure signal. */
   post(command: number, payload: Uint8Array | null, fds?: readonly number[]): boolean {
-    const id = this.nextId;
-    this.nextId = (this.nextId + 1) & 0xffff;
+    const id = this.requests.postId();
     this.stats.postedOut[slot(command)]!++;
     return this.send({ msgId: id, command, size: 0, flags: MSG_TYPE_COMMAND | FLAG_NO_REPLY, error: 0 }, payload, fds);
   }
@@ -1021,14 +875,8 @@ export class Connection {
     for (const w of this.wqueue.items()) if (w.fds) closeFds(w.fds);
     this.wqueue = new WriteQueue();
     this.wqueued = 0;
-    const pending = [...this.pending.values()];
-    this.pending.clear();
-    this.tombs.clear();
     const why = err ? `: ${err.message}` : '';
-    for (const p of pending) {
-      if (p.timer) clearTimeout(p.timer);
-      p.reject(new VfioUserError('VFU_DISCONNECTED', `connection closed before the reply${why}`, Errno.ENOTCONN, { cause: err }));
-    }
+    this.requests.rejectAll(() => new VfioUserError('VFU_DISCONNECTED', `connection closed before the reply${why}`, Errno.ENOTCONN, { cause: err }));
     const waiters = this.drainWaiters;
     this.drainWaiters = [];
     for (const w of waiters) w();
