@@ -10,28 +10,29 @@
  * server accesses it directly; with `shared: false` the server must use DMA_READ/DMA_WRITE,
  * which this client answers from the memory after checking the access lies in a map.
  *
- * One idea in one file although it passes 800 lines: the client API, one short method per
- * vfio-user command plus the connection's lifetime (reconnect moves maps and IRQ handles).
- * The parts that stand alone are their own files: guest-memory.ts, irq-handle.ts,
- * write-batch.ts, pci-decode.ts, migrate.ts.
+ * One idea in one file although it passes 600 lines: the client API, one short method per
+ * vfio-user command (grouped: device description, region access, guest memory, interrupts,
+ * reset/features/migration) plus the connection's lifetime (reconnect moves maps and IRQ
+ * handles); every method shares the connection, the negotiated limits and the maps. The parts
+ * that stand alone are their own files: the map table and the answers to server DMA
+ * (dma-maps.ts), the errors naming a failed request (request-errors.ts), guest-memory.ts,
+ * irq-handle.ts, write-batch.ts, pci-decode.ts, migrate.ts.
  */
 import { EventEmitter } from 'node:events';
 import { native, PROT_READ, PROT_WRITE } from '../native/index.js';
 import * as P from '../protocol/index.js';
 import { HEADER_SIZE } from '../protocol/header.js';
-import { Connection, takeFds, closeFds, retain, type Message } from '../transport/connection.js';
+import { Connection, takeFds, closeFds, type Message } from '../transport/connection.js';
 import { connectPath, adoptFd } from '../transport/socket.js';
-import { VfioUserError, Errno, errnoName } from '../errors.js';
-import { ProtocolError } from '../protocol/errors.js';
+import { VfioUserError, Errno } from '../errors.js';
 import { decodeConfig, type DecodedConfig } from './pci-decode.js';
 import { GuestMemory } from './guest-memory.js';
 import { IrqHandleImpl, type IrqHandle, type IrqWaitOptions } from './irq-handle.js';
 import { WriteBatchImpl, type WriteBatch } from './write-batch.js';
+import { ClientMaps, DmaResponder, type ClientMap } from './dma-maps.js';
+import { decoded, named, protocolError } from './request-errors.js';
 
 export { GuestMemory, type IrqHandle, type IrqWaitOptions, type WriteBatch };
-
-/** DMA requests the beforeDma hook may hold at once before the server is dropped as a flood */
-const MAX_HELD_DMA = 4096;
 
 export interface ClientOptions {
   /** ask for twin-socket mode (default true) */
@@ -51,19 +52,6 @@ export interface ClientOptions {
    * after interrupts that may already be waiting there).
    */
   beforeDma?: (kind: 'read' | 'write', iova: number, length: number) => void | Promise<void>;
-}
-
-interface ClientMap {
-  /** as the caller gave it */
-  iova: number | bigint;
-  /** [start, end) as u64 */
-  start: bigint;
-  end: bigint;
-  size: number;
-  mem: GuestMemory;
-  offset: number;
-  prot: number;
-  shared: boolean;
 }
 
 export interface RegionDescription {
@@ -97,75 +85,12 @@ const DEFAULT_XFER = 1048576;
 const MAX_ARGSZ = 65536;
 const WRITE_MULTI_DEFAULT_ENTRIES = 200; // QEMU's VFIO_USER_MULTI_MAX
 
-/** Turns a codec failure on a reply into the client's typed error. */
-function decoded<T>(what: string, f: () => T): T {
-  try {
-    return f();
-  } catch (e) {
-    if (e instanceof ProtocolError) {
-      throw new VfioUserError('VFU_PROTOCOL', `bad ${what} reply: ${e.message}`, Errno.EPROTO, { cause: e });
-    }
-    throw e;
-  }
-}
-
-/**
- * A failed request's error, naming the request: `REGION_READ region 3 +0x10 4B: EINVAL` (and
- * the reason the server sent, if any); timeouts likewise. Other errors pass unchanged.
- */
-function named(e: unknown, command: number, payload: Uint8Array | null): unknown {
-  if (!(e instanceof VfioUserError)) return e;
-  if (e.code === 'VFU_REMOTE_ERROR') {
-    const reason = / \(.*\)$/.exec(e.message)?.[0] ?? '';
-    return new VfioUserError('VFU_REMOTE_ERROR', `${describeRequest(command, payload)}: ${errnoName(e.errno)}${reason}`, e.errno, { cause: e });
-  }
-  if (e.code === 'VFU_TIMEOUT') return new VfioUserError('VFU_TIMEOUT', `${describeRequest(command, payload)}: ${e.message}`, e.errno, { cause: e });
-  return e;
-}
-
-/**
- * A request as an error names it: `REGION_READ region 3 +0x10 4B`, other commands with their
- * decoded fields (the codec's one-line rendering).
- */
-function describeRequest(command: number, payload: Uint8Array | null): string {
-  const bytes = payload ?? new Uint8Array(0);
-  try {
-    if (command === P.Command.REGION_READ) {
-      const r = P.decodeRegionReadRequest(bytes);
-      return `REGION_READ region ${r.region} +0x${r.offset.toString(16)} ${r.count}B`;
-    }
-    if (command === P.Command.REGION_WRITE) {
-      const r = P.decodeRegionWriteRequest(bytes);
-      return `REGION_WRITE region ${r.region} +0x${r.offset.toString(16)} ${r.count}B`;
-    }
-  } catch {
-    // not decodable: described below like any other
-  }
-  const text = P.describePayload(command, bytes, 'request');
-  return text.length > 200 ? `${text.slice(0, 197)}...` : text;
-}
-
-/**
- * The DMA_WRITE reply: the spec's u64 address + u32 count, widened to a u64 count (16 bytes).
- * libvfio-user reads exactly 16 bytes (struct vfio_user_dma_region_access) and resets the
- * connection on a 12-byte reply; a spec reader takes the low half and ignores the rest.
- */
-function dmaWriteReply(address: bigint, count: number): Uint8Array {
-  const b = new Uint8Array(16);
-  b.set(P.encodeDmaWriteReply({ address, count }), 0);
-  return b;
-}
-
 /** an IOVA as a u64 (EINVAL for what is not one) */
 function u64(v: number | bigint): bigint {
   if (typeof v === 'number' && !Number.isSafeInteger(v)) throw new VfioUserError('VFU_INVALID_ARGUMENT', `IOVA ${v} is not a safe integer: use a bigint`, Errno.EINVAL);
   const b = BigInt(v);
   if (b < 0n || b >= 1n << 64n) throw new VfioUserError('VFU_INVALID_ARGUMENT', `IOVA 0x${b.toString(16)} is not a u64`, Errno.EINVAL);
   return b;
-}
-
-function protocolError(msg: string): VfioUserError {
-  return new VfioUserError('VFU_PROTOCOL', msg, Errno.EPROTO);
 }
 
 export class VfioUserClient extends EventEmitter {
@@ -175,7 +100,8 @@ export class VfioUserClient extends EventEmitter {
   readonly opts: ClientOptions;
   serverCaps!: P.ResolvedCapabilities;
   version!: { major: number; minor: number };
-  private maps: ClientMap[] = [];
+  private readonly maps = new ClientMaps();
+  private readonly dma: DmaResponder;
   private irqHandles = new Set<IrqHandleImpl>();
   private closedErr: VfioUserError | undefined;
   private isClosed = false;
@@ -185,12 +111,17 @@ export class VfioUserClient extends EventEmitter {
     super();
     this.opts = opts;
     this.path = path;
+    this.dma = new DmaResponder(this.maps, {
+      beforeDma: opts.beforeDma,
+      maxDataXferSize: opts.maxDataXferSize ?? DEFAULT_XFER,
+      onError: (e) => this.emit('dma-error', e),
+    });
     this.conn = new Connection(fd, {
       maxMessageSize: HEADER_SIZE + (opts.maxDataXferSize ?? DEFAULT_XFER) * 2 + 65536,
       maxFdsPerMessage: 253,
       // a server that floods commands and never reads the answers is dropped: memory stays bounded
       holdCommandsWhenBacklogged: true,
-      onCommand: (m) => this.onServerCommand(m, this.conn),
+      onCommand: (m) => this.dma.onServerCommand(m, this.conn),
       onClose: (err) => this.onClose(err),
     });
   }
@@ -255,7 +186,7 @@ export class VfioUserClient extends EventEmitter {
             maxMessageSize: HEADER_SIZE + Math.max(caps.maxDataXferSize, ourXfer) * 2 + 65536,
             maxFdsPerMessage: 0,
             holdCommandsWhenBacklogged: true,
-            onCommand: (cm) => this.onServerCommand(cm, this.twin!),
+            onCommand: (cm) => this.dma.onServerCommand(cm, this.twin!),
             onClose: () => this.conn.close(),
           });
         } catch (e) {
@@ -518,7 +449,7 @@ export class VfioUserClient extends EventEmitter {
       { fds: shared ? [mem.fd] : [] },
     );
     const m: ClientMap = { iova, start, end: start + BigInt(size), size, mem, offset, prot, shared };
-    this.maps.splice(this.mapIndex(start), 0, m);
+    this.maps.add(m);
   }
 
   /**
@@ -529,27 +460,7 @@ export class VfioUserClient extends EventEmitter {
     const start = u64(iova);
     const len = u64(size);
     await this.req(P.Command.DMA_UNMAP, P.encodeDmaUnmapRequest({ flags: 0, address: start, size: len }));
-    this.dropMaps(start, start + len);
-  }
-
-  /** index of the first map starting at or after iova */
-  private mapIndex(iova: bigint): number {
-    let lo = 0;
-    let hi = this.maps.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      if (this.maps[mid]!.start < iova) lo = mid + 1;
-      else hi = mid;
-    }
-    return lo;
-  }
-
-  /** forgets the maps inside [start, end) */
-  private dropMaps(start: bigint, end: bigint): void {
-    const first = this.mapIndex(start);
-    let last = first;
-    while (last < this.maps.length && this.maps[last]!.end <= end) last++;
-    this.maps.splice(first, last - first);
+    this.maps.drop(start, start + len);
   }
 
   /**
@@ -570,7 +481,7 @@ export class VfioUserClient extends EventEmitter {
       }),
     );
     const rep = P.decodeDmaUnmapReply(m.payload);
-    this.dropMaps(u64(iova), u64(iova) + BigInt(size));
+    this.maps.drop(u64(iova), u64(iova) + BigInt(size));
     if (!rep.bitmap?.data || rep.bitmap.data.length !== bytes) {
       throw new VfioUserError('VFU_PROTOCOL', 'DMA_UNMAP reply without the dirty bitmap asked for', Errno.EPROTO);
     }
@@ -579,89 +490,12 @@ export class VfioUserClient extends EventEmitter {
 
   async dmaUnmapAll(): Promise<void> {
     await this.req(P.Command.DMA_UNMAP, P.encodeDmaUnmapRequest({ flags: P.DmaUnmapFlags.ALL, address: 0n, size: 0n }));
-    this.maps = [];
+    this.maps.list = [];
   }
 
   /** the client's map table (what a reconnect re-establishes) */
   get dmaMaps(): readonly { iova: number | bigint; size: number; shared: boolean }[] {
-    return this.maps;
-  }
-
-  private findMap(iova: bigint, length: number, write: boolean): { map: ClientMap; off: number } {
-    const i = this.mapIndex(iova + 1n) - 1; // the last map starting at or before iova
-    const m = this.maps[i];
-    if (m && iova >= m.start && iova + BigInt(length) <= m.end && m.prot & (write ? PROT_WRITE : PROT_READ)) {
-      return { map: m, off: m.offset + Number(iova - m.start) };
-    }
-    throw new VfioUserError('VFU_DMA', `server DMA ${write ? 'write' : 'read'} of [0x${iova.toString(16)}, +${length}) is outside the maps`, Errno.EFAULT);
-  }
-
-  /**
-   * DMA_READ / DMA_WRITE from the server, answered from guest memory. The messages use the
-   * spec's layout (u64 count, data at 16): this client never presents itself like QEMU.
-   */
-  private onServerCommand(m: Message, conn: Connection): void {
-    const hook = this.opts.beforeDma;
-    if (hook && (m.header.command === P.Command.DMA_READ || m.header.command === P.Command.DMA_WRITE)) {
-      // the payload is only valid during this call: keep a copy for the delayed answer
-      const held = retain(m);
-      closeFds(takeFds(held));
-      let wait: void | Promise<void>;
-      try {
-        const req = m.header.command === P.Command.DMA_READ ? P.decodeDmaReadRequest(m.payload) : P.decodeDmaWriteRequest(m.payload, 'spec');
-        wait = hook(m.header.command === P.Command.DMA_READ ? 'read' : 'write', Number(req.address), req.count);
-      } catch {
-        wait = undefined; // a malformed request: answered with an error below, at once
-      }
-      if (wait) {
-        // a server flooding DMA requests while the hook holds them: the same bound as the
-        // transport's for held commands, then the connection goes
-        if (++this.dmaHeld > MAX_HELD_DMA) {
-          conn.close();
-          return;
-        }
-        const done = (): void => {
-          this.dmaHeld--;
-          this.serveDma(held, conn);
-        };
-        void wait.then(done, done);
-        return;
-      }
-    }
-    this.serveDma(m, conn);
-  }
-
-  /** DMA requests whose answer waits for the beforeDma hook */
-  private dmaHeld = 0;
-
-  private serveDma(m: Message, conn: Connection): void {
-    if (conn.isClosed) return;
-    try {
-      const limit = this.opts.maxDataXferSize ?? DEFAULT_XFER;
-      if (m.header.command === P.Command.DMA_READ) {
-        const req = P.decodeDmaReadRequest(m.payload);
-        if (req.count > limit) throw new VfioUserError('VFU_DMA', `DMA_READ of ${req.count} bytes exceeds our max_data_xfer_size`, Errno.EINVAL);
-        const { map, off } = this.findMap(req.address, req.count, false);
-        const data = map.mem.bytes.subarray(off, off + req.count);
-        conn.reply(m.header, P.encodeDmaReadReply({ address: req.address, data, layout: 'spec' }));
-      } else if (m.header.command === P.Command.DMA_WRITE) {
-        const req = P.decodeDmaWriteRequest(m.payload, 'spec');
-        if (req.count > limit) throw new VfioUserError('VFU_DMA', `DMA_WRITE of ${req.count} bytes exceeds our max_data_xfer_size`, Errno.EINVAL);
-        const { map, off } = this.findMap(req.address, req.count, true);
-        map.mem.bytes.set(req.data, off);
-        conn.reply(m.header, dmaWriteReply(req.address, req.count));
-      } else {
-        conn.replyError(m.header, Errno.ENOSYS);
-      }
-    } catch (e) {
-      const errno = (e as { errno?: number }).errno || Errno.EINVAL;
-      this.emit('dma-error', e);
-      try {
-        conn.replyError(m.header, errno);
-      } catch {
-        /* the connection is gone */
-      }
-    }
+    return this.maps.list;
   }
 
   // ------------------------------------------------------------ interrupts
@@ -853,20 +687,13 @@ export class VfioUserClient extends EventEmitter {
   }
 
   /**
-   * Connects again (to the same socket path, normally a restarted server) and re-establishes
-   * the state this client had set up: every DMA map (same memory, iova, prot, shared or not)
-   * and every IRQ handle that was still open, re-bound with new eventfds to the new client
-   * (the same IrqHandle objects: their 'irq' listeners keep working and they emit 'rebound').
-   * Masks and device state are not replayed. Returns the new client; this one stays closed.
-   */
-  /**
    * Re-creates another client's guest memory maps here (same memory, same IOVAs), skipping
    * maps this client already has. Used when a device moves to this client's server.
    */
   async adoptMaps(src: VfioUserClient): Promise<number> {
     let n = 0;
-    for (const m of src.maps) {
-      if (this.maps.some((x) => x.start === m.start && x.size === m.size)) continue;
+    for (const m of src.maps.list) {
+      if (this.maps.list.some((x) => x.start === m.start && x.size === m.size)) continue;
       await this.dmaMap(m.mem, m.iova, { offset: m.offset, size: m.size, prot: m.prot, shared: m.shared });
       n++;
     }
@@ -892,6 +719,13 @@ export class VfioUserClient extends EventEmitter {
     return n;
   }
 
+  /**
+   * Connects again (to the same socket path, normally a restarted server) and re-establishes
+   * the state this client had set up: every DMA map (same memory, iova, prot, shared or not)
+   * and every IRQ handle that was still open, re-bound with new eventfds to the new client
+   * (the same IrqHandle objects: their 'irq' listeners keep working and they emit 'rebound').
+   * Masks and device state are not replayed. Returns the new client; this one stays closed.
+   */
   async reconnect(opts: ReconnectOptions = {}): Promise<VfioUserClient> {
     const target = opts.target ?? this.path;
     if (target === undefined) throw new VfioUserError('VFU_BAD_STATE', 'reconnect needs a socket path (or opts.target)', Errno.EINVAL);
@@ -908,7 +742,7 @@ export class VfioUserClient extends EventEmitter {
       }
     }
     try {
-      for (const m of this.maps) await c.dmaMap(m.mem, m.iova, { offset: m.offset, size: m.size, prot: m.prot, shared: m.shared });
+      for (const m of this.maps.list) await c.dmaMap(m.mem, m.iova, { offset: m.offset, size: m.size, prot: m.prot, shared: m.shared });
       for (const h of [...this.irqHandles]) {
         if (h.state !== 'detached') continue;
         const fds = await c.bindIrqFds(h.index, h.start, h.count);
