@@ -23,6 +23,11 @@
  * ioeventfds (GET_REGION_IO_FDS fails with ENOTSUP), and no twin socket (server commands use
  * the main socket). Guest memory is not copied: the client is the same process before and
  * after, so only the device state moves, and there is no pre-copy.
+ *
+ * One idea in one file although it passes 600 lines: the forwarding and the switchover act
+ * on the same session state (the recorded VERSION, maps and interrupt settings, the held
+ * commands, the upstream connection), and each step of a switch must see what forwarding
+ * did meanwhile. The migration itself is client/migrate.ts.
  */
 import { EventEmitter } from 'node:events';
 import { native } from '../native/index.js';

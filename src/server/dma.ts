@@ -27,7 +27,10 @@
  *
  * Files: this one is the controller (maps, accesses, pins); dma-table.ts the map table,
  * dma-files.ts the mmaps of client files, dma-dirty.ts dirty-page logging, dma-iova.ts exact
- * IOVA numbers, dma-messenger.ts DMA by message.
+ * IOVA numbers, dma-messenger.ts DMA by message. The controller stays one file although it
+ * passes 600 lines: every access form (views, synchronous and asynchronous copies,
+ * scatter-gather, pins, the message fallback) resolves an IOVA through the same maps, file
+ * windows and permissions, and map/unmap must see the pins and windows those accesses hold.
  */
 import { WriteOrder } from './write-order.js';
 import { native, PROT_READ, PROT_WRITE } from '../native/index.js';
