@@ -84,15 +84,13 @@ export interface DmaResponderOptions {
 
 /** Answers a server's DMA_READ / DMA_WRITE from the client's maps (and ENOSYS to any other command). */
 export class DmaResponder {
-  private readonly maps: ClientMaps;
-  private readonly opts: DmaResponderOptions;
   /** DMA requests whose answer waits for the beforeDma hook */
   private held = 0;
 
-  constructor(maps: ClientMaps, opts: DmaResponderOptions) {
-    this.maps = maps;
-    this.opts = opts;
-  }
+  constructor(
+    private readonly maps: ClientMaps,
+    private readonly opts: DmaResponderOptions,
+  ) {}
 
   /**
    * DMA_READ / DMA_WRITE from the server, answered from guest memory. The messages use the
