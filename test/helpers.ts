@@ -46,6 +46,12 @@ export function delay(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
+/** Rejects if p does not settle within ms (a hang is a failure, not a stuck test). */
+export function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let t: ReturnType<typeof setTimeout> | undefined;
+  return Promise.race([p, new Promise<never>((_, reject) => (t = setTimeout(() => reject(new Error(`${what}: still pending after ${ms} ms`)), ms)))]).finally(() => clearTimeout(t));
+}
+
 /**
  * Waits until cond() holds (it may be async), checking every couple of milliseconds; throws
  * after timeoutMs: wait for the condition, never for a guessed time (the kit's waitUntil).
@@ -143,9 +149,19 @@ export function cpuMs(): number {
   return (u.user + u.system) / 1000;
 }
 
+/** The fields of /proc/PID/stat after the command name: [state, ppid, ...]. */
+function procStat(pid: number): string[] {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+}
+
 /** CPU time another process has used, in ms (from /proc/PID/stat, at clock-tick resolution). */
 export function processCpuMs(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const f = procStat(pid);
   return ((Number(f[11]) + Number(f[12])) * 1000) / 100; // utime, stime in USER_HZ (100)
+}
+
+/** A process's state letter (R running, S sleeping, T stopped, Z zombie...) from /proc/PID/stat. */
+export function processState(pid: number): string {
+  return procStat(pid)[0] ?? '';
 }

@@ -11,7 +11,7 @@ import { VfioUserClient, GuestMemory } from '../../src/client/client.js';
 import * as P from '../../src/protocol/index.js';
 import { native, PROT_READ } from '../../src/native/index.js';
 import { TestDevice } from '../server/testdev.js';
-import { serveChild, sockPath, openFds, delay, CLI } from '../helpers.js';
+import { serveChild, sockPath, openFds, waitFor, processState, CLI } from '../helpers.js';
 import { u32, u64, rd32, withServer, isCode, within } from './util.js';
 
 /** counts the requests a client sends, by command */
@@ -64,8 +64,7 @@ describe('client: connection and negotiation', () => {
       c.close();
       srv2.close();
     });
-    await delay(20);
-    assert.equal(openFds(), fds0, 'no fd leaked');
+    await waitFor(() => openFds() === fds0, 'no fd leaked (all closed)');
   });
 
   test('connecting to nothing fails with VFU_DISCONNECTED', async () => {
@@ -318,10 +317,11 @@ describe('client: interrupts', () => {
           if (got.length === 3) break;
         }
       })();
+      // one at a time: two eventfds ready in the same poll may be reported in either order
       await c.write(0, 0x20, u32(1));
-      await delay(20);
+      await waitFor(() => seen.length === 1, 'vector 1');
       await c.write(0, 0x20, u32(6));
-      await delay(20);
+      await waitFor(() => seen.length === 2, 'vector 6');
       await c.triggerIrq(P.PciIrq.MSIX, 2);
       await within(iterating, 2000, 'async iteration');
       assert.deepEqual(got, [1, 6, 2]);
@@ -329,14 +329,13 @@ describe('client: interrupts', () => {
       // masked vectors stay pending until unmasked
       await c.maskIrq(P.PciIrq.MSIX, 4);
       await c.write(0, 0x20, u32(4));
-      await delay(30);
-      assert.equal(dev.irqs.isPending(P.PciIrq.MSIX, 4), true);
+      await waitFor(() => dev.irqs.isPending(P.PciIrq.MSIX, 4), 'vector 4 pending');
       assert.equal(seen.includes(4), false);
       await c.unmaskIrq(P.PciIrq.MSIX, 4);
       assert.equal(await within(irq.next(), 2000, 'next'), 4);
       // a signal nobody pulled is kept for next()
       await c.write(0, 0x20, u32(7));
-      await delay(30);
+      await waitFor(() => seen.includes(7), 'vector 7 delivered');
       assert.equal(await irq.next(), 7);
       // close ends iteration and rejects waiters
       const waiting = irq.next();
@@ -422,7 +421,8 @@ describe('client: disconnects and reconnects', () => {
     const pending: Promise<unknown>[] = [c.read(2, 1, 1), c.write(2, 0, Uint8Array.of(1)), c.deviceInfo()];
     const closed = once(c, 'close');
     const waitingIrq = irq.next();
-    await delay(50);
+    // the server hangs with our requests sent, then dies
+    await waitFor(() => processState(srv.child.pid!) === 'T', 'server stopped');
     srv.child.kill('SIGKILL');
     for (const p of pending) await assert.rejects(within(p, 3000, 'pending request'), isCode('VFU_DISCONNECTED'));
     await assert.rejects(within(waitingIrq, 3000, 'irq wait'), isCode('VFU_DISCONNECTED'));
@@ -431,8 +431,7 @@ describe('client: disconnects and reconnects', () => {
     await assert.rejects(c.read(2, 1, 1), isCode('VFU_DISCONNECTED'));
     await srv.stop();
     mem.free();
-    await delay(20);
-    assert.equal(openFds(), fds0, 'no fd leaked');
+    await waitFor(() => openFds() === fds0, 'no fd leaked (all closed)');
   });
 
   test('reconnect to a restarted in-process server re-establishes maps and re-binds IRQ handles', async () => {
@@ -490,8 +489,7 @@ describe('client: disconnects and reconnects', () => {
       const child = spawn(process.execPath, [CLI, 'serve', 'gpio', `--socket-path=${path}`, '-q'], { stdio: ['pipe', 'pipe', 'inherit'] });
       let out = '';
       child.stdout.on('data', (d) => (out += d));
-      for (let i = 0; i < 200 && !out.includes('"ready"'); i++) await delay(25);
-      assert.ok(out.includes('"ready"'), 'server ready');
+      await waitFor(() => out.includes('"ready"'), 'server ready');
       return child;
     };
     let child = await start();

@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { VfioUserError, type VfioUserErrorCode } from '../../src/errors.js';
 
-export { u32, u64, rd32, withServer } from '../helpers.js';
+export { u32, u64, rd32, withServer, within } from '../helpers.js';
 
 /** asserts a VfioUserError with that code (and errno, for remote errors) */
 export function isCode(code: VfioUserErrorCode, errno?: number): (e: unknown) => boolean {
@@ -16,13 +16,3 @@ export function isCode(code: VfioUserErrorCode, errno?: number): (e: unknown) =>
   };
 }
 
-/** rejects if p does not settle within ms (a hang is a failure, not a stuck test) */
-export function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let t: ReturnType<typeof setTimeout>;
-  return Promise.race([
-    p.finally(() => clearTimeout(t)),
-    new Promise<T>((_, reject) => {
-      t = setTimeout(() => reject(new Error(`${what}: still pending after ${ms} ms`)), ms);
-    }),
-  ]);
-}

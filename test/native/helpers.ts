@@ -174,10 +174,6 @@ export function str(b: Uint8Array): string {
   return dec.decode(b);
 }
 
-export function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
-
 /**
  * Resolves once a whole turn of the event loop has run since the call, poll phase included:
  * libuv hands a started watcher to epoll at the start of its poll phase, so after this a

@@ -3,7 +3,8 @@ import assert from 'node:assert/strict';
 import { MessageChannel, Worker } from 'node:worker_threads';
 import { once } from 'node:events';
 import { native, PROT_READ, PROT_WRITE } from '../../src/native/index.js';
-import { sleep, WORKER } from './helpers.js';
+import { WORKER } from './helpers.js';
+import { waitFor } from '../helpers.js';
 
 const T = { timeout: 10000 };
 
@@ -47,11 +48,13 @@ test('several workers use the addon concurrently', T, async () => {
 test('terminating a worker with active pollers and live mappings is clean', T, async () => {
   for (let i = 0; i < 3; i++) {
     const { w, message, exit } = start('hang');
+    const msgs: unknown[] = [];
+    w.on('message', (m) => msgs.push(m));
     let exited = false;
     void exit.then(() => (exited = true));
     const [msg] = (await message) as [string];
     assert.equal(msg, 'ready');
-    await sleep(50);
+    await waitFor(() => msgs.includes('alive') || exited, 'the worker to report alive or exit');
     assert.equal(exited, false, 'a started (ref\'d) poller keeps the worker alive');
     const code = await w.terminate();
     assert.equal(code, 1);

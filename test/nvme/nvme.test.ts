@@ -10,7 +10,7 @@ import { readFileSync, statSync } from 'node:fs';
 import { VfioUserClient } from '../../src/client/client.js';
 import { FileBackend } from '../../src/devices/backend.js';
 import { NvmeDriver, ADMIN, sc, sglDesc, setU64, GUARD, pattern } from '../../src/testing/index.js';
-import { serveChild } from '../helpers.js';
+import { serveChild, waitFor } from '../helpers.js';
 import { rig, imagePath, type Rig } from './rig.js';
 import { within } from '../client/util.js';
 
@@ -492,15 +492,13 @@ describe('nvme: the doorbell poller across controller resets', () => {
       };
       await io(0);
       // let the poller go idle and fall back to its timer (2,000 idle turns)
-      for (let i = 0; i < 2500; i++) await new Promise((res) => setImmediate(res));
-      await new Promise((res) => setTimeout(res, 20));
+      await waitFor(() => !r.dev.pollStats.polling && r.dev.pollStats.pending, 'the poller idle on its timer');
       // as Linux does at probe: disable, enable, then I/O through the page
       await r.d.init({ queues: 1 });
       await io(1);
       let ran = false;
       setImmediate(() => (ran = true));
-      await new Promise((res) => setTimeout(res, 20));
-      assert.ok(ran, 'setImmediate callbacks still run in this process');
+      await waitFor(() => ran, 'setImmediate callbacks still run in this process');
     } finally {
       await r.close();
     }

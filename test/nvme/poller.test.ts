@@ -6,14 +6,10 @@
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { Poller } from '../../src/devices/nvme/poller.js';
-import { delay } from '../helpers.js';
+import { delay, waitFor } from '../helpers.js';
 
-async function asleep(p: Poller): Promise<void> {
-  const end = Date.now() + 5000;
-  while (p.polling || p.pending) {
-    if (Date.now() > end) throw new Error('the poller did not go to sleep');
-    await delay(1);
-  }
+function asleep(p: Poller): Promise<void> {
+  return waitFor(() => !p.polling && !p.pending, 'the poller to sleep');
 }
 
 describe('nvme poller', () => {

@@ -105,7 +105,7 @@ describe('nvme shadow doorbells', () => {
       const q = r.d.queue(1);
       assert.deepEqual(r.d.shadowSlot(2), { db: q.sqTail, ei: q.sqTail }, 'SQ 1: EventIdx at the tail');
       const turns = r.dev.pollStats.turns;
-      await delay(50);
+      await delay(50); // proves a negative (nothing to wait for): no turn runs while idle
       assert.equal(r.dev.pollStats.turns, turns, 'no polling while idle');
       // and the next I/O wakes it with one ring
       const rungBefore = r.d.doorbellStats.rung;
@@ -182,11 +182,7 @@ describe('nvme shadow doorbells', () => {
       await r.client.dmaUnmap(r.d.iova, r.d.mem.size - 2 * GUARD);
       r.d.shadowFrozen = true; // ring the MMIO doorbell
       void r.d.rw('read', 1, 0, 8, { prp1: r.d.iova }, {}).catch(() => {});
-      const end = Date.now() + 5000;
-      while (!((await r.d.r32(0x1c)) & 2)) {
-        if (Date.now() > end) throw new Error('no CFS');
-        await delay(5);
-      }
+      await waitFor(async () => ((await r.d.r32(0x1c)) & 2) !== 0, 'CSTS.CFS');
       assert.equal(r.dev.pollStats.pending, false, 'poller stopped');
       await r.d.disable();
     } finally {
@@ -208,7 +204,7 @@ describe('nvme shadow doorbells', () => {
       // nothing reads or writes the buffers any more: a shadow write is ignored, EventIdx stays
       const eiBefore = r.d.shadowSlot(2)!.ei;
       const turns = r.dev.pollStats.turns;
-      await delay(30);
+      await delay(30); // proves a negative (nothing to wait for): no turn runs after the reset
       assert.equal(r.dev.pollStats.turns, turns);
       assert.equal(r.d.shadowSlot(2)!.ei, eiBefore);
       // the controller comes back, with or without shadows

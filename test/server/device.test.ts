@@ -10,7 +10,7 @@ import { VfioUserServer } from '../../src/server/server.js';
 import { VfioUserClient } from '../../src/client/client.js';
 import { decodeConfig } from '../../src/client/pci-decode.js';
 import { native } from '../../src/native/index.js';
-import { sockPath, serveChild, CLI, delay } from '../helpers.js';
+import { sockPath, serveChild, CLI, waitFor } from '../helpers.js';
 
 test('ioeventfds: GET_REGION_IO_FDS hands them out, writing one runs the device handler', async () => {
   const dev = new PciDevice({ vendorId: 0x1234, deviceId: 0x11, classCode: 0xff0000 });
@@ -30,7 +30,7 @@ test('ioeventfds: GET_REGION_IO_FDS hands them out, writing one runs the device 
   assert.equal(sr[1]!.kind === 'ioeventfd' && sr[1]!.datamatch, 7n);
   native.eventfdWrite(fds[sr[0]!.fdIndex]!, 1);
   native.eventfdWrite(fds[sr[1]!.fdIndex]!, 1);
-  for (let i = 0; i < 50 && kicks.length < 2; i++) await delay(10);
+  await waitFor(() => kicks.length === 2, 'both ioeventfd handlers');
   assert.deepEqual(kicks.sort(), [-1n, 1n]);
   for (const fd of fds) native.close(fd);
   const none = await c.regionIoFds(7);

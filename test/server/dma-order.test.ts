@@ -89,17 +89,20 @@ test('an interrupt raised right after a DMA write by message reaches the client 
 });
 
 test('an interrupt waiting for a DMA write is still delivered when the write fails', async () => {
+  let answer!: () => void;
+  const answered = new Promise<void>((r) => (answer = r));
   await withPosting(
     async (c) => {
       const irq = await c.enableIrqs(IrqIndex.INTX, 1);
       const t0 = Date.now();
       await c.write(0, 0, u32(1));
-      // the client answers after 400 ms, the server gives up after 100 ms: the write failed
+      // the client does not answer until the interrupt came; the server gives up after 100 ms: the write failed
       await within(irq.next(), 5000, 'interrupt after a failed write');
       assert.ok(Date.now() - t0 >= 90, 'the interrupt waited for the write to end');
+      answer();
       irq.close();
     },
-    () => delay(400),
+    () => answered,
     { dmaTimeoutMs: 100 },
   );
 });

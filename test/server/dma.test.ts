@@ -86,7 +86,7 @@ test('unmap waits for pinned (in-flight) DMA', async () => {
   const pin = dma.pin(0x100, 16, true);
   let done = false;
   const p = dma.unmap(0, 0x10000).then(() => (done = true));
-  await new Promise((r) => setTimeout(r, 20));
+  await new Promise((r) => setImmediate(r)); // a whole turn: an unmap that did not wait would have settled
   assert.equal(done, false, 'unmap waits');
   assert.throws(() => dma.views(0x100, 1), DmaError, 'no new access starts on a map being removed');
   pin.release();

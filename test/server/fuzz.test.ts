@@ -13,7 +13,7 @@ import { VfioUserClient } from '../../src/client/client.js';
 import { connectPath } from '../../src/transport/socket.js';
 import { closeFds } from '../../src/transport/connection.js';
 import { TestDevice } from './testdev.js';
-import { sockPath, u32 } from '../helpers.js';
+import { sockPath, u32, within } from '../helpers.js';
 import { Rng, fuzzSeed, openFds, fdsBackTo, waitFor } from '../transport/util.js';
 import { hostileStream, sendWrites } from '../transport/gen.js';
 
@@ -21,11 +21,6 @@ const SEED = fuzzSeed();
 const TIME_BUDGET_MS = 5000;
 const MAX_CASES = 300;
 const CASE_TIMEOUT_MS = 4000;
-
-function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let t: ReturnType<typeof setTimeout> | undefined;
-  return Promise.race([p, new Promise<T>((_, rej) => (t = setTimeout(() => rej(new Error(`hang: ${what}`)), ms)))]).finally(() => clearTimeout(t));
-}
 
 /** Reads and drops whatever the server sent (closing any fds). */
 function drain(fd: number): void {
@@ -98,7 +93,7 @@ test(`server fuzz: hostile sessions against a running server (seed ${SEED})`, as
         await waitFor(() => ended === endedBefore + 2, 'fresh client session end', CASE_TIMEOUT_MS);
       };
       try {
-        await withTimeout(run(), CASE_TIMEOUT_MS, `case ${cases}`);
+        await within(run(), CASE_TIMEOUT_MS, `case ${cases}`);
         await fdsBackTo(base, `fds after case ${cases}`);
         assert.equal(dev.dma.count, 0, 'no DMA map survives its session');
         assert.deepEqual(uncaught, [], `uncaught exception in case ${cases}`);

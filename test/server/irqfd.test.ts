@@ -17,7 +17,7 @@ import { connectPath } from '../../src/transport/socket.js';
 import { VfioUserError } from '../../src/errors.js';
 import { IrqController } from '../../src/server/irq.js';
 import * as P from '../../src/protocol/index.js';
-import { serveChild, fillEventfd, type Served } from '../helpers.js';
+import { serveChild, fillEventfd, within, type Served } from '../helpers.js';
 import { NvmeDriver } from '../../src/testing/index.js';
 
 const C = P.Command;
@@ -28,12 +28,6 @@ const MSIX = P.PciIrq.MSIX;
 function remoteErrno(e: unknown): number {
   assert.ok(e instanceof VfioUserError && e.code === 'VFU_REMOTE_ERROR', `expected an error reply, got ${String(e)}`);
   return e.errno;
-}
-
-/** resolves with p, or rejects after ms (a frozen server never answers) */
-function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let t: NodeJS.Timeout | undefined;
-  return Promise.race([p, new Promise<never>((_, rej) => (t = setTimeout(() => rej(new Error(`${what}: no answer in ${ms} ms`)), ms)))]).finally(() => clearTimeout(t));
 }
 
 async function rawClient(path: string): Promise<Connection> {

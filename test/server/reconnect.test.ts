@@ -11,7 +11,7 @@ import { VfioUserClient } from '../../src/client/client.js';
 import { native } from '../../src/native/index.js';
 import * as P from '../../src/protocol/index.js';
 import { encodeHeader } from '../../src/protocol/header.js';
-import { serveChild, concat } from '../helpers.js';
+import { serveChild, concat, waitFor } from '../helpers.js';
 
 const CYCLES = 1000;
 
@@ -43,7 +43,7 @@ test(`${CYCLES} probes (close at once, after VERSION, mid-header), each followed
     }
     assert.equal(served, CYCLES);
     // the last session's teardown may still be running: wait for the fds to settle
-    for (let i = 0; i < 100 && fdsOf() > baseline; i++) await new Promise((r) => setTimeout(r, 20));
+    await waitFor(() => fdsOf() <= baseline, 'server fds back to baseline');
     assert.equal(fdsOf(), baseline, 'server fds back to baseline');
   } finally {
     await srv.stop();

@@ -3,6 +3,7 @@
  */
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
 import { VfioUserServer } from '../../src/server/server.js';
 import { VfioUserClient, GuestMemory } from '../../src/client/client.js';
 import { decodeConfig } from '../../src/client/pci-decode.js';
@@ -11,7 +12,7 @@ import * as P from '../../src/protocol/index.js';
 import { native } from '../../src/native/index.js';
 import { Connection, closeFds } from '../../src/transport/connection.js';
 import { TestDevice } from './testdev.js';
-import { sockPath, delay, u32, u64, rd32, withServer } from '../helpers.js';
+import { sockPath, delay, u32, u64, rd32, withServer, waitFor } from '../helpers.js';
 
 
 function remoteErrno(e: unknown): number {
@@ -72,8 +73,8 @@ describe('server: negotiation', () => {
   });
 
   test('a client max_data_xfer_size below 512 bytes is refused at VERSION (0 used to mean endless 0-byte DMA)', async () => {
-    await withServer(async ({ path }) => {
-      for (const size of [0, 1, 511]) {
+    await withServer(async ({ path, ended }) => {
+      for (const [i, size] of [0, 1, 511].entries()) {
         const conn = new Connection(native.connect(path));
         await assert.rejects(
           conn.request(P.Command.VERSION, P.encodeVersionRequest({ major: 0, minor: 0, capabilities: { maxDataXferSize: size } })),
@@ -84,7 +85,7 @@ describe('server: negotiation', () => {
         // libvfio-user's sample client proposes 1024: accepted
         await conn.request(P.Command.VERSION, P.encodeVersionRequest({ major: 0, minor: 0, capabilities: { maxDataXferSize: 1024 } }));
         conn.close();
-        await new Promise((r) => setTimeout(r, 5));
+        await waitFor(() => ended() === i + 1, 'session ended'); // the next connection is served, not queued
       }
     });
   });
@@ -646,6 +647,7 @@ describe('server: sessions', () => {
       const next = VfioUserClient.connect(path, { timeout: 5000 });
       let connected = false;
       void next.then(() => (connected = true), () => undefined);
+      // proves a negative (no event marks a client as queued): time for a wrong VERSION reply to arrive
       await delay(50);
       assert.equal(connected, false, 'not served while the previous client is torn down');
       pin.release();
@@ -693,8 +695,9 @@ describe('server: sessions', () => {
     const c = await VfioUserClient.connect({ fd: b });
     await c.write(0, 0, u32(7));
     assert.equal(dev.scratch, 7);
+    const gone = once(server, 'disconnect');
     c.close();
-    await delay(20);
+    await gone;
     server.close();
     dev.destroy();
   });

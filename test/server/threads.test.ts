@@ -79,8 +79,9 @@ test('a busy device does not stall another', T, async () => {
     const b = await host.add({ name: 'other', module: MODULE, socketPath: sockPath('other') });
     const ca = await VfioUserClient.connect(a.socketPath);
     const cb = await VfioUserClient.connect(b.socketPath);
+    const looping = next(host, 'event', 'busy');
     const busy = ca.write(0, 0, u32(3));
-    await new Promise((r) => setTimeout(r, 100)); // device a is in its loop now
+    assert.deepEqual(await looping, ['busy', {}], 'device a is in its loop now');
     const t0 = performance.now();
     for (let i = 0; i < 50; i++) await reg(cb, 2);
     const ms = performance.now() - t0;

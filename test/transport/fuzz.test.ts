@@ -11,16 +11,12 @@ import { Connection, takeFds, closeFds } from '../../src/transport/connection.js
 import { VfioUserError } from '../../src/errors.js';
 import { Rng, fuzzSeed, openFds, fdsBackTo, tick } from './util.js';
 import { hostileStream, sendWrites } from './gen.js';
+import { within } from '../helpers.js';
 
 const SEED = fuzzSeed();
 const TIME_BUDGET_MS = 4000;
 const MAX_CASES = 1500;
 const CASE_TIMEOUT_MS = 3000;
-
-function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let t: ReturnType<typeof setTimeout> | undefined;
-  return Promise.race([p, new Promise<T>((_, rej) => (t = setTimeout(() => rej(new Error(`hang: ${what}`)), ms)))]).finally(() => clearTimeout(t));
-}
 
 test(`transport fuzz: hostile streams into a Connection (seed ${SEED})`, async () => {
   const uncaught: unknown[] = [];
@@ -93,7 +89,7 @@ test(`transport fuzz: hostile streams into a Connection (seed ${SEED})`, async (
         await Promise.all(reqs);
       };
       try {
-        await withTimeout(run(), CASE_TIMEOUT_MS, `case ${cases}`);
+        await within(run(), CASE_TIMEOUT_MS, `case ${cases}`);
         assert.equal(conn.isClosed, true);
         assert.notEqual(closed, null, 'onClose ran');
         if (closed) failedConns++;
