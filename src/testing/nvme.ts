@@ -117,6 +117,12 @@ export class NvmeDriver extends GuestDriver<DriverOptions> {
   private shadow: { db: Uint32Array; ei: Uint32Array; dbs: number; eis: number } | undefined;
   /** test knob: a host that stops updating its shadow doorbells but rings every MMIO doorbell */
   shadowFrozen = false;
+  /**
+   * test knob: MMIO doorbell writes are held here (doorbell index, value) instead of sent, until
+   * releaseRings() sends them in order: rings that reach the controller late, after the shadow
+   * moved past them (as posted writes queued in a socket can)
+   */
+  heldRings: [number, number][] | undefined;
   /** doorbell writes sent (MMIO / REGION_WRITE or the mmap page), and ones the EventIdx let us skip */
   readonly doorbellStats = { rung: 0, skipped: 0 };
 
@@ -173,6 +179,21 @@ export class NvmeDriver extends GuestDriver<DriverOptions> {
       }
     }
     this.doorbellStats.rung++;
+    if (this.heldRings) {
+      this.heldRings.push([index, value]);
+      return;
+    }
+    this.ring(index, value);
+  }
+
+  /** Sends the held MMIO doorbell writes, oldest first, and stops holding them. */
+  releaseRings(): void {
+    const held = this.heldRings ?? [];
+    this.heldRings = undefined;
+    for (const [index, value] of held) this.ring(index, value);
+  }
+
+  private ring(index: number, value: number): void {
     if (this.doorbellPage) {
       this.doorbellPage[index] = value;
       return;

@@ -9,7 +9,10 @@ import { DoorbellBuffers, DoorbellTracker } from './shadow.js';
 import { runSq, cqHeadMoved, cqFull, sqTailFromShadow, cqHeadFromShadow } from './queues.js';
 import type { NvmeCore, SubQueue, CompQueue, Result } from './core.js';
 
-/** A doorbell write (MMIO, or a change found on the mmap'ed page). */
+/**
+ * A doorbell write (MMIO, or a change found on the mmap'ed page). On a queue with a shadow
+ * doorbell the written value is only a kick: the shadow is read instead (see shadow.ts).
+ */
 export function doorbell(c: NvmeCore, off: number, value: number): void {
   if (!(c.regs.csts & CSTS.RDY)) return;
   const idx = (off - DOORBELL_BASE) >> 2;
@@ -18,11 +21,8 @@ export function doorbell(c: NvmeCore, off: number, value: number): void {
     const cq = c.cqs[qid];
     if (!cq || value >= cq.size) return; // invalid doorbell: ignored
     if (cq.db) {
-      // with shadows, a ring may be older than what the shadow already told us
       const shadow = c.readShadow(idx);
-      const moved = shadow !== undefined && cqHeadFromShadow(cq, shadow);
-      const h = cq.db?.fromMmio(value, cq.head, cq.size, moved, (cq.tail - cq.head + cq.size) % cq.size) ?? -1;
-      if (h >= 0) cq.head = h;
+      if (shadow === undefined || !cqHeadFromShadow(cq, shadow)) return kick(c);
     } else cq.head = value;
     cqHeadMoved(c, cq);
   } else {
@@ -30,12 +30,14 @@ export function doorbell(c: NvmeCore, off: number, value: number): void {
     if (!sq || value >= sq.size) return;
     if (sq.db) {
       const shadow = c.readShadow(idx);
-      const moved = shadow !== undefined && sqTailFromShadow(sq, shadow);
-      const t = sq.db?.fromMmio(value, sq.tail, sq.size, moved, (sq.head - 1 - sq.tail + 2 * sq.size) % sq.size) ?? -1;
-      if (t >= 0) sq.tail = t;
+      if (shadow === undefined || !sqTailFromShadow(sq, shadow)) return kick(c);
     } else sq.tail = value;
     if (c.running) void runSq(c, sq);
   }
+  kick(c);
+}
+
+function kick(c: NvmeCore): void {
   if (c.dbbuf) c.poller.kick();
 }
 
@@ -71,7 +73,7 @@ export function scanDoorbells(c: NvmeCore): boolean {
   return moved;
 }
 
-/** Applies every shadow doorbell that changed; while polling, tells the host not to ring. */
+/** Applies every shadow doorbell that changed. */
 function scanShadows(c: NvmeCore): boolean {
   const b = c.dbbuf;
   if (!b) return false;
@@ -88,33 +90,14 @@ function scanShadows(c: NvmeCore): boolean {
     if (cq?.db && cqHeadFromShadow(cq, Atomics.load(db, 2 * cq.id + 1))) {
       moved = true;
       cqHeadMoved(c, cq);
-      if (c.poller.polling && !lapEventIdx(c, b, 2 * cq.id + 1, cq.db, cq.head, cq.size)) return false;
     }
   }
   for (const sq of c.sqs) {
     if (!sq?.db || !sqTailFromShadow(sq, Atomics.load(db, 2 * sq.id))) continue;
     moved = true;
-    if (c.poller.polling && !lapEventIdx(c, b, 2 * sq.id, sq.db, sq.tail, sq.size)) return false;
     if (c.running) void runSq(c, sq);
   }
   return moved;
-}
-
-/**
- * While polling the host need not ring, except about once per half lap of its queue: an
- * EventIdx a quarter lap ahead, moved on every half lap. That keeps the age of any ring in
- * flight within a lap, which DoorbellTracker.fromMmio needs. False when the buffer is gone.
- */
-function lapEventIdx(c: NvmeCore, b: DoorbellBuffers, slot: number, t: DoorbellTracker, ptr: number, size: number): boolean {
-  if (t.lapAt >= 0 && (ptr - t.lapAt + size) % size < size >> 1) return true;
-  t.lapAt = ptr;
-  try {
-    publishEventIdx(b.eventIdxView(), slot, t, (ptr + (size >> 2)) % size);
-  } catch (e) {
-    c.shadowFault(e);
-    return false;
-  }
-  return true;
 }
 
 function publishEventIdx(ei: Uint32Array, slot: number, t: DoorbellTracker, v: number): void {
@@ -145,7 +128,6 @@ export function armEventIdx(c: NvmeCore): boolean {
     publishEventIdx(ei, 2 * cq.id + 1, cq.db, waiting ? cq.head : (cq.head + cq.size - 1) % cq.size);
   }
   for (const sq of c.sqs) if (sq?.db) publishEventIdx(ei, 2 * sq.id, sq.db, sq.tail);
-  for (const q of [...c.sqs, ...c.cqs]) if (q?.db) q.db.lapAt = -1;
   // Atomics.store then Atomics.load: the host's store-fence-load pairs with ours
   return scanShadows(c);
 }
@@ -162,11 +144,12 @@ export function doorbellBufferConfig(c: NvmeCore, sqe: Uint8Array): Result {
   }
   const b = new DoorbellBuffers(c.dev.dma, dbs, eis, slots);
   c.dbbuf = b;
-  // existing queues start from their current values, and the host rings for the next entry
+  // existing I/O queues start from their current values, and the host rings for the next
+  // entry; the admin queue keeps its MMIO doorbells (hosts do not shadow it)
   const db = b.shadowView();
   const ei = b.eventIdxView();
-  for (const sq of c.sqs) if (sq) attachShadow(sq, 2 * sq.id, sq.tail, db, ei);
-  for (const cq of c.cqs) if (cq) attachShadow(cq, 2 * cq.id + 1, cq.head, db, ei);
+  for (const sq of c.sqs) if (sq?.id) attachShadow(sq, 2 * sq.id, sq.tail, db, ei);
+  for (const cq of c.cqs) if (cq?.id) attachShadow(cq, 2 * cq.id + 1, cq.head, db, ei);
   return { status: Status.SUCCESS };
 }
 
@@ -195,6 +178,6 @@ export function restoreShadows(c: NvmeCore, b: { dbs: number; eis: number } | un
   c.dbbuf = undefined;
   if (!b) return;
   c.dbbuf = new DoorbellBuffers(c.dev.dma, b.dbs, b.eis, 2 * (c.maxIoQueues + 1));
-  for (const q of c.sqs) if (q) q.db = new DoorbellTracker(q.tail);
-  for (const q of c.cqs) if (q) q.db = new DoorbellTracker(q.head);
+  for (const q of c.sqs) if (q?.id) q.db = new DoorbellTracker(q.tail);
+  for (const q of c.cqs) if (q?.id) q.db = new DoorbellTracker(q.head);
 }

@@ -20,9 +20,9 @@ export const SQ_BURST = 32;
 
 /**
  * Fetches and executes the commands of one SQ, in order, until it is empty or its CQ is full.
- * With shared guest memory an I/O command runs synchronously, in the turn that found it (one
- * microtask after, not a chain of promise hops per command: the completion and its interrupt
- * go out at once); after SQ_BURST commands in a row the queue yields a turn, so the other
+ * With shared guest memory an I/O command runs synchronously, from the call that found it (a
+ * doorbell, a shadow scan; not a chain of promise hops per command: the completion and its
+ * interrupt go out at once); after SQ_BURST commands in a row the queue yields a turn, so the other
  * queues and the socket are served in between.
  */
 export async function runSq(c: NvmeCore, sq: SubQueue): Promise<void> {
@@ -32,9 +32,6 @@ export async function runSq(c: NvmeCore, sq: SubQueue): Promise<void> {
   c.inflight++;
   let burst = 0;
   try {
-    // one microtask hop: whoever found the work (a doorbell, a shadow scan) finishes its pass
-    // over the queues and trackers before any command of this burst runs
-    await Promise.resolve();
     while (c.running && gen === c.generation && c.sqs[sq.id] === sq && sq.head !== sq.tail) {
       if (burst === SQ_BURST) {
         burst = 0;
@@ -94,14 +91,14 @@ export function cqHeadMoved(c: NvmeCore, cq: CompQueue): void {
 }
 
 export function sqTailFromShadow(sq: SubQueue, s: number): boolean {
-  const t = sq.db!.fromShadow(s, sq.tail, sq.size);
+  const t = sq.db!.fromShadow(s, sq.size);
   if (t < 0) return false;
   sq.tail = t;
   return true;
 }
 
 export function cqHeadFromShadow(cq: CompQueue, s: number): boolean {
-  const h = cq.db!.fromShadow(s, cq.head, cq.size);
+  const h = cq.db!.fromShadow(s, cq.size);
   if (h < 0) return false;
   cq.head = h;
   return true;

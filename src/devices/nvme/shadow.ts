@@ -8,10 +8,15 @@
  * (Linux's nvme_dbbuf_need_event, 16-bit arithmetic). Both buffers are guest memory: every
  * access goes through the DMA layer, and a buffer that leaves the DMA maps turns the shadows off.
  *
- * MMIO doorbell writes reach us as asynchronous messages, so a ring can arrive after we already
- * read a newer value from the shadow. A DoorbellTracker tells the two cases apart: a rung value
- * the shadow has already moved through since the previous ring is stale (a kick), anything else
- * is the host's word (a host that stopped updating its shadows still makes progress).
+ * MMIO doorbell writes reach us as asynchronous (posted) messages, queued in the socket while
+ * the controller polls the shadows: by the time a ring is read, its value may be laps old, and a
+ * queue index alone cannot tell an old ring from a new one (a stale ring looks like a tail a few
+ * entries ahead; trusting it executes old SQ entries again). A live host writes its shadow before
+ * it rings, so a shadow read made after a ring arrived is at or past the ring's value: a ring on
+ * a shadowed queue is only a kick to read the shadow, which is the single source of truth (as
+ * QEMU's own nvme and OpenVMM do). A host that stops updating its shadows (against the spec)
+ * stalls on that queue, and no stale entry runs; the admin queue, for which hosts (Linux, SPDK)
+ * do not use shadows, keeps its MMIO doorbells.
  */
 import type { DmaController } from '../../server/dma.js';
 import { DmaError } from '../../server/dma.js';
@@ -21,68 +26,22 @@ export function needEvent(eventIdx: number, next: number, old: number): boolean 
   return ((next - eventIdx - 1) & 0xffff) < ((next - old) & 0xffff);
 }
 
-/** Per doorbell (one SQ tail or one CQ head): what the shadow and the MMIO rings told us. */
+/** Per shadowed doorbell (one I/O SQ tail or CQ head): the last shadow value read and EventIdx published. */
 export class DoorbellTracker {
   /** last value read from the shadow */
   shadow: number;
-  /** last value rung through the MMIO doorbell (or the value when the shadow was attached) */
-  rung: number;
-  /** how far the queue pointer moved through shadow reads since `rung` */
-  adv = 0;
   /** last EventIdx published (-1: none yet) */
   eventIdx = -1;
-  /** the pointer when the controller last moved the EventIdx while polling (-1: not polling) */
-  lapAt = -1;
 
   constructor(value: number) {
     this.shadow = value;
-    this.rung = value;
   }
 
-  /** A shadow value read now; returns the new pointer, or -1 when nothing changed. */
-  fromShadow(s: number, cur: number, size: number): number {
+  /** A shadow value read now; returns the new pointer, or -1 when nothing changed (or it is invalid). */
+  fromShadow(s: number, size: number): number {
     if (s === this.shadow) return -1;
     this.shadow = s;
-    if (s >= size) return -1; // invalid value: ignored
-    this.adv += (s - cur + size) % size;
-    return s;
-  }
-
-  /**
-   * A value rung through the MMIO doorbell; returns the new pointer, or -1 when the ring is
-   * only a kick. `shadowMoved`: the shadow changed at the read made for this ring. `room`: how
-   * far the pointer may legitimately move from `cur` (free SQ slots; unconsumed CQ entries).
-   *
-   * The host writes its shadow, then rings, in order. So a ring whose value the shadow went
-   * through since the previous ring is stale (a kick); a ring with any other value is one the
-   * shadow never showed: the host is not (or no longer) updating it, and its ring is its word.
-   * After a whole lap of the shadow without a ring the age of a ring cannot be told; the
-   * controller makes that rare (EventIdx asks for a ring every half lap while polling) and
-   * treats such a ring as a kick.
-   */
-  fromMmio(v: number, cur: number, size: number, shadowMoved: boolean, room: number): number {
-    if (this.adv < size) {
-      if ((v - this.rung + size) % size <= (cur - this.rung + size) % size) {
-        // stale, or no news: later rings carry values at or past v
-        this.rung = v;
-        this.adv = (cur - v + size) % size;
-        return -1;
-      }
-      if ((v - cur + size) % size <= room) {
-        this.rung = v;
-        this.adv = 0;
-        return v;
-      }
-    }
-    if (shadowMoved && this.adv >= size) {
-      // a live shadow is at or past v: later rings carry values in [v, cur]
-      this.rung = v;
-      this.adv = (cur - v + size) % size;
-    } else {
-      this.rung = cur;
-      this.adv = 0;
-    }
-    return -1;
+    return s < size ? s : -1;
   }
 }
 
