@@ -13,7 +13,7 @@ function asleep(p: Poller): Promise<void> {
 }
 
 describe('nvme poller', () => {
-  test('gaps longer than the window shrink it to 0: then it sleeps after one turn', async () => {
+  test('gaps longer than the window shrink it to 0: then a kick arms and sleeps at once, with no turn', async () => {
     let arms = 0;
     const p = new Poller({ step: () => false, arm: () => (arms++, false), spinUs: 1000 });
     p.start();
@@ -27,9 +27,24 @@ describe('nvme poller', () => {
       assert.equal(p.windowUs, 0);
       const turns = p.turns;
       p.kick();
-      await asleep(p);
-      assert.equal(p.turns - turns, 1, 'one turn, then sleep');
+      assert.equal(p.polling || p.pending, false, 'asleep when kick() returns');
+      assert.equal(p.turns, turns, 'no turn');
       assert.equal(arms, 13);
+    } finally {
+      p.stop();
+    }
+  });
+
+  test('with a window of 0, work that raced with the arming in kick() gets a turn', async () => {
+    let raced = true;
+    let steps = 0;
+    const p = new Poller({ step: () => (steps++, false), arm: () => (raced ? ((raced = false), true) : false), spinUs: 0 });
+    p.start();
+    try {
+      p.kick();
+      assert.equal(p.pending, true, 'a turn scheduled');
+      await asleep(p);
+      assert.ok(steps >= 1, 'the turn polled');
     } finally {
       p.stop();
     }

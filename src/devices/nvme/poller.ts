@@ -51,7 +51,11 @@ export class Poller {
     this.sleep();
   }
 
-  /** Wakes the poller: poll again for at least spinUs. */
+  /**
+   * Wakes the poller: poll again for the current window. With a window of 0 (and no idle
+   * timer) there is nothing to poll for: it arms and sleeps at once, in the caller's turn,
+   * unless work raced with the arming (no extra event-loop turn per notification).
+   */
   kick(): void {
     if (this.stopped) return;
     this.wake(performance.now());
@@ -59,6 +63,14 @@ export class Poller {
     if (this.timer) {
       clearTimeout(this.timer);
       this.timer = undefined;
+    }
+    if (this.windowUs === 0 && !this.o.idleMs) {
+      const raced = this.o.arm();
+      if (this.stopped) return;
+      if (!raced) {
+        this.sleep();
+        return;
+      }
     }
     this.immediate = setImmediate(this.turn);
   }
