@@ -10,7 +10,7 @@ import { VfioUserClient, GuestMemory } from '../../src/client/client.js';
 import * as P from '../../src/protocol/index.js';
 import { TestDevice } from '../server/testdev.js';
 import type { TraceRecord } from '../../src/cli/trace.js';
-import { serveChild, sockPath, delay, CLI } from '../helpers.js';
+import { serveChild, sockPath, delay, waitFor, CLI } from '../helpers.js';
 import { u32, u64, rd32, within } from '../client/util.js';
 
 interface Run {
@@ -46,7 +46,7 @@ async function startCli(args: string[], readyText: string): Promise<{ child: Chi
   child.stdout.on('data', (d) => (stdout += d));
   child.stderr.on('data', (d) => (stderr += d));
   const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
-  for (let i = 0; i < 400 && !stderr.includes(readyText); i++) await delay(25);
+  await waitFor(() => stderr.includes(readyText) || child.exitCode !== null, `'${readyText}' or an exit`, 10000);
   assert.ok(stderr.includes(readyText), `ready: ${stderr}`);
   return { child, out: () => stdout, err: () => stderr, exited };
 }
@@ -247,7 +247,7 @@ describe('vfio-user trace', () => {
       const c = await VfioUserClient.connect(listen);
       await c.read(0, 0, 4);
       c.close();
-      for (let i = 0; i < 400 && !tr.err().includes('session 2 ended'); i++) await delay(25);
+      await waitFor(() => tr.err().includes('session 2 ended'), 'session 2 ended', 10000);
     } finally {
       tr.child.kill('SIGTERM');
       await srv.stop();

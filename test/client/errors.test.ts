@@ -12,6 +12,7 @@ import { VfioUserServer } from '../../src/server/server.js';
 import { VfioUserClient } from '../../src/client/client.js';
 import { VfioUserError, Errno } from '../../src/errors.js';
 import { sockPath, u32 } from '../helpers.js';
+import { serveDevice } from '../../src/testing/index.js';
 
 /** A device whose BAR0 write at 0 raises INTx, and whose read at 0x100 throws (a device bug). */
 function device(): PciDevice {
@@ -32,18 +33,8 @@ function device(): PciDevice {
 }
 
 async function serve(fn: (c: VfioUserClient, s: VfioUserServer) => Promise<void>, opts: ConstructorParameters<typeof VfioUserServer>[1] = { log: () => {} }): Promise<void> {
-  const d = device();
-  const s = new VfioUserServer(d, opts);
-  const path = sockPath('errs');
-  s.listen(path);
-  const c = await VfioUserClient.connect(path);
-  try {
-    await fn(c, s);
-  } finally {
-    c.close();
-    s.close();
-    d.destroy();
-  }
+  await using h = await serveDevice(device(), { server: opts, name: 'errs' });
+  await fn(h.client, h.server);
 }
 
 describe('client errors name the request', () => {

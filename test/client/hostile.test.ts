@@ -12,7 +12,7 @@ import { HEADER_SIZE, MSG_TYPE_REPLY, MSG_TYPE_COMMAND, FLAG_ERROR, type Header 
 import { native, PROT_READ } from '../../src/native/index.js';
 import { Connection, takeFds, closeFds, type Message } from '../../src/transport/connection.js';
 import { Listener } from '../../src/transport/socket.js';
-import { sockPath, openFds, delay } from '../helpers.js';
+import { sockPath, openFds, waitFor } from '../helpers.js';
 import { isCode, within } from './util.js';
 
 function frame(h: Partial<Header> & { command: number }, payload: Uint8Array = new Uint8Array(0), size?: number): Uint8Array {
@@ -91,8 +91,7 @@ async function hostile(handler: Handler, fn: (path: string, sides: Side[]) => Pr
   } finally {
     f.close();
   }
-  await delay(10);
-  assert.ok(openFds() <= fds0, `no fd leaked (${openFds()} open, ${fds0} before)`);
+  await waitFor(() => openFds() <= fds0, 'no fd leaked (all closed)');
 }
 
 function causeCode(e: unknown): string | undefined {
@@ -269,13 +268,12 @@ describe('hostile server: replies to commands', () => {
   });
 
   test('a server that never replies: requests time out, late replies are absorbed, the session goes on', async () => {
-    const held: Message[] = [];
+    const held: { m: Message; s: Side }[] = [];
     await hostile(
       (m, s) => {
         if (m.header.command === P.Command.VERSION) return false;
         if (m.header.command === P.Command.DEVICE_RESET && held.length < 3) {
-          held.push(m);
-          if (held.length === 3) setTimeout(() => held.forEach((h) => s.reply(h)), 300);
+          held.push({ m, s });
           return true;
         }
         s.reply(m);
@@ -287,9 +285,11 @@ describe('hostile server: replies to commands', () => {
         const rs = await Promise.allSettled([c.reset(), c.reset(), c.reset()]);
         assert.ok(Date.now() - t0 < 1000);
         for (const r of rs) assert.ok(r.status === 'rejected' && isCode('VFU_TIMEOUT')(r.reason));
-        await delay(400); // the late replies arrive and must not break the connection
-        assert.equal(c.closed, false);
+        // the late replies arrive, before the next reply on the same socket, and must not break the connection
+        assert.equal(held.length, 3);
+        for (const { m, s } of held) s.reply(m);
         await c.reset();
+        assert.equal(c.closed, false);
         c.close();
       },
     );
@@ -318,9 +318,11 @@ describe('hostile server: replies to commands', () => {
 describe('hostile server: server-to-client commands', () => {
   test('DMA_READ/DMA_WRITE are bounds-checked and answered in the spec layout; others get ENOSYS', async () => {
     let side!: Side;
+    let maps = 0;
     await hostile(
-      (_m, s) => {
+      (m, s) => {
         side = s;
+        if (m.header.command === P.Command.DMA_MAP) maps++;
         return false;
       },
       async (path) => {
@@ -330,7 +332,7 @@ describe('hostile server: server-to-client commands', () => {
         await new Promise((r) => setImmediate(r));
         // DMA_MAP without a reply from our fake: record the maps by hand through the public API
         const mapped = Promise.all([c.dmaMap(mem, 0x10000, { shared: false }), c.dmaMap(ro, 0x20000, { shared: false, prot: PROT_READ })]);
-        await delay(20);
+        await waitFor(() => maps === 2, 'both DMA_MAPs received');
         // answer the two DMA_MAPs
         for (const id of [1, 2]) side.raw(frame({ msgId: id, command: P.Command.DMA_MAP }));
         await within(mapped, T, 'maps');
@@ -349,7 +351,7 @@ describe('hostile server: server-to-client commands', () => {
         new DataView(w.buffer).setBigUint64(0, 0x10000n, true);
         new DataView(w.buffer).setBigUint64(8, 0xffffffffn, true);
         side.command(108, P.Command.DMA_WRITE, w); // count says 4 GiB, no data
-        for (let i = 0; i < 100 && side.replies.length < 9; i++) await delay(10);
+        await waitFor(() => side.replies.length >= 9, 'the 9 replies');
         const byId = new Map(side.replies.map((r) => [r.header.msgId, r]));
         const r100 = byId.get(100)!;
         assert.equal(r100.header.flags & FLAG_ERROR, 0);

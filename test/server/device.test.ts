@@ -6,11 +6,11 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { PciDevice } from '../../src/server/device.js';
-import { VfioUserServer } from '../../src/server/server.js';
 import { VfioUserClient } from '../../src/client/client.js';
 import { decodeConfig } from '../../src/client/pci-decode.js';
 import { native } from '../../src/native/index.js';
-import { sockPath, serveChild, CLI, waitFor } from '../helpers.js';
+import { serveChild, CLI, waitFor } from '../helpers.js';
+import { serveDevice } from '../../src/testing/index.js';
 
 test('ioeventfds: GET_REGION_IO_FDS hands them out, writing one runs the device handler', async () => {
   const dev = new PciDevice({ vendorId: 0x1234, deviceId: 0x11, classCode: 0xff0000 });
@@ -18,10 +18,8 @@ test('ioeventfds: GET_REGION_IO_FDS hands them out, writing one runs the device 
   const kicks: bigint[] = [];
   dev.addIoEventFd(0, 0x100, 4, undefined, (n) => kicks.push(n));
   dev.addIoEventFd(0, 0x104, 4, 7n, () => kicks.push(-1n));
-  const server = new VfioUserServer(dev);
-  const path = sockPath('iofd');
-  server.listen(path);
-  const c = await VfioUserClient.connect(path);
+  await using h = await serveDevice(dev, { name: 'iofd' });
+  const c = h.client;
   const { reply, fds } = await c.regionIoFds(0);
   assert.equal(reply.count, 2);
   assert.equal(fds.length, 2);
@@ -35,9 +33,6 @@ test('ioeventfds: GET_REGION_IO_FDS hands them out, writing one runs the device 
   for (const fd of fds) native.close(fd);
   const none = await c.regionIoFds(7);
   assert.equal(none.reply.count, 0);
-  c.close();
-  server.close();
-  dev.destroy();
 });
 
 test('ROM, VGA and I/O BAR regions and config-space hooks', async () => {
@@ -50,10 +45,8 @@ test('ROM, VGA and I/O BAR regions and config-space hooks', async () => {
   dev.addRegion(4, { size: 32, bar: { kind: 'io' }, access: { read: (_o, n) => new Uint8Array(n).fill(2), write: () => {} } });
   const seen: number[] = [];
   dev.config.hook({ offset: 0x40, length: 4 }, { read: (_o, d) => d.fill(0xab), write: (o) => (seen.push(o), true) });
-  const server = new VfioUserServer(dev);
-  const path = sockPath('rom');
-  server.listen(path);
-  const c = await VfioUserClient.connect(path);
+  await using h = await serveDevice(dev, { name: 'rom' });
+  const c = h.client;
   const r6 = await c.regionInfo(6);
   assert.equal(r6.size, 2048);
   assert.equal(r6.writable, false, 'ROM is read-only');
@@ -71,9 +64,6 @@ test('ROM, VGA and I/O BAR regions and config-space hooks', async () => {
   assert.deepEqual([...(await c.read(7, 0x40, 2))], [0xab, 0xab]);
   await c.write(7, 0x41, Uint8Array.of(1));
   assert.deepEqual(seen, [0x41]);
-  c.close();
-  server.close();
-  dev.destroy();
 });
 
 test('backend conventions: SIGTERM exits cleanly and removes the socket; --fd serves an inherited socket', async () => {

@@ -11,9 +11,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { PciDevice } from '../../src/server/device.js';
 import { IrqIndex } from '../../src/server/irq.js';
-import { VfioUserServer, type ServerOptions } from '../../src/server/server.js';
+import type { ServerOptions } from '../../src/server/server.js';
 import { VfioUserClient, GuestMemory } from '../../src/client/client.js';
-import { sockPath, delay, u32 } from '../helpers.js';
+import { delay, u32 } from '../helpers.js';
+import { serveDevice } from '../../src/testing/index.js';
 import { within } from '../client/util.js';
 
 const IOVA = 0x10000;
@@ -53,19 +54,14 @@ async function withPosting(
   beforeDma: (kind: 'read' | 'write', iova: number, len: number) => void | Promise<void>,
   opts: ServerOptions = {},
 ): Promise<void> {
-  const dev = new PostingDevice();
-  const server = new VfioUserServer(dev, opts);
-  const path = sockPath('order');
-  server.listen(path);
-  const c = await VfioUserClient.connect(path, { beforeDma });
+  const h = await serveDevice(new PostingDevice(), { server: opts, client: { beforeDma }, name: 'order' });
   const mem = new GuestMemory(1 << 18);
   try {
-    await c.dmaMap(mem, IOVA, { shared: false });
-    await fn(c, mem, dev);
+    await h.client.dmaMap(mem, IOVA, { shared: false });
+    await fn(h.client, mem, h.device);
   } finally {
-    c.close();
+    await h.close();
     mem.free();
-    server.close();
   }
 }
 

@@ -13,6 +13,7 @@ import { PciDevice } from '../../src/server/device.js';
 import { GpioDevice } from '../../src/devices/gpio.js';
 import { TestDevice } from './testdev.js';
 import { sockPath } from '../helpers.js';
+import { serveDevice } from '../../src/testing/index.js';
 
 describe('the error family', () => {
   test('each layer subclasses VfioUserError with its code and errno', () => {
@@ -86,19 +87,10 @@ describe('the server tells client errors from device bugs', () => {
         },
       },
     });
-    const s = new VfioUserServer(dev, { log: (level, msg) => logs.push({ level, msg }) });
-    const path = sockPath('err-bug');
-    s.listen(path);
-    const c = await VfioUserClient.connect(path);
-    try {
-      await assert.rejects(c.read(0, 0, 4), (e) => e instanceof VfioUserError && e.code === 'VFU_REMOTE_ERROR');
-      const warn = logs.find((l) => l.level === 'warn');
-      assert.ok(warn, 'logged');
-      assert.match(warn.msg, /^device error in REGION_READ \(client gets E[A-Z]+\): TypeError: oops in the device\n\s+at /);
-    } finally {
-      c.close();
-      s.close();
-      dev.destroy();
-    }
+    await using h = await serveDevice(dev, { server: { log: (level, msg) => logs.push({ level, msg }) }, name: 'err-bug' });
+    await assert.rejects(h.client.read(0, 0, 4), (e) => e instanceof VfioUserError && e.code === 'VFU_REMOTE_ERROR');
+    const warn = logs.find((l) => l.level === 'warn');
+    assert.ok(warn, 'logged');
+    assert.match(warn.msg, /^device error in REGION_READ \(client gets E[A-Z]+\): TypeError: oops in the device\n\s+at /);
   });
 });

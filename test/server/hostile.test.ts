@@ -14,8 +14,8 @@ import { Connection, closeFds } from '../../src/transport/connection.js';
 import { connectPath } from '../../src/transport/socket.js';
 import { VfioUserError } from '../../src/errors.js';
 import * as P from '../../src/protocol/index.js';
-import { sockPath, serveChild, delay, u32, u64, rd32, withServer, type ServerContext } from '../helpers.js';
-import { RawPeer, frame, openFds, fdsBackTo, waitFor, concat, type RawMessage } from '../transport/util.js';
+import { sockPath, serveChild, u32, u64, rd32, withServer, type ServerContext } from '../helpers.js';
+import { RawPeer, frame, openFds, fdsBackTo, waitFor, concat, tick, type RawMessage } from '../transport/util.js';
 
 const C = P.Command;
 const PAGE = 4096;
@@ -417,13 +417,16 @@ describe('hostile clients: in-process server', () => {
         const n = peer.send(burst);
         if (n < 0) break;
         sent += n;
-        await delay(1);
+        await tick(); // the server reads in between
       }
       assert.ok(sent > 0);
-      await delay(20);
-      // the server stopped reading this client: its reply queue stays near the high-water mark
-      const queued = server.session?.conn.queuedBytes ?? 0;
-      assert.ok(queued < 6 * 1024 * 1024, `server queued ${queued} bytes of replies`);
+      // the server stops reading this client past its high-water mark (4 MiB of replies queued)...
+      const queued = (): number => server.session?.conn.queuedBytes ?? 0;
+      await waitFor(() => queued() > 4 * 1024 * 1024, 'the reply queue at the high-water mark');
+      await tick();
+      await tick();
+      // ...and its reply queue stays near it
+      assert.ok(queued() < 6 * 1024 * 1024, `server queued ${queued()} bytes of replies`);
       peer.close();
     });
   });
