@@ -131,6 +131,12 @@ export interface MigrationHooks {
   /** device activity follows the state: stop DMA and interrupts when not running */
   onStateChange?(from: number, to: number): void;
   /**
+   * Entering STOP from a running state: resolves once the device does no more DMA (requests in
+   * flight finished). The STOP reply waits for it, so a client that stops the device and
+   * leaves (its maps go) leaves nothing half done; the state is kept for the next client.
+   */
+  quiesce?(): Promise<void>;
+  /**
    * The most bytes of migration data this device takes when resuming (its pre-copy data and
    * final state, plus a little framing); a stream beyond it is refused as it arrives.
    * Default 64 MiB.

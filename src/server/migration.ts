@@ -126,7 +126,15 @@ export class Migration {
     return migStateName(this.state);
   }
 
-  /** Commands the current state allows (the reference library's rule: STOP and STOP_COPY are quiet). */
+  /**
+   * Commands the current state allows (the reference library's rule: STOP and STOP_COPY are
+   * quiet). One difference: in STOP a client may also ask what the device is and give it
+   * memory and interrupts (DMA_MAP/UNMAP, SET_IRQS and the GET_* queries). A stopped device
+   * does no DMA and raises nothing, and its state outlives its client (spec, "Client
+   * Disconnection"): the next client must re-establish its maps and interrupts before it sets
+   * RUNNING, or the device would resume without them. libvfio-user refuses them, which leaves
+   * a stopped device's next client only DEVICE_RESET or RUNNING without memory.
+   */
   allows(cmd: number): boolean {
     if (this.state !== MigState.STOP && this.state !== MigState.STOP_COPY) return true;
     switch (cmd) {
@@ -138,6 +146,13 @@ export class Migration {
         return true;
       case Command.REGION_WRITE:
       case Command.REGION_WRITE_MULTI:
+      case Command.DMA_MAP:
+      case Command.DMA_UNMAP:
+      case Command.DEVICE_SET_IRQS:
+      case Command.DEVICE_GET_INFO:
+      case Command.DEVICE_GET_REGION_INFO:
+      case Command.DEVICE_GET_IRQ_INFO:
+      case Command.DEVICE_GET_REGION_IO_FDS:
         return this.state === MigState.STOP;
       default:
         return false;
@@ -172,6 +187,7 @@ export class Migration {
     }
     this.state = to;
     this.hooks.onStateChange?.(from, to);
+    if (to === MigState.STOP && (from === MigState.RUNNING || from === MigState.PRE_COPY)) await this.hooks.quiesce?.();
   }
 
   private beginSave(): void {

@@ -8,7 +8,12 @@
  * remount, and runs e2fsck; the host finds every raw block in the image and the image clean
  * under e2fsck -f.
  *
- * Needs VFU_GUEST_RUN (with -M) and e2fsck on the host; skipped, saying why, without them.
+ * Setups: virtio-blk with shared guest RAM, with unshared guest RAM (every DMA a message, which
+ * the proxy forwards to whichever server sent it) and with a vIOMMU (strict: the guest maps and
+ * unmaps around each request, so the maps the new server gets are the ones live at the move);
+ * NVMe with shared guest RAM.
+ *
+ * Needs VFU_GUEST_RUN (with -M, -I, -c) and e2fsck on the host; skipped, saying why, without them.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -18,19 +23,24 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SwitchoverProxy, type SwitchResult } from '../../src/client/proxy.js';
 import { serveChild, sockPath } from '../helpers.js';
-import { noGuest, guestScript, runGuest, readAt } from './guest-run.js';
+import { noGuest, guestScript, runGuest, runnerArgs, readAt, type GuestSetup } from './guest-run.js';
 
 const script = guestScript('switchover.sh');
 const e2fsck = ['/usr/sbin/e2fsck', '/sbin/e2fsck', 'e2fsck'].find((p) => spawnSync(p, ['-V']).status === 0);
 const MARK_AT = 63 << 20;
 const RAW_AT = 58 << 20;
 
-const devices = [
-  { name: 'virtio-blk', kind: 'virtio', a: ['--size=64M', '--queues=2'], b: ['--queues=2'] },
-  { name: 'nvme', kind: 'nvme', a: ['--size=64M'], b: [] },
+const virtio = { name: 'virtio-blk', kind: 'virtio', a: ['--size=64M', '--queues=2'], b: ['--queues=2'] };
+const nvme = { name: 'nvme', kind: 'nvme', a: ['--size=64M'], b: [] };
+const cases: { dev: typeof virtio; setup: GuestSetup }[] = [
+  { dev: virtio, setup: { name: 'shared guest RAM', sharedRam: true, cpus: 2 } },
+  { dev: virtio, setup: { name: 'unshared guest RAM: DMA by message', sharedRam: false, cpus: 2 } },
+  { dev: virtio, setup: { name: 'vIOMMU, shared guest RAM', sharedRam: true, viommu: true, cpus: 2 } },
+  { dev: virtio, setup: { name: 'vIOMMU, unshared guest RAM', sharedRam: false, viommu: true, cpus: 2 } },
+  { dev: nvme, setup: { name: 'shared guest RAM', sharedRam: true, cpus: 2 } },
 ];
 
-for (const dev of devices) test(`QEMU + Linux guest: ${dev.name} moved between two servers (switchover proxy) with the guest writing; every block reads back, image clean`, {
+for (const { dev, setup } of cases) test(`QEMU + Linux guest (${setup.name}): ${dev.name} moved between two servers (switchover proxy) with the guest writing; every block reads back, image clean`, {
   skip: noGuest || (!e2fsck ? 'e2fsck not found on the host' : false),
   timeout: 900_000,
 }, async () => {
@@ -66,8 +76,11 @@ for (const dev of devices) test(`QEMU + Linux guest: ${dev.name} moved between t
     }
   };
   try {
-    const g = await runGuest([path], script, ['-M', '-c', '2', '-k', `mig_dev=${dev.kind}`], 840, [], onLine);
+    const g = await runGuest([path], script, [...runnerArgs(setup), '-k', `mig_dev=${dev.kind}`], 840, [], onLine);
     process.stdout.write(g.lines('VMIG').filter((l) => !/wrote|raw \d/.test(l)).join('\n') + '\n');
+    // what QEMU said about the device (its vfio-user errors, e.g. a reply that timed out)
+    const qemuSaid = g.out.split('\n').filter((l) => /qemu-system|vfio/i.test(l) && !l.includes('VMIG'));
+    if (qemuSaid.length) process.stdout.write(`QEMU:\n${qemuSaid.slice(0, 20).join('\n')}\n`);
     assert.ok(switching, `the guest never wrote enough to move the device:\n${g.out.slice(-4000)}`);
     const r = await switching;
     process.stdout.write(`switchover: ${JSON.stringify(r)}\nguest writes (files and raw blocks) before the move: ${writesAtSwitch}, after: ${writes - writesAtSwitch}; raw blocks ${rawAtSwitch + 1} before, ${lastRaw - rawAtSwitch} after\n`);

@@ -136,6 +136,7 @@ export class NvmeDevice extends PciDevice {
       save: () => saveState(c),
       load: (data) => loadState(c, data),
       onStateChange: (_from, to) => setRunning(c, to === MigState.RUNNING || to === MigState.PRE_COPY),
+      quiesce: () => quiesce(c),
     };
   }
 

@@ -23,7 +23,8 @@
  * queue and raises a configuration change interrupt; only a reset (status 0, FLR, client
  * reset) brings the device back. Reset waits for requests in flight and drops their results.
  * A client that goes away resets the device (PCI state, MSI-X, queues, status) before the
- * next client is served.
+ * next client is served, unless it left the device stopped (migration STOP): then the next
+ * client finds it as it was stopped, and resumes it.
  *
  * Migration: the device runs only in RUNNING and PRE_COPY. save() waits for requests in
  * flight (their completions are in the used rings before the state is taken), so the
@@ -117,6 +118,8 @@ export abstract class VirtioPciDevice extends PciDevice {
   private generation = 0;
   /** false while migration has the device stopped */
   private running = true;
+  /** in migration state STOP: kept as it is when the client leaves */
+  private migStopped = false;
   private inflight = 0;
   private idleWaiters: (() => void)[] = [];
   /** why the device is in NEEDS_RESET (for logs and tests) */
@@ -184,15 +187,21 @@ export abstract class VirtioPciDevice extends PciDevice {
     this.addPciCfgCap(cap(CapType.PCI_CFG, 0, 0, new Uint8Array(4)));
 
     this.onReset = () => this.virtioReset();
-    // A client that leaves takes its rings, vectors and interrupt fds with it: the next one
-    // (a restarted VMM, after a health probe) finds the device as at power-on, MSI-X off
-    // included, and work still running for the old one is awaited (it can no longer reach
-    // memory: the maps are gone) before the next client is served.
-    this.onDetach = () => this.reset('lost-client');
+    // A client that leaves a running device takes its rings, vectors and interrupt fds with it:
+    // the next one (a restarted VMM, after a health probe) finds the device as at power-on,
+    // MSI-X off included, and work still running for the old one is awaited (it can no longer
+    // reach memory: the maps are gone) before the next client is served. A device the client
+    // stopped (migration STOP) keeps everything for the next client, which maps the same
+    // memory, sets its interrupts and resumes it (RUNNING) where it stopped.
+    this.onDetach = () => (this.migStopped ? undefined : this.reset('lost-client'));
     this.migration = {
       save: () => this.saveState(),
       load: (data) => this.loadState(data),
-      onStateChange: (_from, to) => this.setRunning(to === MigState.RUNNING || to === MigState.PRE_COPY),
+      onStateChange: (_from, to) => {
+        this.migStopped = to === MigState.STOP;
+        this.setRunning(to === MigState.RUNNING || to === MigState.PRE_COPY);
+      },
+      quiesce: () => this.quiesce(),
     };
   }
 
