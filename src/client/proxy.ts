@@ -4,12 +4,17 @@
  * (`switchTo(B)`) the device moves to server B under the running guest:
  *
  *   1. B is connected and given the client's own VERSION (the capabilities must match A's);
- *   2. the client's commands are held at the proxy (its replies to server commands, DMA by
+ *   2. A is stopped (migration STOP) with the client's commands still flowing to it: the STOP
+ *      reply waits for A's requests in flight, which may need the client to answer DMA by
+ *      message, and QEMU answers those in the loop that waits for its own DMA_UNMAPs and MMIO
+ *      reads; A answers those beside the waiting STOP (server/session.ts), so nobody waits on
+ *      anybody (held here, they would leave QEMU and A waiting until QEMU's 5 s timeout);
+ *   3. the client's commands are held at the proxy (its replies to server commands, DMA by
  *      message, still flow) and the commands already sent to A are answered;
- *   3. migrate(): A is stopped and its state read (STOP_COPY), B gets the client's DMA maps
- *      (the same memory fds, dup'ed), the state, then the client's interrupt settings (the
- *      same eventfds), and runs;
- *   4. the held commands go to B, and so does everything after; A is reset (its migration
+ *   4. migrate(): A's state is read (STOP_COPY), B gets the client's DMA maps (the same
+ *      memory fds, dup'ed), the state, then the client's interrupt settings (the same
+ *      eventfds), and runs;
+ *   5. the held commands go to B, and so does everything after; A is reset (its migration
  *      state back to RUNNING, the device to power-on) and let go.
  *
  * The client sees a short pause in its MMIO replies and nothing else: its guest memory and
@@ -65,6 +70,8 @@ export interface SwitchResult {
   migration?: MigrationResult;
   /** how long the client's commands were held (ms) */
   holdMs: number;
+  /** how long the device ran nowhere: from A's STOP to B's RUNNING (ms) */
+  stoppedMs: number;
   /** client commands that waited at the proxy and went to the new server */
   heldCommands: number;
   /** DMA maps and interrupt settings replayed to the new server */
@@ -444,11 +451,17 @@ class ProxySession {
     // B first, while the client runs: same VERSION, compatible answer
     const to = await this.negotiate(path, opts.busyWaitMs ?? 5000);
     let t0 = 0;
+    let tStop = 0;
+    let stopped = false;
     let migration: MigrationResult | undefined;
     let held: Message[] = [];
     try {
       checkCompatible(from.caps!, to.caps!);
-      // hold the client, let A answer what it has
+      // A stops first, the client still served (see the module comment, step 2)
+      tStop = performance.now();
+      await from.setDeviceState(P.DeviceState.STOP);
+      stopped = true;
+      // then hold the client, let A answer what it has
       t0 = performance.now();
       this.held = held;
       await this.drained(opts.drainTimeoutMs ?? 10000);
@@ -457,9 +470,12 @@ class ProxySession {
       this.forwarded.set(to.path, 0);
     } catch (e) {
       to.close();
+      // A runs on (migrate() restarts it when it fails itself)
+      if (stopped) await from.setDeviceState(P.DeviceState.RUNNING).catch(() => {});
       this.release();
       throw e;
     }
+    const stoppedMs = performance.now() - tStop;
     held = this.held ?? [];
     this.release();
     const holdMs = performance.now() - t0;
@@ -472,6 +488,7 @@ class ProxySession {
       to: path,
       migration,
       holdMs,
+      stoppedMs,
       heldCommands: held.length,
       maps: this.maps.length,
       irqSettings: this.irqs.length,
@@ -642,7 +659,7 @@ export class SwitchoverProxy extends EventEmitter {
     const from = this.upstream;
     if (live.length === 0) {
       this.upstream = path;
-      return { migrated: false, from, to: path, holdMs: 0, heldCommands: 0, maps: 0, irqSettings: 0 };
+      return { migrated: false, from, to: path, holdMs: 0, stoppedMs: 0, heldCommands: 0, maps: 0, irqSettings: 0 };
     }
     const r = await live[0]!.switchTo(path, opts);
     this.upstream = path;

@@ -102,6 +102,8 @@ export class Migration {
   private readonly device: PciDevice;
   private readonly hooks: MigrationHooks;
   state: number = MigState.RUNNING;
+  /** STOP is waiting for the device to finish its requests in flight */
+  stopping = false;
   /** saving: bytes produced but not yet read */
   private out: Uint8Array[] = [];
   private outStarted = false;
@@ -187,7 +189,14 @@ export class Migration {
     }
     this.state = to;
     this.hooks.onStateChange?.(from, to);
-    if (to === MigState.STOP && (from === MigState.RUNNING || from === MigState.PRE_COPY)) await this.hooks.quiesce?.();
+    if (to === MigState.STOP && (from === MigState.RUNNING || from === MigState.PRE_COPY) && this.hooks.quiesce) {
+      this.stopping = true;
+      try {
+        await this.hooks.quiesce();
+      } finally {
+        this.stopping = false;
+      }
+    }
   }
 
   private beginSave(): void {

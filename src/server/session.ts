@@ -5,6 +5,14 @@
  * that returns a promise holds later commands back until it settles (bounded: a client
  * that piles up more is dropped). A failure becomes an error reply with an errno.
  *
+ * One exception: while a migration STOP waits for the device's requests in flight, DMA
+ * maps and unmaps and region accesses that come after it are run, in order, without waiting
+ * for its reply. A request in flight may need the client to answer DMA by message, and a
+ * client such as QEMU answers those in the same loop that waits for its DMA_UNMAP or MMIO
+ * read: holding them behind the STOP would leave both sides waiting (until QEMU's 5 s reply
+ * timeout). The STOP took effect before they run (the device starts nothing new); only its
+ * reply comes later.
+ *
  * One idea in one file although it passes 600 lines: the handler of each vfio-user command,
  * one short method per command, sharing the session's negotiated state and reply helpers.
  * The codec is in protocol/, the device state in the device, DMA in dma.ts.
@@ -24,6 +32,9 @@ import { served, msixAccess, type Served } from './served.js';
 /** commands that may wait behind a pending asynchronous one before the client is dropped */
 const MAX_QUEUED_COMMANDS = 4096;
 const MAX_QUEUED_BYTES = 64 * 1024 * 1024;
+
+/** what runs beside a STOP that waits for the device to go quiet (see the module comment) */
+const WHILE_STOPPING: ReadonlySet<number> = new Set([P.Command.DMA_MAP, P.Command.DMA_UNMAP, P.Command.REGION_READ, P.Command.REGION_WRITE, P.Command.REGION_WRITE_MULTI]);
 
 const SERVER_MAJOR = 0;
 const SERVER_MINOR = 0;
@@ -55,6 +66,8 @@ export class Session {
   private queue: Message[] = [];
   private queuedBytes = 0;
   private busy = false;
+  /** a command run beside a stopping STOP has not settled yet */
+  private aside = false;
   private closed = false;
   /**
    * false while this client waits for the previous one to be torn down: its commands are
@@ -124,7 +137,11 @@ export class Session {
       this.conn.close();
       return;
     }
-    if (this.busy || this.queue.length) {
+    if (this.queue.length === 0 && this.asideOk(msg.header.command)) {
+      this.runAside(msg);
+      return;
+    }
+    if (this.busy || this.aside || this.queue.length) {
       // keep order: fds must be owned by us until the command runs
       if (this.queue.length >= MAX_QUEUED_COMMANDS || this.queuedBytes + msg.payload.length > MAX_QUEUED_BYTES) {
         // a client flooding us while a command waits (e.g. on its own DMA reply): drop it
@@ -139,30 +156,56 @@ export class Session {
     this.run(msg);
   }
 
-  private run(msg: Message): void {
+  /** Runs a command's handler; true when it goes on (a promise), settled by `after` (a failure replied first). */
+  private dispatch(msg: Message, after: () => void): boolean {
     let result: void | Promise<void>;
     try {
       result = this.handle(msg);
     } catch (e) {
       this.replyFailure(msg.header, e);
       closeFds(takeFds(msg));
-      return;
+      return false;
     }
-    if (result && typeof result.then === 'function') {
-      this.busy = true;
-      result.then(
-        () => this.next(),
-        (e) => {
-          this.replyFailure(msg.header, e);
-          this.next();
-        },
-      );
+    if (!result || typeof result.then !== 'function') return false;
+    result.then(after, (e) => {
+      this.replyFailure(msg.header, e);
+      after();
+    });
+    return true;
+  }
+
+  private run(msg: Message): void {
+    if (this.dispatch(msg, () => this.next())) this.busy = true;
+  }
+
+  /** Whether a command may run beside a STOP that waits for the device (see the module comment). */
+  private asideOk(cmd: number): boolean {
+    return this.busy && this.active && !this.aside && this.server.migration?.stopping === true && WHILE_STOPPING.has(cmd);
+  }
+
+  private runAside(msg: Message): void {
+    const settled = (): void => {
+      this.aside = false;
+      if (!this.busy) this.next();
+      else this.runQueuedAside();
+    };
+    if (this.dispatch(msg, settled)) this.aside = true;
+  }
+
+  /** Runs what queued up behind a command run aside, while the STOP still waits and it may. */
+  private runQueuedAside(): void {
+    while (!this.closed && this.queue.length && this.asideOk(this.queue[0]!.header.command)) {
+      const m = this.queue.shift()!;
+      this.queuedBytes -= m.payload.length;
+      this.runAside(m);
+      if (m.fds.length) closeFds(takeFds(m));
     }
   }
 
   private next(): void {
     if (!this.active) return;
     this.busy = false;
+    if (this.aside) return; // resumed when the command run aside settles
     while (!this.busy && this.queue.length && !this.closed) {
       const m = this.queue.shift()!;
       this.queuedBytes -= m.payload.length;

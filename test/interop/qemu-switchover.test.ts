@@ -86,6 +86,8 @@ for (const { dev, setup } of cases) test(`QEMU + Linux guest (${setup.name}): ${
     process.stdout.write(`switchover: ${JSON.stringify(r)}\nguest writes (files and raw blocks) before the move: ${writesAtSwitch}, after: ${writes - writesAtSwitch}; raw blocks ${rawAtSwitch + 1} before, ${lastRaw - rawAtSwitch} after\n`);
     assert.equal(g.code, 0, `guest failed:\n${g.out.slice(-6000)}\nA stderr:\n${a.stderr()}\nB stderr:\n${b.stderr()}`);
     assert.equal(r.migrated, true);
+    // a device stopped for seconds means QEMU and a server waited on each other until QEMU's reply timeout (5 s)
+    assert.ok(r.stoppedMs < 5000, `the device was stopped for ${r.stoppedMs.toFixed(0)} ms`);
     assert.ok(r.migration!.totalBytes > 0);
     assert.match(g.out, /VMIG: files ok after drop_caches/);
     assert.match(g.out, /VMIG: files ok after remount/);

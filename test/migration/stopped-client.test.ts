@@ -17,10 +17,10 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { VfioUserClient } from '../../src/client/client.js';
+import { VfioUserClient, GuestMemory } from '../../src/client/client.js';
 import { Common, Status } from '../../src/devices/virtio/constants.js';
 import { VirtioDriver, BlkDriver, NvmeDriver, pattern } from '../../src/testing/index.js';
-import { serveChild } from '../helpers.js';
+import { serveChild, waitFor } from '../helpers.js';
 
 const STOP = 1;
 const RUNNING = 2;
@@ -139,5 +139,58 @@ test('nvme: stopped (migration STOP) by a client that leaves; the next client fi
       assert.equal((await d.rw('read', 1, lba, 8, { prp1: rb })).status, 0);
       assert.ok(Buffer.from(d.at(rb, 4096)).equals(Buffer.from(pattern(4096, seed))), `lba ${lba} reads back`);
     }
+  });
+});
+
+test('virtio-blk, DMA by message: a STOP waiting for a request in flight does not hold back the client\'s DMA unmap, which the client (like QEMU) answers before it answers the request\'s DMA', async () => {
+  await onServer('virtio-blk', [], async (path, later) => {
+    // the client's answer to the device's read of the write's data waits for `gate`, as QEMU's
+    // main loop waits for its own DMA_UNMAP reply before it answers DMA
+    let gate: Promise<void> | undefined;
+    let watch = -1;
+    let asked = 0;
+    const c = await VfioUserClient.connect(path, {
+      beforeDma: (_kind, iova) => {
+        if (iova !== watch) return undefined;
+        asked++;
+        return gate;
+      },
+    });
+    later(() => c.close());
+    const d = await VirtioDriver.attach(c, { memSize: 1 << 20, shared: false });
+    later(() => d.mem.free());
+    later(() => d.close());
+    await d.init({ queues: 1 });
+    const blk = new BlkDriver(d);
+    const other = new GuestMemory(8192);
+    later(() => other.free());
+    await c.dmaMap(other, 0x2_0000_0000, { shared: false });
+    const buf = d.alloc(4096);
+    d.at(buf, 4096).set(pattern(4096, 9));
+
+    let open: () => void = () => {};
+    gate = new Promise((r) => (open = r));
+    watch = buf;
+    const write = blk.write(0, 64, [{ iova: buf, len: 4096 }]);
+    await waitFor(() => asked > 0, 'the request in flight reads its data by DMA', 10000);
+    const stop = c.setDeviceState(STOP); // waits for the request, which waits for our DMA answer
+    let unmapped = false;
+    const unmap = c.dmaUnmap(0x2_0000_0000, 8192).then(() => {
+      unmapped = true;
+      open(); // the unmap answered: our "main loop" answers DMA again
+    });
+    await waitFor(() => unmapped, 'the DMA_UNMAP answered while the STOP waits', 10000);
+    gate = undefined;
+    await unmap;
+    const usedBefore = d.queues[0]!.lastUsed; // as the driver last saw it: before this write
+    assert.equal(await stop, STOP);
+    // done before the STOP reply: its used entry is in our memory (its interrupt waits for RUNNING)
+    const usedIdx = new DataView(d.at(d.queues[0]!.used, 4).slice().buffer).getUint16(2, true);
+    assert.equal(usedIdx, (usedBefore + 1) & 0xffff, 'the request in flight completed before the STOP reply');
+    assert.equal(await c.setDeviceState(RUNNING), RUNNING);
+    assert.equal((await write).status, 0);
+    const rb = d.alloc(4096);
+    assert.equal((await blk.read(0, 64, [{ iova: rb, len: 4096 }])).status, 0);
+    assert.ok(Buffer.from(d.at(rb, 4096)).equals(Buffer.from(pattern(4096, 9))), 'the write reads back');
   });
 });
