@@ -35,14 +35,20 @@ describe('nvme poller', () => {
     }
   });
 
-  test('with a window of 0, work that raced with the arming in kick() gets a turn', async () => {
-    let raced = true;
+  test('with a window of 0, kick() arms again after work that raced with arming; work that keeps racing gets a turn', async () => {
+    let races = 1;
     let steps = 0;
-    const p = new Poller({ step: () => (steps++, false), arm: () => (raced ? ((raced = false), true) : false), spinUs: 0 });
+    let arms = 0;
+    const p = new Poller({ step: () => (steps++, false), arm: () => (arms++, races-- > 0), spinUs: 0 });
     p.start();
     try {
       p.kick();
+      assert.equal(arms, 2, 'armed again once');
+      assert.equal(p.polling || p.pending, false, 'then asleep, no turn');
+      races = 100;
+      p.kick();
       assert.equal(p.pending, true, 'a turn scheduled');
+      races = 0;
       await asleep(p);
       assert.ok(steps >= 1, 'the turn polled');
     } finally {

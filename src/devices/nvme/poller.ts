@@ -24,6 +24,9 @@ export interface PollerOptions {
   idleMs?: number;
 }
 
+/** arm() attempts a kick makes with a window of 0 before it falls back to a polling turn */
+const KICK_ARMS = 3;
+
 export class Poller {
   private readonly o: PollerOptions;
   private immediate: NodeJS.Immediate | undefined;
@@ -54,7 +57,7 @@ export class Poller {
   /**
    * Wakes the poller: poll again for the current window. With a window of 0 (and no idle
    * timer) there is nothing to poll for: it arms and sleeps at once, in the caller's turn,
-   * unless work raced with the arming (no extra event-loop turn per notification).
+   * unless work keeps racing with the arming (no extra event-loop turn per notification).
    */
   kick(): void {
     if (this.stopped) return;
@@ -65,11 +68,15 @@ export class Poller {
       this.timer = undefined;
     }
     if (this.windowUs === 0 && !this.o.idleMs) {
-      const raced = this.o.arm();
-      if (this.stopped) return;
-      if (!raced) {
-        this.sleep();
-        return;
+      // what moved meanwhile (often only a CQ head the host consumed without ringing) was
+      // applied by arm(): arm again for it, a few times, before falling back to a turn
+      for (let i = 0; i < KICK_ARMS; i++) {
+        const raced = this.o.arm();
+        if (this.stopped) return;
+        if (!raced) {
+          this.sleep();
+          return;
+        }
       }
     }
     this.immediate = setImmediate(this.turn);
