@@ -228,7 +228,7 @@ function report(label: string, vs: Run[][], b: Run[]): void {
   }
   console.log(`\n${label}; QEMU TCG, ${cpus} vCPU, same 256 MiB image, both through the host page cache (ours buffered, QEMU cache=writeback); ${rounds} round(s), alternating; mean of the rounds (min-max)`);
   const others = variants.slice(1).map((v) => v.join(' '));
-  console.log(`${'workload'.padEnd(26)}${'ours'.padStart(22)}${'QEMU nvme'.padStart(22)}${'ratio'.padStart(8)}${others.map((o) => `  ours ${o}`).join('')}`);
+  console.log(`${'workload'.padEnd(26)}${'ours'.padStart(22)}${'QEMU nvme'.padStart(22)}${'ratio'.padStart(8)}${others.map((o) => `${`ours ${o}`.padStart(22)}${'ratio'.padStart(8)}`).join('')}`);
   for (const row of ROWS) {
     const unit = row.bs === 4096 ? ' IOPS' : ' MB/s';
     const vals = (rs: Run[]): number[] => rs.map((r) => figure(r, row)).filter((x): x is number => x !== undefined);
@@ -238,18 +238,27 @@ function report(label: string, vs: Run[][], b: Run[]): void {
       const range = v.length > 1 ? ` (${Math.min(...v).toFixed(0)}-${Math.max(...v).toFixed(0)})` : '';
       return `${mean(v)!.toFixed(0)}${unit}${range}`.padStart(22);
     };
-    const x = mean(vals(a));
     const y = mean(vals(b));
-    console.log(`${row.label.padEnd(26)}${fmt(a)}${fmt(b)}${(x && y ? (x / y).toFixed(2) : '-').padStart(8)}${vs.slice(1).map(fmt).join('')}`);
+    const ratio = (rs: Run[]): string => {
+      const v = mean(vals(rs));
+      return (v && y ? (v / y).toFixed(2) : '-').padStart(8);
+    };
+    console.log(`${row.label.padEnd(26)}${fmt(a)}${fmt(b)}${ratio(a)}${vs.slice(1).map((rs) => fmt(rs) + ratio(rs)).join('')}`);
   }
   const idle = a.map((r) => r.idleCpu).filter((v): v is number => v !== undefined);
   const cpu = a.map((r) => r.cpu).filter((v): v is number => v !== undefined);
   console.log(`server CPU over the guest's 10 idle seconds: ${idle.map((v) => v.toFixed(2)).join(', ')} s; whole guest run: ${cpu.map((v) => v.toFixed(1)).join(', ')} s`);
-  // our server, per I/O (mean of the rounds)
+  // our server, per I/O (mean of the rounds), for each variant
   const cols = ['srv µs', 'wake-ups', 'msgs', 'doorbells', 'map+unmap', 'DMA rd/wr', 'DMA RTT µs', 'irqs', 'poll wakes'];
-  console.log(`ours, per I/O: ${'workload'.padEnd(26)}${cols.map((c) => c.padStart(11)).join('')}`);
+  vs.forEach((runs, k) => perIo(k ? `ours ${others[k - 1]!}, per I/O:` : 'ours, per I/O:', runs, cols));
+}
+
+function perIo(title: string, runs: Run[], cols: string[]): void {
+  const idle = runs.map((r) => r.idleCpu).filter((v): v is number => v !== undefined);
+  console.log(`${title} (server CPU over the guest's 10 idle seconds: ${idle.map((v) => v.toFixed(2)).join(', ')} s)`);
+  console.log(`${''.padEnd(15)}${'workload'.padEnd(26)}${cols.map((c) => c.padStart(11)).join('')}`);
   for (const row of ROWS) {
-    const bds = a
+    const bds = runs
       .map((r) => {
         const s = r.stats.get(row.key);
         return s && s.length >= 2 ? breakdown(s[0]!, s[1]!, ios(r, row)) : undefined;
