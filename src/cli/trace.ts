@@ -180,14 +180,17 @@ export function proxySession(clientFd: number, serverPath: string, tracer: Trace
       closeFds(fds);
     }
   };
-  client = new Connection(clientFd, {
-    maxMessageSize: max,
-    onRaw: (msg) => {
-      tracer.record(msg, 'c2s', 'main');
-      forward(server, msg, takeFds(msg));
-    },
-    onClose: end,
-  });
+  /** one leg of the session: what arrives on `fd` is recorded and forwarded to `to()` as it is */
+  const relay = (fd: number, dir: 'c2s' | 's2c', channel: 'main' | 'twin', to: () => Connection): Connection =>
+    new Connection(fd, {
+      maxMessageSize: max,
+      onRaw: (m) => {
+        tracer.record(m, dir, channel);
+        forward(to(), m, takeFds(m));
+      },
+      onClose: end,
+    });
+  client = relay(clientFd, 'c2s', 'main', () => server);
   server = new Connection(serverFd, {
     maxMessageSize: max,
     onRaw: (msg) => {
@@ -205,22 +208,8 @@ export function proxySession(clientFd: number, serverPath: string, tracer: Trace
             fds[idx] = theirs;
             // eslint-disable-next-line prefer-const
             let b!: Connection;
-            const a = new Connection(serverTwinFd, {
-              maxMessageSize: max,
-              onRaw: (m) => {
-                tracer.record(m, 's2c', 'twin');
-                forward(b, m, takeFds(m));
-              },
-              onClose: end,
-            });
-            b = new Connection(ours, {
-              maxMessageSize: max,
-              onRaw: (m) => {
-                tracer.record(m, 'c2s', 'twin');
-                forward(a, m, takeFds(m));
-              },
-              onClose: end,
-            });
+            const a = relay(serverTwinFd, 's2c', 'twin', () => b);
+            b = relay(ours, 'c2s', 'twin', () => a);
             twins.push(a, b);
           }
         } catch {

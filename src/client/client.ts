@@ -219,17 +219,37 @@ export class VfioUserClient extends EventEmitter {
 
   /** GET_REGION_INFO, asking again with a larger argsz when the capability chain needs it. The fd (if any) is returned. */
   async regionInfoRaw(index: number): Promise<{ info: P.RegionInfoReply; fd: number | undefined }> {
-    let argsz = 256;
+    const { reply: info, fds } = await this.askGrowing(P.Command.DEVICE_GET_REGION_INFO, `region ${index}`, 256, (argsz) => P.encodeRegionInfoRequest({ argsz, index }), (payload) => {
+      const r = P.decodeRegionInfoReply(payload);
+      if (r.index !== index) throw protocolError(`GET_REGION_INFO: asked for region ${index}, got ${r.index}`);
+      return r;
+    });
+    if (fds.length > 1) closeFds(fds.slice(1));
+    return { info, fd: fds[0] };
+  }
+
+  /**
+   * A request whose reply may ask for a larger argsz (a longer capability chain, more
+   * sub-regions): asked again with the argsz the reply gives, up to MAX_ARGSZ and three times
+   * in all. The reply's fds are the caller's; `decode` may throw to refuse a reply.
+   */
+  private async askGrowing<T extends { argsz: number }>(
+    command: number,
+    what: string,
+    argsz: number,
+    encode: (argsz: number) => Uint8Array,
+    decode: (payload: Uint8Array) => T,
+  ): Promise<{ reply: T; fds: number[] }> {
+    const name = P.commandName(command);
     for (let attempt = 0; attempt < 3; attempt++) {
-      const m = await this.req(P.Command.DEVICE_GET_REGION_INFO, P.encodeRegionInfoRequest({ argsz, index }), { expectFds: true });
+      const m = await this.req(command, encode(argsz), { expectFds: true });
       const fds = takeFds(m);
-      let info: P.RegionInfoReply;
+      let reply: T;
       try {
-        info = decoded('DEVICE_GET_REGION_INFO', () => P.decodeRegionInfoReply(m.payload));
-        if (info.index !== index) throw protocolError(`GET_REGION_INFO: asked for region ${index}, got ${info.index}`);
-        if (info.argsz > argsz) {
-          if (info.argsz > MAX_ARGSZ) throw protocolError(`GET_REGION_INFO: argsz ${info.argsz} is too large`);
-          argsz = info.argsz;
+        reply = decoded(name, () => decode(m.payload));
+        if (reply.argsz > argsz) {
+          if (reply.argsz > MAX_ARGSZ) throw protocolError(`${name}: argsz ${reply.argsz} is too large`);
+          argsz = reply.argsz;
           closeFds(fds);
           continue;
         }
@@ -237,10 +257,9 @@ export class VfioUserClient extends EventEmitter {
         closeFds(fds);
         throw e;
       }
-      if (fds.length > 1) closeFds(fds.slice(1));
-      return { info, fd: fds[0] };
+      return { reply, fds };
     }
-    throw protocolError(`region ${index}: argsz keeps growing`);
+    throw protocolError(`${what}: ${name} argsz keeps growing`);
   }
 
   async regionInfo(index: number): Promise<RegionDescription> {
@@ -265,26 +284,7 @@ export class VfioUserClient extends EventEmitter {
 
   /** GET_REGION_IO_FDS; the caller owns the returned fds. */
   async regionIoFds(index: number): Promise<{ reply: P.RegionIoFdsReply; fds: number[] }> {
-    let argsz = 16 + 48 * 16;
-    for (let attempt = 0; attempt < 3; attempt++) {
-      const m = await this.req(P.Command.DEVICE_GET_REGION_IO_FDS, P.encodeRegionIoFdsRequest({ argsz, index }), { expectFds: true });
-      const fds = takeFds(m);
-      let reply: P.RegionIoFdsReply;
-      try {
-        reply = decoded('DEVICE_GET_REGION_IO_FDS', () => P.decodeRegionIoFdsReply(m.payload));
-        if (reply.argsz > argsz) {
-          if (reply.argsz > MAX_ARGSZ) throw protocolError(`GET_REGION_IO_FDS: argsz ${reply.argsz} is too large`);
-          argsz = reply.argsz;
-          closeFds(fds);
-          continue;
-        }
-      } catch (e) {
-        closeFds(fds);
-        throw e;
-      }
-      return { reply, fds };
-    }
-    throw protocolError(`region ${index}: IO_FDS argsz keeps growing`);
+    return this.askGrowing(P.Command.DEVICE_GET_REGION_IO_FDS, `region ${index}`, 16 + 48 * 16, (argsz) => P.encodeRegionIoFdsRequest({ argsz, index }), P.decodeRegionIoFdsReply);
   }
 
   /** Reads the config space (up to 4 KiB, or the config region's size) and decodes IDs, BARs and capability lists. */
