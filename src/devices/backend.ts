@@ -22,6 +22,18 @@ export interface Backend {
 
 const ZERO_CHUNK = 1 << 20;
 let zeroes: Uint8Array | undefined;
+/**
+ * After a vectored read or write that moved only `done` bytes: calls `rest` for each view not
+ * wholly moved, with the first byte still to move and the view's offset in the transfer.
+ */
+function finishShort(views: Uint8Array[], done: number, rest: (v: Uint8Array, start: number, off: number) => void): void {
+  let off = 0;
+  for (const v of views) {
+    if (done < off + v.length) rest(v, Math.max(0, done - off), off);
+    off += v.length;
+  }
+}
+
 function zeroBuffer(): Uint8Array {
   return (zeroes ??= new Uint8Array(ZERO_CHUNK));
 }
@@ -74,43 +86,21 @@ export class FileBackend implements Backend {
   }
 
   readv(views: Uint8Array[], pos: number): void {
-    let want = 0;
-    for (const v of views) want += v.length;
-    let got = fs.readvSync(this.fd, views, pos);
-    if (got < want) {
-      // short read: only at the end of the file (cannot happen in range) — finish piecewise
-      let off = 0;
-      for (const v of views) {
-        if (got >= off + v.length) {
-          off += v.length;
-          continue;
-        }
-        const start = Math.max(0, got - off);
-        const n = fs.readSync(this.fd, v, start, v.length - start, pos + off + start);
-        if (n < v.length - start) v.fill(0, start + n);
-        got = off + v.length;
-        off += v.length;
-      }
-    }
+    const got = fs.readvSync(this.fd, views, pos);
+    // short read: only at the end of the file (cannot happen in range) — finish piecewise
+    finishShort(views, got, (v, start, off) => {
+      const n = fs.readSync(this.fd, v, start, v.length - start, pos + off + start);
+      if (n < v.length - start) v.fill(0, start + n);
+    });
   }
 
   writev(views: Uint8Array[], pos: number): void {
-    let want = 0;
-    for (const v of views) want += v.length;
-    let done = fs.writevSync(this.fd, views, pos);
-    if (done < want) {
-      // partial write: write the rest piece by piece
-      let off = 0;
-      for (const v of views) {
-        if (done < off + v.length) {
-          const start = Math.max(0, done - off);
-          let p = start;
-          while (p < v.length) p += fs.writeSync(this.fd, v, p, v.length - p, pos + off + p);
-          done = off + v.length;
-        }
-        off += v.length;
-      }
-    }
+    const done = fs.writevSync(this.fd, views, pos);
+    // partial write: write the rest piece by piece
+    finishShort(views, done, (v, start, off) => {
+      let p = start;
+      while (p < v.length) p += fs.writeSync(this.fd, v, p, v.length - p, pos + off + p);
+    });
   }
 
   zero(pos: number, len: number): void {
