@@ -24,11 +24,11 @@ async function reg(c: VfioUserClient, i: number): Promise<number> {
 }
 
 /** Resolves with the next emission of event for this device. */
-function next(host: DeviceThreads, event: string, name: string, timeoutMs = 30000): Promise<unknown[]> {
+function next(host: DeviceThreads, event: string, name: string, timeoutMs = 30000, match: (rest: unknown[]) => boolean = () => true): Promise<unknown[]> {
   return new Promise((resolve, reject) => {
     const t = setTimeout(() => reject(new Error(`no ${event} for ${name}`)), timeoutMs);
     const on = (th: DeviceThread, ...rest: unknown[]): void => {
-      if (th.name !== name) return;
+      if (th.name !== name || !match(rest)) return;
       host.off(event, on);
       clearTimeout(t);
       resolve(rest);
@@ -79,7 +79,8 @@ test('a busy device does not stall another', T, async () => {
     const b = await host.add({ name: 'other', module: MODULE, socketPath: sockPath('other') });
     const ca = await VfioUserClient.connect(a.socketPath);
     const cb = await VfioUserClient.connect(b.socketPath);
-    const looping = next(host, 'event', 'busy');
+    // the device's own 'busy' event (its 'connect' event for ca may come first)
+    const looping = next(host, 'event', 'busy', 30000, (rest) => rest[0] === 'busy');
     const busy = ca.write(0, 0, u32(3));
     assert.deepEqual(await looping, ['busy', {}], 'device a is in its loop now');
     const t0 = performance.now();
