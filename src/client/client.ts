@@ -359,19 +359,25 @@ export class VfioUserClient extends EventEmitter {
     for (let done = 0; done < data.length || (done === 0 && data.length === 0); done += max) {
       const n = Math.min(max, data.length - done);
       const payload = P.encodeRegionWriteRequest({ offset: offset + done, region, count: n, data: data.subarray(done, done + n) });
-      if (opts.posted) {
-        if (!this.conn.post(P.Command.REGION_WRITE, payload)) parts.push(this.conn.drained());
-      } else {
-        parts.push(
-          this.req(P.Command.REGION_WRITE, payload).then((m) => {
-            const rep = decoded('REGION_WRITE', () => P.decodeRegionWriteReply(m.payload));
-            if (rep.count !== n) throw protocolError(`REGION_WRITE reply count ${rep.count}, expected ${n}`);
-          }),
-        );
-      }
+      this.sendWrite(parts, P.Command.REGION_WRITE, payload, opts.posted, (reply) => {
+        const rep = decoded('REGION_WRITE', () => P.decodeRegionWriteReply(reply));
+        if (rep.count !== n) throw protocolError(`REGION_WRITE reply count ${rep.count}, expected ${n}`);
+      });
       if (data.length === 0) break;
     }
     await Promise.all(parts);
+  }
+
+  /**
+   * Sends one write message: posted (NO_REPLY; a drain joins `parts` when the socket is backed
+   * up), or as a request whose reply `check` verifies (the request joins `parts`).
+   */
+  private sendWrite(parts: Promise<unknown>[], command: number, payload: Uint8Array, posted: boolean | undefined, check: (reply: Uint8Array) => void): void {
+    if (posted) {
+      if (!this.conn.post(command, payload)) parts.push(this.conn.drained());
+    } else {
+      parts.push(this.req(command, payload).then((m) => check(m.payload)));
+    }
   }
 
   /** Most entries in one WRITE_MULTI message: bounded by max_data_xfer_size and QEMU's 200. */
@@ -398,16 +404,10 @@ export class VfioUserClient extends EventEmitter {
     for (let i = 0; i < entries.length; i += max) {
       const chunk = entries.slice(i, i + max);
       const payload = P.encodeRegionWriteMultiRequest({ entries: chunk.map((e) => ({ offset: e.offset, region: e.region, count: e.data.length, data: e.data })) });
-      if (opts.posted) {
-        if (!this.conn.post(P.Command.REGION_WRITE_MULTI, payload)) parts.push(this.conn.drained());
-      } else {
-        parts.push(
-          this.req(P.Command.REGION_WRITE_MULTI, payload).then((m) => {
-            const rep = decoded('REGION_WRITE_MULTI', () => P.decodeRegionWriteMultiReply(m.payload));
-            if (rep.wrCnt !== chunk.length) throw protocolError(`WRITE_MULTI reply count ${rep.wrCnt}, expected ${chunk.length}`);
-          }),
-        );
-      }
+      this.sendWrite(parts, P.Command.REGION_WRITE_MULTI, payload, opts.posted, (reply) => {
+        const rep = decoded('REGION_WRITE_MULTI', () => P.decodeRegionWriteMultiReply(reply));
+        if (rep.wrCnt !== chunk.length) throw protocolError(`WRITE_MULTI reply count ${rep.wrCnt}, expected ${chunk.length}`);
+      });
     }
     await Promise.all(parts);
   }

@@ -68,8 +68,13 @@ export function decodeMigDataReadRequest(payload: Uint8Array): MigDataReadReques
 }
 
 export function encodeMigDataReadReply(msg: Init<MigDataReadReply, 'argsz' | 'size'>): Uint8Array {
+  return encodeMigWithData(msg, 'MIG_DATA_READ reply size');
+}
+
+/** argsz, size and the data: a MIG_DATA_READ reply, a MIG_DATA_WRITE request. */
+function encodeMigWithData(msg: Init<MigDataWriteRequest, 'argsz' | 'size'>, what: string): Uint8Array {
   const data = checkBytes(msg.data, 'data');
-  const size = countOf(msg.size, data, 'MIG_DATA_READ reply size');
+  const size = countOf(msg.size, data, what);
   return encodeMig(msg.argsz ?? MIG_DATA.size + size, size, data);
 }
 
@@ -78,9 +83,7 @@ export function decodeMigDataReadReply(payload: Uint8Array): MigDataReadReply {
 }
 
 export function encodeMigDataWriteRequest(msg: Init<MigDataWriteRequest, 'argsz' | 'size'>): Uint8Array {
-  const data = checkBytes(msg.data, 'data');
-  const size = countOf(msg.size, data, 'MIG_DATA_WRITE size');
-  return encodeMig(msg.argsz ?? MIG_DATA.size + size, size, data);
+  return encodeMigWithData(msg, 'MIG_DATA_WRITE size');
 }
 
 export function decodeMigDataWriteRequest(payload: Uint8Array): MigDataWriteRequest {
