@@ -261,6 +261,14 @@ describe('nvme: interrupt coalescing and fairness between queues', () => {
       const t0 = performance.now();
       assert.equal(await burst(1, 1), 1);
       assert.ok(performance.now() - t0 >= 15, 'waited for the aggregation time');
+      // a window that THR closed leaves no timer behind: the next entry waits a TIME of its own
+      const read = (): Promise<void> => r.d.rw('read', 1, 0, 8, { prp1: r.d.alloc(4096) }).then((c) => assert.equal(c.status, 0));
+      const first = read(); // its entry starts the aggregation time
+      await delay(10); // the input: the window is 10 ms old when THR closes it
+      await Promise.all([first, ...Array.from({ length: 15 }, read)]); // 16 entries: THR
+      const t1 = performance.now();
+      assert.equal(await burst(1, 1), 1);
+      assert.ok(performance.now() - t1 >= 15, `a fresh aggregation time, not the rest of the closed window's (${(performance.now() - t1).toFixed(1)} ms)`);
       // Coalescing Disable on vector 2 (feature 09h)
       assert.equal(sc(await r.d.submit(ADMIN, { opc: 0x09, cdw10: 0x09, cdw11: 2 | (1 << 16) })), 0);
       const off = await burst(2, 32);

@@ -201,6 +201,11 @@ export function flushIrqs(c: NvmeCore, timeUp = false): void {
       c.coalesceTimer = undefined;
       flushIrqs(c, true);
     }, Math.max(1, time / 10));
+  } else if (!waiting && c.coalesceTimer) {
+    // nothing waits any more (THR reached): the next entry's TIME counts from that entry, not
+    // from a window already closed
+    clearTimeout(c.coalesceTimer);
+    c.coalesceTimer = undefined;
   }
 }
 
