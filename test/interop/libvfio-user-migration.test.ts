@@ -16,14 +16,13 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { VfioUserClient } from '../../src/client/client.js';
 import { migrate } from '../../src/client/migrate.js';
-import { sockPath, delay } from '../helpers.js';
+import { sockPath, waitFor } from '../helpers.js';
 
 const samples = process.env.VFU_LIBVFIO_USER_SAMPLES;
 
 async function startSample(path: string): Promise<ChildProcess> {
   const child = spawn(join(samples!, 'server'), ['-v', path], { stdio: ['ignore', 'ignore', 'pipe'] });
-  for (let i = 0; i < 100 && !existsSync(path); i++) await delay(50);
-  if (!existsSync(path)) throw new Error('libvfio-user server sample did not start');
+  await waitFor(() => existsSync(path), 'the libvfio-user server sample listening', 5000);
   return child;
 }
 
