@@ -30,6 +30,9 @@
 #include <sched.h>
 #include <time.h>
 #include <stdint.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "fastpath.h"
 
@@ -58,6 +61,27 @@ static int spin_wait(struct pollfd* p, int32_t spin_us) {
   return -1;
 }
 
+/* The wait of waitReadable() and exchange(): 2, 1 or 0 as waitReadable() returns. */
+static int wait_ready(uv_loop_t* loop, int fd, int32_t max_ms, int32_t spin_us) {
+  if (watchers_pending(loop)) return 0;
+  uv_update_time(loop);
+  int timeout = uv_backend_timeout(loop); /* -1: no timer; 0: the loop has work now */
+  if (max_ms >= 0 && (timeout < 0 || timeout > max_ms)) timeout = max_ms;
+  if (timeout == 0) return 0;
+  struct pollfd p[2] = {{fd, POLLIN, 0}, {uv_backend_fd(loop), POLLIN, 0}};
+  int spun = spin_us > 0 ? spin_wait(p, timeout < 0 || spin_us < timeout * 1000 ? spin_us : timeout * 1000) : -1;
+  if (spun >= 0) return spun ? 2 : 0;
+  if (spin_us > 0 && timeout > 0) {
+    uv_update_time(loop);
+    timeout = uv_backend_timeout(loop);
+    if (max_ms >= 0 && (timeout < 0 || timeout > max_ms)) timeout = max_ms;
+  }
+  /* EINTR: a signal, which libuv's signal pipe will report; go back to the loop */
+  int r = poll(p, 2, timeout);
+  /* POLLHUP/POLLERR on the socket: the caller's recvmsg reports them */
+  return r > 0 && p[0].revents != 0;
+}
+
 napi_value vfu_js_wait_readable(napi_env env, napi_callback_info info) {
   size_t argc = 3;
   napi_value argv[3], result;
@@ -80,30 +104,86 @@ napi_value vfu_js_wait_readable(napi_env env, napi_callback_info info) {
   }
   uv_loop_t* loop = NULL;
   if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == NULL) return NULL;
-
-  int ready = 0;
-  if (!watchers_pending(loop)) {
-    uv_update_time(loop);
-    int timeout = uv_backend_timeout(loop); /* -1: no timer; 0: the loop has work now */
-    if (max_ms >= 0 && (timeout < 0 || timeout > max_ms)) timeout = max_ms;
-    if (timeout != 0) {
-      struct pollfd p[2] = {{fd, POLLIN, 0}, {uv_backend_fd(loop), POLLIN, 0}};
-      int spun = spin_us > 0 ? spin_wait(p, timeout < 0 || spin_us < timeout * 1000 ? spin_us : timeout * 1000) : -1;
-      if (spun >= 0) {
-        ready = spun ? 2 : 0;
-      } else {
-        if (spin_us > 0 && timeout > 0) {
-          uv_update_time(loop);
-          timeout = uv_backend_timeout(loop);
-          if (max_ms >= 0 && (timeout < 0 || timeout > max_ms)) timeout = max_ms;
-        }
-        /* EINTR: a signal, which libuv's signal pipe will report; go back to the loop */
-        int r = poll(p, 2, timeout);
-        /* POLLHUP/POLLERR on the socket: the caller's recvmsg reports them */
-        ready = r > 0 && p[0].revents != 0;
-      }
-    }
-  }
-  if (napi_create_int32(env, ready, &result) != napi_ok) return NULL;
+  if (napi_create_int32(env, wait_ready(loop, fd, max_ms, spin_us), &result) != napi_ok) return NULL;
   return result;
+}
+
+/*
+ * exchange(io, buf): the round trip of a server that has just handled a batch, in one call
+ * from JS instead of two or three (the arguments are two ArrayBuffers, the cheapest values
+ * Node-API can unwrap; everything else sits in io):
+ *
+ *  1. send(MSG_DONTWAIT) of the staged replies, io's bytes [EXCHANGE_OUT_AT, +outLen)
+ *     (nothing when outLen is 0); the bytes sent go to io[EXCHANGE_SENT] (-1: none). A short
+ *     send returns -2 at once, nothing read (the caller queues the rest).
+ *  2. one recvmsg(MSG_DONTWAIT) into buf[offset, offset+length), as recvmsg() does, its fds
+ *     in io[1..253] (count in io[0]);
+ *  3. when that found nothing and wait >= 0: waits as waitReadable(fd, -1, wait) does (the
+ *     result in io[EXCHANGE_WAITED]) and, when the socket became readable, reads as in 2.
+ *     The caller must have run nextTicks and microtasks before asking to wait.
+ *
+ * io's inputs: fd, outLen, offset, length, wait at io[EXCHANGE_FD...]. The result, in
+ * io[EXCHANGE_RESULT] (the call returns undefined): the bytes read (0 at EOF), -1 when there
+ * was nothing to read (or the event loop has work), -2 after a short send. Throws as send()
+ * (err.syscall 'send': nothing was read) or recvmsg().
+ */
+#define SCM_MAX 253
+
+static int bad_arg(napi_env env, const char* what) {
+  napi_throw_range_error(env, "ERR_OUT_OF_RANGE", what);
+  return 0;
+}
+
+napi_value vfu_js_exchange(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL;
+  void *iop = NULL, *bufp = NULL;
+  size_t io_bytes = 0, buf_bytes = 0;
+  bool ok = argc == 2;
+  if (ok) ok = napi_get_arraybuffer_info(env, argv[0], &iop, &io_bytes) == napi_ok && iop != NULL && io_bytes >= EXCHANGE_OUT_AT;
+  if (ok) ok = napi_get_arraybuffer_info(env, argv[1], &bufp, &buf_bytes) == napi_ok && bufp != NULL;
+  if (!ok) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "exchange(io, buf) takes two ArrayBuffers (io of at least 2048 bytes)");
+    return NULL;
+  }
+  int32_t* io = iop;
+  int fd = io[EXCHANGE_FD];
+  int32_t out_len = io[EXCHANGE_OUT_LEN], offset = io[EXCHANGE_OFFSET], length = io[EXCHANGE_LENGTH], wait = io[EXCHANGE_WAIT];
+  if (fd < 0) return bad_arg(env, "exchange: io fd must be >= 0"), NULL;
+  if (out_len < 0 || (size_t)out_len > io_bytes - EXCHANGE_OUT_AT) return bad_arg(env, "exchange: outLen outside io"), NULL;
+  if (offset < 0 || length < 1 || (size_t)offset + (size_t)length > buf_bytes) return bad_arg(env, "exchange: [offset, offset+length) outside buf"), NULL;
+  uint8_t* buf = (uint8_t*)bufp + offset;
+  ssize_t n = 0;
+  io[0] = 0;
+  io[EXCHANGE_SENT] = 0;
+  io[EXCHANGE_WAITED] = 0;
+  if (out_len > 0) {
+    /* syscall(): libc's send() is a cancellation point, which costs two calls per send */
+    do {
+      n = syscall(SYS_sendto, fd, (uint8_t*)iop + EXCHANGE_OUT_AT, (size_t)out_len, MSG_NOSIGNAL | MSG_DONTWAIT, NULL, 0);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) {
+      if (errno != EAGAIN && errno != EWOULDBLOCK) {
+        vfu_throw_errno(env, errno, "send");
+        return NULL;
+      }
+      n = -1;
+    }
+    io[EXCHANGE_SENT] = (int32_t)n;
+    if (n != out_len) n = -2;
+  }
+  if (n != -2) {
+    n = vfu_recv_fds(env, fd, buf, (size_t)length, io, SCM_MAX);
+    if (n == -1 && wait >= 0) {
+      uv_loop_t* loop = NULL;
+      if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == NULL) return NULL;
+      int r = wait_ready(loop, fd, -1, wait);
+      io[EXCHANGE_WAITED] = r;
+      if (r > 0) n = vfu_recv_fds(env, fd, buf, (size_t)length, io, SCM_MAX);
+    }
+    if (n == -2) return NULL;
+  }
+  io[EXCHANGE_RESULT] = (int32_t)n;
+  return NULL; /* undefined: the result is in io (cheaper than making a number) */
 }

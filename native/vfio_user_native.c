@@ -613,6 +613,69 @@ static void close_fds(const int32_t* fds, size_t n) {
   for (size_t i = 0; i < n; i++) close(fds[i]);
 }
 
+/*
+ * One recvmsg(MSG_DONTWAIT) into buf[0, len) with its SCM_RIGHTS fds in out[1..cap] (count in
+ * out[0]). Returns the bytes read (0 at EOF), -1 on EAGAIN, or -2 after throwing (a failed
+ * recvmsg, or fds lost: ancillary data truncated or more than cap; the fds that came are
+ * closed). Shared by recvmsg() and the fast path's exchange() (fastpath.c).
+ */
+ssize_t vfu_recv_fds(napi_env env, int fd, void* buf, size_t len, int32_t* out, size_t cap) {
+  out[0] = 0;
+  struct iovec iov = {buf, len};
+  fd_control ctl;
+  struct msghdr msg;
+  memset(&msg, 0, sizeof msg);
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = ctl.buf;
+  msg.msg_controllen = sizeof ctl.buf;
+
+  ssize_t n;
+  /* syscall(): libc's recvmsg() is a cancellation point, which costs two calls per read */
+  RETRY_EINTR(n, syscall(SYS_recvmsg, fd, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT));
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return -1;
+    throw_errno(env, errno, "recvmsg");
+    return -2;
+  }
+
+  if (msg.msg_controllen > 0 || (msg.msg_flags & MSG_CTRUNC)) {
+    size_t got = 0;
+    bool overflow = false;
+    for (struct cmsghdr* c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
+      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS || c->cmsg_len < CMSG_LEN(0)) continue;
+      size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      const unsigned char* p = CMSG_DATA(c);
+      for (size_t i = 0; i < k; i++) {
+        int x;
+        memcpy(&x, p + i * sizeof(int), sizeof(int));
+        if (got < cap) {
+          out[1 + got++] = x;
+        } else {
+          overflow = true;
+          close(x);
+        }
+      }
+    }
+    if (msg.msg_flags & MSG_CTRUNC) {
+      close_fds(out + 1, got);
+      throw_full(env, EMSGSIZE, "ECTRUNC", "recvmsg",
+                 "recvmsg: ancillary data truncated, received file descriptors were lost");
+      return -2;
+    }
+    if (overflow) {
+      close_fds(out + 1, got);
+      throw_full(env, EMSGSIZE, "ECTRUNC", "recvmsg", "recvmsg: too many file descriptors for fdsOut");
+      return -2;
+    }
+    out[0] = (int32_t)got;
+  }
+  return n;
+}
+
+/* The errors of this addon, for fastpath.c. */
+void vfu_throw_errno(napi_env env, int err, const char* syscall) { throw_errno(env, err, syscall); }
+
 static napi_value js_recvmsg(napi_env env, napi_callback_info info) {
   GET_ARGS(5);
   int fd;
@@ -635,57 +698,8 @@ static napi_value js_recvmsg(napi_env env, napi_callback_info info) {
     throw_type(env, "fdsOut", "an Int32Array with at least 254 elements");
     return NULL;
   }
-  int32_t* out = (int32_t*)outp;
-  out[0] = 0;
-
-  struct iovec iov = {(char*)base + offset, (size_t)length};
-  fd_control ctl;
-  struct msghdr msg;
-  memset(&msg, 0, sizeof msg);
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = ctl.buf;
-  msg.msg_controllen = sizeof ctl.buf;
-
-  ssize_t n;
-  RETRY_EINTR(n, recvmsg(fd, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT));
-  if (n < 0) {
-    if (errno == EAGAIN || errno == EWOULDBLOCK) return make_int(env, -1);
-    throw_errno(env, errno, "recvmsg");
-    return NULL;
-  }
-
-  if (msg.msg_controllen > 0 || (msg.msg_flags & MSG_CTRUNC)) {
-    size_t cap = outlen - 1, got = 0;
-    bool overflow = false;
-    for (struct cmsghdr* c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
-      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS || c->cmsg_len < CMSG_LEN(0)) continue;
-      size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-      const unsigned char* p = CMSG_DATA(c);
-      for (size_t i = 0; i < k; i++) {
-        int x;
-        memcpy(&x, p + i * sizeof(int), sizeof(int));
-        if (got < cap) {
-          out[1 + got++] = x;
-        } else {
-          overflow = true;
-          close(x);
-        }
-      }
-    }
-    if (msg.msg_flags & MSG_CTRUNC) {
-      close_fds(out + 1, got);
-      throw_full(env, EMSGSIZE, "ECTRUNC", "recvmsg",
-                 "recvmsg: ancillary data truncated, received file descriptors were lost");
-      return NULL;
-    }
-    if (overflow) {
-      close_fds(out + 1, got);
-      throw_full(env, EMSGSIZE, "ECTRUNC", "recvmsg", "recvmsg: too many file descriptors for fdsOut");
-      return NULL;
-    }
-    out[0] = (int32_t)got;
-  }
+  ssize_t n = vfu_recv_fds(env, fd, (char*)base + offset, (size_t)length, (int32_t*)outp, VFU_SCM_MAX_FD);
+  if (n == -2) return NULL;
   return make_int(env, n);
 }
 
@@ -1813,6 +1827,7 @@ NAPI_MODULE_INIT() {
       METHOD("isEventfd", js_is_eventfd),
       METHOD("createPoller", js_create_poller),
       METHOD("waitReadable", vfu_js_wait_readable),
+      METHOD("exchange", vfu_js_exchange),
       {"POLL_READABLE", NULL, NULL, NULL, NULL, define_const(env, UV_READABLE), napi_enumerable, NULL},
       {"POLL_WRITABLE", NULL, NULL, NULL, NULL, define_const(env, UV_WRITABLE), napi_enumerable, NULL},
       {"POLL_DISCONNECT", NULL, NULL, NULL, NULL, define_const(env, UV_DISCONNECT), napi_enumerable, NULL},

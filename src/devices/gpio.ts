@@ -51,7 +51,8 @@ export class GpioDevice extends PciDevice {
       size: 256,
       bar: { kind: 'io' },
       access: {
-        read: (offset, length) => this.read(offset, length),
+        // a 1-byte read (what the driver does) answers from one reused byte: the server copies it at once
+        read: (offset, length) => (length === 1 ? this.read1(offset) : this.read(offset, length)),
         write: (offset, data) => this.write(offset, data),
       },
     });
@@ -149,6 +150,11 @@ export class GpioDevice extends PciDevice {
       default:
         break;
     }
+  }
+
+  private read1(offset: number): Uint8Array {
+    this.reg[0] = this.readByte(offset);
+    return this.reg;
   }
 
   read(offset: number, length: number): Uint8Array {

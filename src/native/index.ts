@@ -167,6 +167,14 @@ export interface NativeAddon {
    * wake it).
    */
   waitReadable(fd: number, maxMs?: number, spinUs?: number): 0 | 1 | 2;
+  /**
+   * The fast path's round trip in one call (native/fastpath.c, which documents io's layout):
+   * sends the staged bytes of io, reads from the socket into buf and, when nothing came and
+   * io asks for it, waits as waitReadable() does and reads. Its result goes to io: the
+   * bytes read (0 at EOF), -1 when none, -2 after a short send (nothing read). Throws as
+   * send() (err.syscall 'send') or recvmsg().
+   */
+  exchange(io: ArrayBuffer, buf: ArrayBufferLike): void;
   readonly POLL_READABLE: number;
   readonly POLL_WRITABLE: number;
   readonly POLL_DISCONNECT: number;

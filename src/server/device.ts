@@ -23,7 +23,7 @@ import { served } from './served.js';
 export const RegionIndex = { ...PciRegion, DEVICE_SPECIFIC: PciRegion.NUM } as const;
 
 export interface RegionAccess {
-  /** Returns `length` bytes at `offset`. */
+  /** Returns `length` bytes at `offset` (copied at once: the same buffer may be returned each time). */
   read?(offset: number, length: number): Uint8Array | Promise<Uint8Array>;
   write?(offset: number, data: Uint8Array): void | Promise<void>;
 }

@@ -91,6 +91,7 @@ export class Session {
       fastPath: server.fastPath,
       spinUs: server.spinUs,
       onCommand: (msg) => this.onCommand(msg),
+      onFastCommand: (command, msgId, buf, at, size) => this.fastCommand(command, msgId, buf, at, size),
       onClose: (err) => this.onClose(err),
       onBadHeader: (h, why) => this.server.log('warn', `command ${P.commandName(h.command)} id ${h.msgId} refused (EINVAL): ${why}`),
     });
@@ -200,6 +201,96 @@ export class Session {
       this.runAside(m);
       if (m.fds.length) closeFds(takeFds(m));
     }
+  }
+
+  /** Holds later commands back until the hot lane's asynchronous command h settles (as run() does). */
+  private pend(h: Header, result: Promise<void>): void {
+    this.busy = true;
+    result.then(
+      () => this.next(),
+      (e) => {
+        this.replyFailure(h, e);
+        this.next();
+      },
+    );
+  }
+
+  /**
+   * The hot lane (Connection's onFastCommand): a REGION_READ or REGION_WRITE of a trapped or
+   * memory-backed BAR, in order (nothing pending or queued), decoded where it lies in the
+   * receive buffer, without a Message, a Header or a decoded request object. Anything it
+   * does not take (other commands, bad or unusual requests, config space, MSI-X) goes the
+   * general way, which also gives the errors; it takes nothing it would have to undo.
+   */
+  private fastCommand(command: number, msgId: number, b: Uint8Array, at: number, size: number): boolean {
+    if (this.busy || this.aside || this.queue.length > 0 || !this.negotiated) return false;
+    const write = command === P.Command.REGION_WRITE;
+    if (!write && command !== P.Command.REGION_READ) return false;
+    const p = at + HEADER_SIZE;
+    if (size < HEADER_SIZE + 16 || (b[p + 4]! | b[p + 5]! | b[p + 6]! | b[p + 7]!) !== 0) return false; // offsets from 4 GiB: the general way
+    const offset = u32le(b, p);
+    const region = u32le(b, p + 8);
+    const count = u32le(b, p + 12);
+    if (size !== HEADER_SIZE + 16 + (write ? count : 0) || count > this.server.maxDataXferSize || this.st.msix) return false;
+    const r = this.server.device.regions.get(region);
+    if (!r || offset + count > r.size || !(write ? r.writable : r.readable)) return false;
+    const mig = this.server.migration;
+    if (mig && !mig.allows(command)) return false;
+    if (write) {
+      if (!r.access?.write && !r.memory) return false;
+      const data = b.slice(p + 16, p + 16 + count); // devices may keep it
+      let res: void | Promise<void>;
+      try {
+        res = this.write(r, region, offset, data);
+      } catch (e) {
+        this.replyFailure(fastHeader(msgId, command, size), e);
+        return true;
+      }
+      if (res) {
+        this.pend(
+          fastHeader(msgId, command, size),
+          res.then(() => this.writeReply(msgId, command, offset, region, count)),
+        );
+      } else this.writeReply(msgId, command, offset, region, count);
+      return true;
+    }
+    let data: Uint8Array | Promise<Uint8Array>;
+    try {
+      if (r.access?.read) data = r.access.read(offset, count);
+      else if (r.memory) data = r.memory.slice(offset, offset + count);
+      else return false;
+      if (data instanceof Uint8Array) {
+        this.readReplyFast(msgId, command, offset, region, count, data);
+        return true;
+      }
+    } catch (e) {
+      this.replyFailure(fastHeader(msgId, command, size), e);
+      return true;
+    }
+    this.pend(
+      fastHeader(msgId, command, size),
+      data.then((d) => this.readReplyFast(msgId, command, offset, region, count, d)),
+    );
+    return true;
+  }
+
+  private readonly fillWrite = (_b: Uint8Array, dv: DataView, at: number): number =>
+    P.encodeRegionWriteReplyInto(dv, at, this.rdOffset, this.rdRegion, this.wrCount);
+  private wrCount = 0;
+
+  private writeReply(msgId: number, command: number, offset: number, region: number, count: number): void {
+    this.rdOffset = offset;
+    this.rdRegion = region;
+    this.wrCount = count;
+    this.conn.replyFill(msgId, command, 16, this.fillWrite);
+  }
+
+  private readReplyFast(msgId: number, command: number, offset: number, region: number, count: number, data: Uint8Array): void {
+    if (data.length !== count) fail(Errno.EIO, `device returned ${data.length} bytes for a ${count}-byte read`);
+    this.rdOffset = offset;
+    this.rdRegion = region;
+    this.rdData = data;
+    this.conn.replyFill(msgId, command, 16 + count, this.fillRead);
   }
 
   private next(): void {
@@ -696,6 +787,15 @@ export class Session {
 }
 
 /** A copy that small sizes keep on V8's heap (no malloc). */
+/** The header of a command taken by the hot lane, made only when needed (errors, async). */
+function fastHeader(msgId: number, command: number, size: number): Header {
+  return { msgId, command, size, flags: 0, error: 0 };
+}
+
+function u32le(b: Uint8Array, o: number): number {
+  return (b[o]! | (b[o + 1]! << 8) | (b[o + 2]! << 16) | (b[o + 3]! << 24)) >>> 0;
+}
+
 function copyOf(v: Uint8Array): Uint8Array {
   const c = new Uint8Array(v.length);
   c.set(v);

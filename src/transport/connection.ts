@@ -73,6 +73,14 @@ export interface ConnectionOptions {
    * matching. Take fds synchronously or they are closed.
    */
   onRaw?: (msg: Message, conn: Connection) => void;
+  /**
+   * A lane for hot commands without allocating a Message (servers: REGION_READ/WRITE). Called
+   * for a complete command with no flags, no error field and no fds, with its bytes at
+   * buf[at, at+size) (header included; valid during the call only). Returns true when it
+   * handled the command (answering it, e.g. with replyFill), false to leave it, untouched,
+   * to onCommand.
+   */
+  onFastCommand?: (command: number, msgId: number, buf: Uint8Array, at: number, size: number) => boolean;
   /** the connection ended; err is undefined for a clean hang-up or local close */
   onClose?: (err: VfioUserError | undefined, conn: Connection) => void;
   /** a command with a bad header (reserved flags, ERROR bit, error field, unknown type) was answered with EINVAL */
@@ -145,7 +153,12 @@ function writeHeader(dv: DataView, h: Header, size: number): void {
   dv.setUint32(12, h.error, true);
 }
 
-const FDS_OUT_LEN = 1 + 253;
+/**
+ * The fast path's exchange() block (native/fastpath.h): int32s — fds received (count, then up
+ * to 253), what was sent, how it waited, then the call's inputs — and from byte
+ * IO.OUT_AT the staging buffer `out`.
+ */
+const IO = { SENT: 254, WAITED: 255, FD: 256, OUT_LEN: 257, OFFSET: 258, LENGTH: 259, WAIT: 260, RESULT: 261, OUT_AT: 2048 } as const;
 
 /**
  * The reason a peer gave with an error reply. The spec's error replies carry only the header;
@@ -172,6 +185,7 @@ export class Connection {
   onCommand: ((msg: Message, conn: Connection) => void) | undefined;
   onClose: ((err: VfioUserError | undefined, conn: Connection) => void) | undefined;
   private readonly onRaw: ((msg: Message, conn: Connection) => void) | undefined;
+  private readonly onFastCommand: ((command: number, msgId: number, buf: Uint8Array, at: number, size: number) => boolean) | undefined;
   private readonly onBadHeader: ((header: Header, problem: string) => void) | undefined;
   /** traffic counters */
   readonly stats = new ConnectionStats();
@@ -186,7 +200,10 @@ export class Connection {
   private rstart = 0; // first unconsumed byte in rbuf
   private rend = 0; // end of valid data in rbuf
   private rbase = 0; // absolute stream position of rbuf[0]
-  private readonly fdsOut = new Int32Array(FDS_OUT_LEN);
+  /** the exchange() block: fdsOut and out are views of it */
+  private readonly io = new ArrayBuffer(IO.OUT_AT + OUT_SIZE);
+  private readonly fdsOut = new Int32Array(this.io, 0, IO.OUT_AT / 4);
+  private rbufAB: ArrayBufferLike;
   private fdRecords: FdRecord[] = [];
 
   private wqueue = new WriteQueue();
@@ -203,8 +220,8 @@ export class Connection {
    * send(). While a batch of received messages is handled (`corked`), the replies accumulate
    * and go out together when the batch ends: one system call for 16 pipelined replies.
    */
-  private readonly out = new Uint8Array(OUT_SIZE);
-  private readonly outView = new DataView(this.out.buffer);
+  private readonly out = new Uint8Array(this.io, IO.OUT_AT, OUT_SIZE);
+  private readonly outView = new DataView(this.io, IO.OUT_AT, OUT_SIZE);
   private outLen = 0;
   private corked = false;
   private readonly iov1: Uint8Array[] = [this.out];
@@ -222,10 +239,13 @@ export class Connection {
     this.onCommand = opts.onCommand;
     this.onClose = opts.onClose;
     this.onRaw = opts.onRaw;
+    this.onFastCommand = opts.onRaw || opts.holdCommandsWhenBacklogged ? undefined : opts.onFastCommand;
     this.onBadHeader = opts.onBadHeader;
     this.fastPath = (opts.fastPath ?? false) && runTicks !== undefined;
     this.spinUs = opts.spinUs ?? 0;
     this.rbuf = new Uint8Array(Math.min(65536, this.maxMessageSize));
+    this.rbufAB = this.rbuf.buffer;
+    this.fdsOut[IO.FD] = fd;
     this.poller = native.createPoller(fd, (status, events) => this.onPoll(status, events));
     this.poller.ownFd(); // closed by fail(), or at teardown of a thread that died first
     this.watching = native.POLL_READABLE | native.POLL_DISCONNECT;
@@ -285,8 +305,26 @@ export class Connection {
 
   /** drain: read until EAGAIN/EOF even after a short read (the poll will not fire again) */
   private readAvailable(drain = false): void {
+    if (!this.fastPath) {
+      this.readRounds(drain, ROUNDS);
+      return;
+    }
+    // The fast path keeps the replies of a batch staged until the next read: one native call
+    // (exchange) sends them and reads the next message.
+    const corked = this.corked;
+    this.corked = true;
+    try {
+      this.readRounds(drain, FAST_ROUNDS);
+    } finally {
+      this.corked = corked;
+      if (!corked) this.flushOut();
+    }
+  }
+
+  private readRounds(drain: boolean, maxRounds: number): void {
+    const fast = this.fastPath;
+    let wait = -1; // the fast path: spin this many µs and sleep in the next exchange (-1: do not)
     // Bounded so one busy peer cannot starve the event loop.
-    const maxRounds = this.fastPath ? FAST_ROUNDS : ROUNDS;
     for (let rounds = 0; rounds < maxRounds && !this.closed && !this.backlogged; rounds++) {
       if (this.rstart === this.rend) {
         this.rbase += this.rstart;
@@ -296,7 +334,7 @@ export class Connection {
       let n: number;
       const space = this.rbuf.length - this.rend;
       try {
-        n = native.recvmsg(this.fd, this.rbuf, this.rend, space, this.fdsOut);
+        n = fast ? this.exchange(space, wait) : native.recvmsg(this.fd, this.rbuf, this.rend, space, this.fdsOut);
       } catch (e) {
         const err = e as { code?: string; errno?: number; message?: string };
         if (err.code === 'ECTRUNC') {
@@ -308,10 +346,25 @@ export class Connection {
         }
         return;
       }
+      if (wait >= 0) {
+        // this exchange waited (see waitHere)
+        const how = this.fdsOut[IO.WAITED]!;
+        if (wait > 0 && how !== 2) this.spinSkip = SPIN_SKIP;
+        wait = -1;
+        if (n > 0) this.fastWaits++;
+        else if (n === -1 && how === 0) return; // the event loop has something to do
+      }
+      if (n === -2) continue; // exchange: the replies did not all go (queued), nothing read
       if (n < 0) {
-        // EAGAIN. On the fast path, wait here for the next message unless the event loop has
+        // EAGAIN. On the fast path, wait in the next exchange unless the event loop has
         // something to do.
-        if (this.fastPath && this.waitHere()) continue;
+        if (fast) {
+          wait = this.waitHere();
+          if (wait !== -1) {
+            if (wait === -2) wait = -1;
+            continue;
+          }
+        }
         return;
       }
       const nfds = this.fdsOut[0]!;
@@ -329,24 +382,59 @@ export class Connection {
       // A short read drained the socket: skip the recvmsg that would only say EAGAIN (the
       // poll is level-triggered, so anything that arrives later wakes us again). On the fast
       // path, read again: on one CPU the peer has often sent its next message by now.
-      if (n < space && !drain && !this.fastPath) return;
+      if (n < space && !drain && !fast) return;
     }
   }
 
-  /** The fast path's wait: true when the socket is readable and the event loop idle. */
-  private waitHere(): boolean {
-    runTicks!(); // what returning to the event loop would run first
-    if (this.closed || this.wqueue.length > 0 || this.held.length > 0 || this.backlogged) return false;
-    let spin = 0;
-    if (this.spinUs > 0) {
-      if (this.spinSkip > 0) this.spinSkip--;
-      else spin = this.spinUs;
+  /**
+   * The fast path's round trip, one native call (exchange, native/fastpath.c): writes the
+   * staged replies, reads into rbuf at rend and, when nothing came and wait >= 0, waits (see
+   * waitHere) and reads. The bytes read, -1 when none (or the loop has work), -2 when nothing
+   * was read because the replies did not all go (the rest is queued) or the send failed (the
+   * connection is closed). Throws what recvmsg throws.
+   */
+  private exchange(space: number, wait: number): number {
+    if (this.wqueue.length > 0) this.flushOut(); // behind what is queued
+    const io = this.fdsOut;
+    const len = this.outLen;
+    this.outLen = 0;
+    io[IO.OUT_LEN] = len;
+    io[IO.OFFSET] = this.rend;
+    io[IO.LENGTH] = space;
+    io[IO.WAIT] = wait;
+    let n: number;
+    try {
+      native.exchange(this.io, this.rbufAB);
+      n = io[IO.RESULT]!;
+    } catch (e) {
+      if ((e as { syscall?: string }).syscall !== 'send') throw e;
+      this.sendFailed(e);
+      return -2;
     }
-    const r = native.waitReadable(this.fd, -1, spin);
-    if (spin > 0 && r !== 2) this.spinSkip = SPIN_SKIP;
-    if (r === 0) return false;
-    this.fastWaits++;
-    return true;
+    if (len > 0) {
+      const sent = io[IO.SENT]!;
+      if (sent !== len) this.queue(this.out.slice(sent > 0 ? sent : 0, len), null);
+      else if (this.drainWaiters.length > 0) this.wakeDrainWaiters();
+    }
+    return n;
+  }
+
+  /**
+   * Before the fast path waits: runs what returning to the event loop would run first
+   * (nextTicks, microtasks), then says how to go on: -1 back to the event loop, -2 read again
+   * at once (what ran staged replies: the next exchange sends them), else the microseconds
+   * to spin before sleeping in the next exchange.
+   */
+  private waitHere(): number {
+    runTicks!();
+    if (this.closed || this.wqueue.length > 0 || this.held.length > 0 || this.backlogged) return -1;
+    if (this.outLen > 0) return -2;
+    if (this.spinUs <= 0) return 0;
+    if (this.spinSkip > 0) {
+      this.spinSkip--;
+      return 0;
+    }
+    return this.spinUs;
   }
 
   /** Ensures space after rend: compacts, or grows up to maxMessageSize. */
@@ -362,6 +450,7 @@ export class Connection {
     if (grown.length <= this.rbuf.length) return; // cannot happen: a message is never larger than maxMessageSize
     grown.set(this.rbuf.subarray(0, this.rend));
     this.rbuf = grown;
+    this.rbufAB = grown.buffer;
   }
 
   private parse(): void {
@@ -388,6 +477,23 @@ export class Connection {
         // the only header fault that breaks framing: nothing after it can be found
         this.fail(new VfioUserError('VFU_PROTOCOL', `bad header: message size ${size} is smaller than the header`, Errno.EINVAL));
         return;
+      }
+      if (
+        flags === 0 &&
+        this.onFastCommand !== undefined &&
+        this.fdRecords.length === 0 &&
+        size <= this.rend - o &&
+        size <= this.maxMessageSize &&
+        (b[o + 12]! | b[o + 13]! | b[o + 14]! | b[o + 15]!) === 0
+      ) {
+        // a plain command, complete, without fds: the hot lane may take it as it lies
+        const command = b[o + 2]! | (b[o + 3]! << 8);
+        this.rstart = o + size;
+        if (this.onFastCommand(command, b[o]! | (b[o + 1]! << 8), b, o, size)) {
+          this.stats.commandsIn[slot(command)]!++;
+          continue;
+        }
+        this.rstart = o;
       }
       const header: Header = {
         msgId: b[o]! | (b[o + 1]! << 8),
@@ -443,6 +549,7 @@ export class Connection {
       const grown = new Uint8Array(Math.min(len, this.maxMessageSize));
       grown.set(this.rbuf.subarray(0, this.rend));
       this.rbuf = grown;
+      this.rbufAB = grown.buffer;
     }
   }
 
@@ -806,18 +913,24 @@ export class Connection {
    */
   replyWith(req: Header, maxPayload: number, fill: (buf: Uint8Array, dv: DataView, at: number) => number): boolean {
     if (req.flags & FLAG_NO_REPLY || this.closed) return true;
+    return this.replyFill(req.msgId, req.command, maxPayload, fill);
+  }
+
+  /** replyWith() for a command known by its id and number only (see onFastCommand). */
+  replyFill(msgId: number, command: number, maxPayload: number, fill: (buf: Uint8Array, dv: DataView, at: number) => number): boolean {
+    if (this.closed) return true;
     if (HEADER_SIZE + maxPayload > OUT_SIZE) {
       const buf = new Uint8Array(maxPayload);
       const n = fill(buf, new DataView(buf.buffer), 0);
-      return this.reply(req, buf.subarray(0, n));
+      return this.reply({ msgId, command, size: 0, flags: MSG_TYPE_COMMAND, error: 0 }, buf.subarray(0, n));
     }
     const at = this.unlessGoneAt(HEADER_SIZE + maxPayload);
     if (at < 0) return true; // the peer is gone: the reply is dropped (see reply())
     const n = fill(this.out, this.outView, at + HEADER_SIZE);
     const size = HEADER_SIZE + n;
     const dv = this.outView;
-    dv.setUint16(at, req.msgId, true);
-    dv.setUint16(at + 2, req.command, true);
+    dv.setUint16(at, msgId, true);
+    dv.setUint16(at + 2, command, true);
     dv.setUint32(at + 4, size, true);
     dv.setUint32(at + 8, MSG_TYPE_REPLY, true);
     dv.setUint32(at + 12, 0, true);

@@ -213,9 +213,13 @@ export function decodeRegionWriteMultiReply(payload: Uint8Array): RegionWriteMul
 export function encodeRegionReadReplyInto(buf: Uint8Array, dv: DataView, at: number, offset: number, region: number, data: Uint8Array): number {
   setU64Number(dv, at + F.offset, offset);
   dv.setUint32(at + F.region, region, true);
-  dv.setUint32(at + F.count, data.length, true);
-  buf.set(data, at + F.data);
-  return REGION_ACCESS.size + data.length;
+  const n = data.length;
+  dv.setUint32(at + F.count, n, true);
+  if (n <= 8) {
+    // register-sized: a loop beats the set() builtin's call
+    for (let i = 0; i < n; i++) buf[at + F.data + i] = data[i]!;
+  } else buf.set(data, at + F.data);
+  return REGION_ACCESS.size + n;
 }
 
 /** Hot-path encoder: a REGION_WRITE reply payload at `at` (see encodeRegionReadReplyInto). */
