@@ -3,7 +3,7 @@
  * the read that brought them; a handler owns what it takes with takeFds(); everything else
  * (unclaimed, unowned, unexpected, too many) is closed. No fd may leak.
  */
-import { test, describe } from 'node:test';
+import { test, describe, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { native } from '../../src/native/index.js';
 import { Connection, takeFds, closeFds, type Message } from '../../src/transport/connection.js';
@@ -21,6 +21,7 @@ function rig(opts: ConstructorParameters<typeof Connection>[1] = {}, take = true
   const got: Got[] = [];
   const closes: (VfioUserError | undefined)[] = [];
   const conn = new Connection(a, {
+    fastPath,
     onCommand: (m) => got.push({ msg: m, fds: take ? takeFds(m) : [...m.fds] }),
     onClose: (e) => closes.push(e),
     ...opts,
@@ -38,7 +39,14 @@ function sendTagged(peer: RawPeer, data: Uint8Array, tags: number[]): number {
   }
 }
 
-describe('transport: fd ownership', () => {
+/** the server's fast path (native exchange: send and read in one call, waits in native code) or not */
+let fastPath = false;
+
+for (const fast of [false, true]) describe(`transport: fd ownership${fast ? ' (fast path)' : ''}`, () => {
+  before(() => {
+    fastPath = fast;
+  });
+
   test('messages with and without fds interleaved in one burst: each fd arrives with its own message', async () => {
     const base = openFds();
     const r = rig();

@@ -2,7 +2,7 @@
  * Framing: many messages per read, one message over many reads (every split point), a header
  * split across reads, messages larger than the initial read buffer, bad and oversized headers.
  */
-import { test, describe } from 'node:test';
+import { test, describe, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { native } from '../../src/native/index.js';
 import { Connection, type Message } from '../../src/transport/connection.js';
@@ -22,6 +22,7 @@ function rig(opts: ConstructorParameters<typeof Connection>[1] = {}): Rig {
   const got: Message[] = [];
   const closes: (VfioUserError | undefined)[] = [];
   const conn = new Connection(a, {
+    fastPath,
     // a command's payload is a view valid only during the handler: keep a copy
     onCommand: (m) => got.push({ header: m.header, payload: m.payload.slice(), fds: [] }),
     onClose: (e) => closes.push(e),
@@ -40,7 +41,14 @@ function payloadOf(i: number, len: number): Uint8Array {
   return Uint8Array.from({ length: len }, (_, j) => (i * 31 + j * 7) & 0xff);
 }
 
-describe('transport: framing', () => {
+/** the server's fast path (native exchange: send and read in one call, waits in native code) or not */
+let fastPath = false;
+
+for (const fast of [false, true]) describe(`transport: framing${fast ? ' (fast path)' : ''}`, () => {
+  before(() => {
+    fastPath = fast;
+  });
+
   test('many messages in one write are each delivered, in order, with their own payload', async () => {
     const base = openFds();
     const r = rig();
