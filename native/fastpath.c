@@ -109,9 +109,10 @@ napi_value vfu_js_wait_readable(napi_env env, napi_callback_info info) {
 }
 
 /*
- * exchange(io, buf): the round trip of a server that has just handled a batch, in one call
- * from JS instead of two or three (the arguments are two ArrayBuffers, the cheapest values
- * Node-API can unwrap; everything else sits in io):
+ * exchange(io, buf?): the round trip of a server that has just handled a batch, in one call
+ * from JS instead of two or three (the arguments are ArrayBuffers, the cheapest values
+ * Node-API can unwrap; everything else sits in io; without buf, the receive buffer is in io
+ * too):
  *
  *  1. send(MSG_DONTWAIT) of the staged replies, io's bytes [EXCHANGE_OUT_AT, +outLen)
  *     (nothing when outLen is 0); the bytes sent go to io[EXCHANGE_SENT] (-1: none). A short
@@ -140,11 +141,16 @@ napi_value vfu_js_exchange(napi_env env, napi_callback_info info) {
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL;
   void *iop = NULL, *bufp = NULL;
   size_t io_bytes = 0, buf_bytes = 0;
-  bool ok = argc == 2;
+  bool ok = argc >= 1;
   if (ok) ok = napi_get_arraybuffer_info(env, argv[0], &iop, &io_bytes) == napi_ok && iop != NULL && io_bytes >= EXCHANGE_OUT_AT;
-  if (ok) ok = napi_get_arraybuffer_info(env, argv[1], &bufp, &buf_bytes) == napi_ok && bufp != NULL;
+  if (ok && argc < 2) {
+    bufp = iop; /* the receive buffer is in io */
+    buf_bytes = io_bytes;
+  } else if (ok) {
+    ok = napi_get_arraybuffer_info(env, argv[1], &bufp, &buf_bytes) == napi_ok && bufp != NULL;
+  }
   if (!ok) {
-    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "exchange(io, buf) takes two ArrayBuffers (io of at least 2048 bytes)");
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "exchange(io, buf?) takes one or two ArrayBuffers (io of at least 2048 bytes)");
     return NULL;
   }
   int32_t* io = iop;
@@ -173,8 +179,19 @@ napi_value vfu_js_exchange(napi_env env, napi_callback_info info) {
     io[EXCHANGE_SENT] = (int32_t)n;
     if (n != out_len) n = -2;
   }
+  io[EXCHANGE_YIELDED] = 0;
   if (n != -2) {
     n = vfu_recv_fds(env, fd, buf, (size_t)length, io, SCM_MAX);
+    if (n == -1 && io[EXCHANGE_YIELD] == 1 && out_len > 0) {
+      /* The reply just sent woke the peer; when it shares our CPU and did not preempt us, let
+       * it run now (it sends its next request and blocks) rather than after the round
+       * through JS that waiting takes. Across CPUs this finds nothing (2) and the caller
+       * stops asking for a while. Not a wait: nothing on this thread is held up longer than
+       * by a preemption. */
+      sched_yield();
+      n = vfu_recv_fds(env, fd, buf, (size_t)length, io, SCM_MAX);
+      io[EXCHANGE_YIELDED] = n == -1 ? 2 : 1;
+    }
     if (n == -1 && wait >= 0) {
       uv_loop_t* loop = NULL;
       if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == NULL) return NULL;

@@ -17,6 +17,8 @@ napi_value vfu_js_wait_readable(napi_env env, napi_callback_info info);
 #define EXCHANGE_LENGTH 259
 #define EXCHANGE_WAIT 260 /* in: -1 do not wait; else spin this many microseconds, then sleep */
 #define EXCHANGE_RESULT 261 /* out: what the call returns (see fastpath.c) */
+#define EXCHANGE_YIELD 262   /* in: 1 yield the CPU once when there was nothing to read, and read again */
+#define EXCHANGE_YIELDED 263 /* out: 0 did not yield, 1 yielded and then read something, 2 yielded in vain */
 #define EXCHANGE_OUT_AT 2048
 napi_value vfu_js_exchange(napi_env env, napi_callback_info info);
 

@@ -624,11 +624,13 @@ ssize_t vfu_recv_fds(napi_env env, int fd, void* buf, size_t len, int32_t* out, 
   struct iovec iov = {buf, len};
   fd_control ctl;
   struct msghdr msg;
-  memset(&msg, 0, sizeof msg);
+  msg.msg_name = NULL;
+  msg.msg_namelen = 0;
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
   msg.msg_control = ctl.buf;
   msg.msg_controllen = sizeof ctl.buf;
+  msg.msg_flags = 0;
 
   ssize_t n;
   /* syscall(): libc's recvmsg() is a cancellation point, which costs two calls per read */

@@ -174,7 +174,7 @@ export interface NativeAddon {
    * bytes read (0 at EOF), -1 when none, -2 after a short send (nothing read). Throws as
    * send() (err.syscall 'send') or recvmsg().
    */
-  exchange(io: ArrayBuffer, buf: ArrayBufferLike): void;
+  exchange(io: ArrayBuffer, buf?: ArrayBufferLike): void;
   readonly POLL_READABLE: number;
   readonly POLL_WRITABLE: number;
   readonly POLL_DISCONNECT: number;

@@ -40,6 +40,12 @@ export function getU64Number(dv: DataView, off: number, code: ProtocolErrorCode,
 }
 
 export function setU64Number(dv: DataView, off: number, v: number): void {
+  if (v < TWO_32) {
+    // the common case, without the divisions
+    dv.setUint32(off, v, true);
+    dv.setUint32(off + 4, 0, true);
+    return;
+  }
   dv.setUint32(off, v % TWO_32, true);
   dv.setUint32(off + 4, Math.floor(v / TWO_32), true);
 }

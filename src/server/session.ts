@@ -238,7 +238,7 @@ export class Session {
     if (mig && !mig.allows(command)) return false;
     if (write) {
       if (!r.access?.write && !r.memory) return false;
-      const data = b.slice(p + 16, p + 16 + count); // devices may keep it
+      const data = copyAt(b, p + 16, count); // devices may keep it
       let res: void | Promise<void>;
       try {
         res = this.write(r, region, offset, data);
@@ -794,6 +794,14 @@ function fastHeader(msgId: number, command: number, size: number): Header {
 
 function u32le(b: Uint8Array, o: number): number {
   return (b[o]! | (b[o + 1]! << 8) | (b[o + 2]! << 16) | (b[o + 3]! << 24)) >>> 0;
+}
+
+/** b[at, at+n) copied (register-sized: by a loop, cheaper than slice()'s builtin). */
+function copyAt(b: Uint8Array, at: number, n: number): Uint8Array {
+  if (n > 8) return b.slice(at, at + n);
+  const c = new Uint8Array(n);
+  for (let i = 0; i < n; i++) c[i] = b[at + i]!;
+  return c;
 }
 
 function copyOf(v: Uint8Array): Uint8Array {

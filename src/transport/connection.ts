@@ -158,7 +158,10 @@ function writeHeader(dv: DataView, h: Header, size: number): void {
  * to 253), what was sent, how it waited, then the call's inputs — and from byte
  * IO.OUT_AT the staging buffer `out`.
  */
-const IO = { SENT: 254, WAITED: 255, FD: 256, OUT_LEN: 257, OFFSET: 258, LENGTH: 259, WAIT: 260, RESULT: 261, OUT_AT: 2048 } as const;
+/** the receive buffer starts in io, after out, with this many bytes (it grows into an ArrayBuffer of its own) */
+const IO = { SENT: 254, WAITED: 255, FD: 256, OUT_LEN: 257, OFFSET: 258, LENGTH: 259, WAIT: 260, RESULT: 261, YIELD: 262, YIELDED: 263, OUT_AT: 2048 } as const;
+const RBUF_AT = IO.OUT_AT + OUT_SIZE;
+const RBUF_SIZE = 65536;
 
 /**
  * The reason a peer gave with an error reply. The spec's error replies carry only the header;
@@ -193,6 +196,8 @@ export class Connection {
   private readonly spinUs: number;
   /** waits left before the next spin (see spinUs) */
   private spinSkip = 0;
+  /** exchanges left before the next yield after a reply (see native exchange's io[YIELD]) */
+  private yieldSkip = 0;
   /** messages read after a fast-path wait, without a round through the event loop (a statistic) */
   fastWaits = 0;
 
@@ -201,9 +206,12 @@ export class Connection {
   private rend = 0; // end of valid data in rbuf
   private rbase = 0; // absolute stream position of rbuf[0]
   /** the exchange() block: fdsOut and out are views of it */
-  private readonly io = new ArrayBuffer(IO.OUT_AT + OUT_SIZE);
+  private readonly io = new ArrayBuffer(IO.OUT_AT + OUT_SIZE + RBUF_SIZE);
   private readonly fdsOut = new Int32Array(this.io, 0, IO.OUT_AT / 4);
-  private rbufAB: ArrayBufferLike;
+  /** the receive buffer's ArrayBuffer once it has outgrown its place in io (undefined before) */
+  private rbufAB: ArrayBufferLike | undefined;
+  /** where rbuf starts in its ArrayBuffer */
+  private rbufAt = RBUF_AT;
   private fdRecords: FdRecord[] = [];
 
   private wqueue = new WriteQueue();
@@ -243,9 +251,9 @@ export class Connection {
     this.onBadHeader = opts.onBadHeader;
     this.fastPath = (opts.fastPath ?? false) && runTicks !== undefined;
     this.spinUs = opts.spinUs ?? 0;
-    this.rbuf = new Uint8Array(Math.min(65536, this.maxMessageSize));
-    this.rbufAB = this.rbuf.buffer;
+    this.rbuf = new Uint8Array(this.io, RBUF_AT, Math.min(RBUF_SIZE, this.maxMessageSize));
     this.fdsOut[IO.FD] = fd;
+    this.fdsOut[IO.YIELD] = this.spinUs > 0 ? 1 : 0; // yielding is a (very short) spin
     this.poller = native.createPoller(fd, (status, events) => this.onPoll(status, events));
     this.poller.ownFd(); // closed by fail(), or at teardown of a thread that died first
     this.watching = native.POLL_READABLE | native.POLL_DISCONNECT;
@@ -399,17 +407,26 @@ export class Connection {
     const len = this.outLen;
     this.outLen = 0;
     io[IO.OUT_LEN] = len;
-    io[IO.OFFSET] = this.rend;
+    io[IO.OFFSET] = this.rbufAt + this.rend;
     io[IO.LENGTH] = space;
     io[IO.WAIT] = wait;
     let n: number;
     try {
-      native.exchange(this.io, this.rbufAB);
+      // the receive buffer in io, the usual case: one ArrayBuffer for Node-API to unwrap
+      if (this.rbufAB === undefined) native.exchange(this.io);
+      else native.exchange(this.io, this.rbufAB);
       n = io[IO.RESULT]!;
     } catch (e) {
       if ((e as { syscall?: string }).syscall !== 'send') throw e;
       this.sendFailed(e);
       return -2;
+    }
+    if (this.yieldSkip > 0) {
+      if (--this.yieldSkip === 0) io[IO.YIELD] = 1;
+    } else if (io[IO.YIELDED] === 2) {
+      // the peer is not on our CPU (or slower than a yield): stop yielding for a while
+      this.yieldSkip = SPIN_SKIP;
+      io[IO.YIELD] = 0;
     }
     if (len > 0) {
       const sent = io[IO.SENT]!;
@@ -451,6 +468,7 @@ export class Connection {
     grown.set(this.rbuf.subarray(0, this.rend));
     this.rbuf = grown;
     this.rbufAB = grown.buffer;
+    this.rbufAt = 0;
   }
 
   private parse(): void {
@@ -550,6 +568,7 @@ export class Connection {
       grown.set(this.rbuf.subarray(0, this.rend));
       this.rbuf = grown;
       this.rbufAB = grown.buffer;
+      this.rbufAt = 0;
     }
   }
 

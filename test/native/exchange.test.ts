@@ -72,6 +72,28 @@ test('exchange: a short send reads nothing (-2) and says how much went; a send t
   native.close(a);
 });
 
+test('exchange without buf reads into io itself (where the transport keeps its first receive buffer)', () => {
+  const [a, b] = native.socketpair();
+  try {
+    const io = new ArrayBuffer(OUT_AT + 64);
+    const v = new Int32Array(io, 0, OUT_AT / 4);
+    native.send(b, Uint8Array.of(5, 6, 7), 0, 3);
+    v[I.FD] = a;
+    v[I.OUT_LEN] = 0;
+    v[I.OFFSET] = OUT_AT + 32;
+    v[I.LENGTH] = 32;
+    v[I.WAIT] = -1;
+    native.exchange(io);
+    assert.equal(v[I.RESULT], 3);
+    assert.deepEqual([...new Uint8Array(io, OUT_AT + 32, 3)], [5, 6, 7]);
+    v[I.LENGTH] = 33;
+    assert.throws(() => native.exchange(io), RangeError, 'past the end of io');
+  } finally {
+    native.close(a);
+    native.close(b);
+  }
+});
+
 test('exchange: bad arguments throw', () => {
   const [a, b] = native.socketpair();
   try {
@@ -80,7 +102,8 @@ test('exchange: bad arguments throw', () => {
     const ex = (...x: unknown[]): void => (native.exchange as (...y: unknown[]) => void).apply(native, x);
     assert.throws(() => ex(new ArrayBuffer(100), buf.buffer), TypeError, 'io too small');
     assert.throws(() => ex(new Uint8Array(io), buf.buffer), TypeError, 'a view, not an ArrayBuffer');
-    assert.throws(() => ex(io), TypeError);
+    assert.throws(() => ex('io'), TypeError);
+    assert.throws(() => ex(io, 'buf'), TypeError);
     assert.throws(() => call(io, buf, a, new Uint8Array(0), 8), RangeError, 'no room to read');
     assert.throws(() => call(io, buf, a, new Uint8Array(17)), RangeError, 'outLen past io');
     assert.throws(() => call(io, buf, -1, new Uint8Array(0)), RangeError, 'negative fd');
