@@ -20,7 +20,7 @@ import { createInterface } from 'node:readline';
 import { DeviceThreads, type DeviceThread, type DeviceThreadSpec } from '../server/threads.js';
 import { UsageError } from './factory.js';
 import { parseCommand, stopOnSignal } from './args.js';
-import { resolveDevice, parseServeArgs, type ResolvedDevice } from './serve.js';
+import { resolveDevice, parseServeArgs, serverOptions, type ResolvedDevice } from './serve.js';
 
 /** Whether argv asks for several devices (--device or --config). */
 export function wantsMany(argv: string[]): boolean {
@@ -87,13 +87,7 @@ async function plan(argvs: string[][]): Promise<Planned[]> {
         export: dev.module ? undefined : `DEVICES.${dev.name}`,
         options: args.device,
         socketPath,
-        server: {
-          twinSocket: !o['no-twin-socket'],
-          maxDataXferSize: o['max-data-xfer-size'],
-          maxDmaMaps: o['max-dma-maps'],
-          maxDmaBytes: o['max-dma-bytes'],
-          requireSealedDmaFiles: !o['allow-unsealed-dma'],
-        },
+        server: serverOptions(o),
       },
     });
   }
@@ -136,7 +130,7 @@ export async function serveMany(argv: string[]): Promise<number> {
     event(t, 'device-exit', info);
   });
   host.on('restart', (t: DeviceThread) => event(t, 'device-restart', { restarts: t.restarts }));
-  host.on('ready', (t: DeviceThread) => event(t, 'ready', { socket: t.socketPath })); // started or restarted
+  host.on('ready', (t: DeviceThread) => event(t, 'ready', { socket: t.socketPath, ...t.serving })); // started or restarted
 
   let done: (code: number) => void = () => {};
   const finished = new Promise<number>((r) => (done = r));

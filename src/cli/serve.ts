@@ -14,7 +14,7 @@ import { createInterface } from 'node:readline';
 import { basename, extname, join, resolve } from 'node:path';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
-import { VfioUserServer } from '../server/server.js';
+import { VfioUserServer, type ServerOptions } from '../server/server.js';
 import type { PciDevice } from '../server/device.js';
 import { DEVICES } from './devices.js';
 import { wantsMany, serveMany } from './serve-many.js';
@@ -32,6 +32,12 @@ export const SERVE_OPTIONS = {
   'max-dma-maps': { type: 'integer', min: 1, max: 1 << 30, help: 'most DMA maps a client may hold (default 65535)' },
   'max-dma-bytes': { type: 'size', help: 'most address space all DMA maps may cover (default 16T)' },
   'allow-unsealed-dma': { type: 'boolean', help: 'accept DMA files that cannot be sealed against shrinking (copied safely, no zero-copy); refused by default' },
+  'fast-path': {
+    type: 'string',
+    choices: ['on', 'off'],
+    help: 'the serving fast path: after a reply, read and wait for the next message in native code rather than go round the event loop (default on, or off with VFU_FAST_PATH=0)',
+  },
+  'spin-us': { type: 'integer', min: 0, max: 1000000, help: 'with the fast path: poll this many microseconds without sleeping before sleeping, adaptively (default 50, or VFU_SPIN_US; 0: never)' },
   'print-description': { type: 'boolean', help: "print the device's JSON description (the spec's /usr/share/vfio-user file) and exit" },
   'install-description': { type: 'string', help: 'write the JSON description into this directory (e.g. /usr/share/vfio-user) and exit' },
   help: { type: 'boolean', help: 'this help' },
@@ -116,6 +122,19 @@ export function parseServeArgs(argv: string[], dev: ResolvedDevice): ParsedServe
     }
   }
   return out;
+}
+
+/** The server options serve's options ask for (without a log function: plain data, for a worker too). */
+export function serverOptions(o: ParsedServeArgs['serve']): Omit<ServerOptions, 'log'> {
+  return {
+    twinSocket: !o['no-twin-socket'],
+    maxDataXferSize: o['max-data-xfer-size'],
+    maxDmaMaps: o['max-dma-maps'],
+    maxDmaBytes: o['max-dma-bytes'],
+    requireSealedDmaFiles: !o['allow-unsealed-dma'],
+    fastPath: o['fast-path'] === undefined ? undefined : o['fast-path'] === 'on',
+    spinUs: o['spin-us'],
+  };
 }
 
 /** The device's JSON description, as the spec wants one under /usr/share/vfio-user. */
@@ -215,14 +234,7 @@ export async function serveDevice(dev: ResolvedDevice, args: ParsedServeArgs): P
   }
   // duck-typed: a module may import another copy of the package than this command's
   if (typeof (device as Partial<PciDevice> | null)?.addRegion !== 'function' || typeof (device as Partial<PciDevice>).destroy !== 'function') throw new Error(`device ${dev.name}: the factory returned ${device === null ? 'null' : typeof device}, not a PciDevice`);
-  const server = new VfioUserServer(device, {
-    twinSocket: !o['no-twin-socket'],
-    maxDataXferSize: o['max-data-xfer-size'],
-    maxDmaMaps: o['max-dma-maps'],
-    maxDmaBytes: o['max-dma-bytes'],
-    requireSealedDmaFiles: !o['allow-unsealed-dma'],
-    log,
-  });
+  const server = new VfioUserServer(device, { ...serverOptions(o), log });
   server.on('connect', () => event('connect'));
   server.on('disconnect', () => event('disconnect'));
   try {
@@ -233,7 +245,7 @@ export async function serveDevice(dev: ResolvedDevice, args: ParsedServeArgs): P
     const where = o['socket-path'] !== undefined ? o['socket-path'] : `fd ${o.fd}`;
     throw new Error(`cannot serve on ${where}: ${(e as Error).message}`, { cause: e });
   }
-  event('ready', { device: dev.name, socket: o['socket-path'] ?? `fd:${o.fd}` });
+  event('ready', { device: dev.name, socket: o['socket-path'] ?? `fd:${o.fd}`, fastPath: server.fastPath, spinUs: server.spinUs });
 
   // host-side control on stdin
   const control = dev.factory.control ?? {};

@@ -103,7 +103,7 @@ try {
   server.on('connect', () => post({ t: 'event', name: 'connect', fields: {} }));
   server.on('disconnect', () => post({ t: 'event', name: 'disconnect', fields: {} }));
   server.listenFd(data.listenFd);
-  post({ t: 'ready' });
+  post({ t: 'ready', fastPath: server.fastPath, spinUs: server.spinUs });
 } catch (e) {
   await fatal(e);
 }

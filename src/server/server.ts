@@ -63,16 +63,20 @@ export interface ServerOptions {
    * in poll(2) without a round through the event loop while the loop has nothing else to do
    * (see ConnectionOptions.fastPath). Timers, other fds, immediates, worker messages and
    * asynchronous device callbacks still run as before. false serves every message through
-   * the event loop.
+   * the event loop. Undefined: the environment's VFU_FAST_PATH (0 turns it off), else true.
+   * The CLI's `--fast-path=on|off`.
    */
-  fastPath?: boolean;
+  fastPath?: boolean | undefined;
   /**
    * With the fast path: after answering, poll for the client's next message without sleeping
    * for up to this many microseconds (default 50; 0: never), adaptively (spinning stops for a
    * while after a spin that caught nothing, so a client slower than that costs little CPU, and
    * an idle one none). Saves the wake-up of an idle CPU when the client runs on another one.
+   * Between polls the thread yields its CPU, so a client on the same CPU runs meanwhile.
+   * Undefined: the environment's VFU_SPIN_US, else 50. An integer from 0 to 1,000,000. The
+   * CLI's `--spin-us=N`.
    */
-  spinUs?: number;
+  spinUs?: number | undefined;
   /**
    * log function. Default: warnings (a device error, with its stack; a misbehaving client)
    * go to stderr, nothing else; `() => {}` silences them.
@@ -152,7 +156,12 @@ export class VfioUserServer extends EventEmitter {
     this.writeMultiple = opts.writeMultiple ?? true;
     this.handshakeTimeoutMs = opts.handshakeTimeoutMs ?? 5000;
     this.fastPath = opts.fastPath ?? process.env.VFU_FAST_PATH !== '0';
-    this.spinUs = opts.spinUs ?? (process.env.VFU_SPIN_US !== undefined ? Number(process.env.VFU_SPIN_US) : 50);
+    const env = process.env.VFU_SPIN_US;
+    this.spinUs = opts.spinUs ?? (env !== undefined && env !== '' ? Number(env) : 50);
+    if (!Number.isInteger(this.spinUs) || this.spinUs < 0 || this.spinUs > 1_000_000) {
+      const from = opts.spinUs !== undefined ? 'spinUs' : 'VFU_SPIN_US';
+      throw new VfioUserError('VFU_INVALID_ARGUMENT', `${from} must be an integer from 0 to 1000000 (microseconds), not ${String(opts.spinUs ?? env)}`, Errno.EINVAL);
+    }
     this.logFn = opts.log ?? warningsToStderr;
     this.migration = device.migratable ? new Migration(device) : undefined;
     (device.dma as { maxMaps: number }).maxMaps = this.maxDmaMaps;

@@ -71,7 +71,7 @@ export interface DeviceWorkerData {
 }
 /** @internal */
 export type FromWorker =
-  | { t: 'ready' }
+  | { t: 'ready'; fastPath: boolean; spinUs: number }
   | { t: 'stopped' }
   | { t: 'fatal'; error: string }
   | { t: 'log'; level: 'info' | 'warn' | 'debug'; msg: string }
@@ -123,6 +123,8 @@ export class DeviceThread {
   worker: Worker | undefined;
   /** restarts so far */
   restarts = 0;
+  /** how its server serves (ServerOptions.fastPath and spinUs as they came out), once ready */
+  serving: { fastPath: boolean; spinUs: number } | undefined;
   /** the error of the last worker that died */
   lastError: string | undefined;
   private readonly host: DeviceThreads;
@@ -173,6 +175,7 @@ export class DeviceThread {
           case 'ready':
             ready = true;
             this.state = 'running';
+            this.serving = { fastPath: m.fastPath, spinUs: m.spinUs };
             this.host.emit('ready', this);
             resolve();
             break;

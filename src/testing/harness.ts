@@ -107,6 +107,8 @@ export interface ServerProcess extends AsyncDisposable {
   readonly child: ChildProcess;
   /** the socket the server listens on */
   readonly path: string;
+  /** its ready event (`vfio-user serve` says there how it serves, e.g. `fastPath`, `spinUs`) */
+  readonly ready: Record<string, unknown>;
   /** JSON events printed on its stdout and not yet taken by waitEvent() */
   readonly events: Record<string, unknown>[];
   /** Resolves with the next event of that name (`{"event": name, ...}`), taking it. */
@@ -177,8 +179,9 @@ export async function spawnServer(args: string[], opts: SpawnOptions = {}): Prom
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
     return exited;
   };
+  let ready: Record<string, unknown>;
   try {
-    await Promise.race([
+    ready = await Promise.race([
       waitEvent('ready', opts.readyTimeoutMs ?? 20000),
       exited.then((code) => {
         throw new Error(`server exited with ${code}: ${err}`);
@@ -191,6 +194,7 @@ export async function spawnServer(args: string[], opts: SpawnOptions = {}): Prom
   return {
     child,
     path,
+    ready,
     events,
     waitEvent,
     send: (line) => void child.stdin.write(line + '\n'),

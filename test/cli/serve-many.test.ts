@@ -75,7 +75,7 @@ test('two built-in devices and a module: each served on its own thread, controls
   const s = serveMany([`--device=gpio --socket-path=${g1} --inputs=0x00ff`, `--device=gpio --socket-path=${g2}`, `--device=${MODULE} --socket-path=${m} --fill=7`, '-q']);
   try {
     for (const [name, path] of [['gpio', g1], ['gpio-2', g2], ['my-device', m]] as const) {
-      assert.deepEqual(await s.next(ev('ready', name)), { event: 'ready', device: name, socket: path });
+      assert.deepEqual(await s.next(ev('ready', name)), { event: 'ready', device: name, socket: path, fastPath: true, spinUs: 50 });
     }
     const c1 = await VfioUserClient.connect(g1);
     const c2 = await VfioUserClient.connect(g2);
@@ -152,5 +152,24 @@ test('bad multi-device command lines exit 2 and start nothing', T, () => {
     assert.equal(r.status, 2, `${args.join(' ')}: ${r.stderr}`);
     assert.match(r.stderr, why);
     assert.ok(!existsSync(a));
+  }
+});
+
+test('--fast-path and --spin-us per device: each thread serves as its --device says (ready tells), both serve', T, async () => {
+  const a = sockPath('fpa');
+  const b = sockPath('fpb');
+  const s = serveMany([`--device=gpio --socket-path=${a} --fast-path=off --spin-us=0`, `--device=gpio --socket-path=${b} --spin-us=9`, '-q']);
+  try {
+    assert.deepEqual(await s.next(ev('ready', 'gpio')), { event: 'ready', device: 'gpio', socket: a, fastPath: false, spinUs: 0 });
+    assert.deepEqual(await s.next(ev('ready', 'gpio-2')), { event: 'ready', device: 'gpio-2', socket: b, fastPath: true, spinUs: 9 });
+    for (const path of [a, b]) {
+      const c = await VfioUserClient.connect(path);
+      for (let i = 0; i < 50; i++) assert.equal((await c.read(2, 7, 1))[0], 0);
+      c.close();
+    }
+    s.child.kill('SIGTERM');
+    assert.equal(await s.exited, 0, s.stderr());
+  } finally {
+    s.child.kill('SIGKILL');
   }
 });

@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { native } from '../../src/native/index.js';
 import { VfioUserClient } from '../../src/client/client.js';
 import { serveChild, CLI } from '../helpers.js';
+import { spawnServer } from '../../src/testing/index.js';
 import { u32, rd32 } from '../client/util.js';
 
 const MODULE = new URL('./fixtures/my-device.js', import.meta.url).pathname;
@@ -168,5 +169,47 @@ test('serve: the stats control command counts the session\'s messages by command
     }
   } finally {
     assert.equal(await srv.stop(), 0);
+  }
+});
+
+test('serve --fast-path=on|off and --spin-us=N override VFU_FAST_PATH / VFU_SPIN_US; ready says how it serves; off, each request is a wake-up', async () => {
+  const cases = [
+    { args: [], env: {}, want: { fastPath: true, spinUs: 50 } },
+    { args: ['--fast-path=off', '--spin-us=0'], env: {}, want: { fastPath: false, spinUs: 0 } },
+    { args: [], env: { VFU_FAST_PATH: '0', VFU_SPIN_US: '7' }, want: { fastPath: false, spinUs: 7 } },
+    { args: ['--fast-path=on', '--spin-us=0'], env: { VFU_FAST_PATH: '0', VFU_SPIN_US: '7' }, want: { fastPath: true, spinUs: 0 } },
+  ];
+  for (const c of cases) {
+    const srv = await spawnServer([CLI, 'serve', 'gpio', ...c.args], { name: 'fp', env: c.env });
+    try {
+      assert.deepEqual({ fastPath: srv.ready.fastPath, spinUs: srv.ready.spinUs }, c.want, `${c.args.join(' ')} ${JSON.stringify(c.env)}`);
+      const client = await VfioUserClient.connect(srv.path);
+      try {
+        for (let i = 0; i < 200; i++) await client.read(2, 0, 1);
+        srv.send('stats');
+        const s = (await srv.waitEvent('stats')) as { conn: { commandsIn: number[]; polls: number } };
+        assert.equal(s.conn.commandsIn[9], 200);
+        // off: every request wakes the event loop; on: the server waits for them in the fast path
+        if (c.want.fastPath) assert.ok(s.conn.polls < 100, `${s.conn.polls} wake-ups for 200 requests with the fast path`);
+        else assert.ok(s.conn.polls >= 200, `${s.conn.polls} wake-ups for 200 requests without the fast path`);
+      } finally {
+        client.close();
+      }
+    } finally {
+      assert.equal(await srv.stop(), 0);
+    }
+  }
+});
+
+test('serve: bad --fast-path and --spin-us values are usage errors, with one device or several', () => {
+  for (const [args, why] of [
+    [['gpio', '--socket-path=/tmp/x.sock', '--fast-path=maybe'], /--fast-path must be on or off/],
+    [['gpio', '--socket-path=/tmp/x.sock', '--spin-us=-1'], /--spin-us/],
+    [['gpio', '--socket-path=/tmp/x.sock', '--spin-us=2000000'], /--spin-us/],
+    [['--device=gpio --socket-path=/tmp/x.sock --fast-path=yes'], /--fast-path must be on or off/],
+  ] as const) {
+    const r = spawnSync(process.execPath, [CLI, 'serve', ...args], { encoding: 'utf8', timeout: 60000 });
+    assert.equal(r.status, 2, `${args.join(' ')}: ${r.stderr}`);
+    assert.match(r.stderr, why);
   }
 });
