@@ -112,7 +112,7 @@ describe('nvme shadow doorbells', () => {
       assert.equal(r.dev.perfStats.commands, before, 'the ring alone ran nothing');
       await waitFor(() => !r.dev.pollStats.polling && !r.dev.pollStats.pending, 'the poller to sleep');
       const turns = r.dev.pollStats.turns;
-      await delay(30);
+      await delay(30); // proves a negative (nothing to wait for): no turn runs while stalled
       assert.equal(r.dev.pollStats.turns, turns, 'no polling while stalled');
       // the host resets the controller (as Linux does after a timeout) and starts again
       r.d.shadowFrozen = false;
