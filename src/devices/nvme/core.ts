@@ -135,14 +135,25 @@ export class NvmeCore {
     if (--this.inflight === 0) for (const w of this.idleWaiters.splice(0)) w();
   }
 
-  /** One shadow doorbell slot (undefined, and the controller fails, when the buffer is gone). */
-  readShadow(slot: number): number | undefined {
+  /**
+   * The shadow doorbell and EventIdx views (undefined when shadows are off, or, with the
+   * controller failed, when the buffers have left the DMA maps).
+   */
+  shadowViews(): { db: Uint32Array; ei: Uint32Array } | undefined {
+    const b = this.dbbuf;
+    if (!b) return undefined;
     try {
-      return Atomics.load(this.dbbuf!.shadowView(), slot);
+      return { db: b.shadowView(), ei: b.eventIdxView() };
     } catch (e) {
       this.shadowFault(e);
       return undefined;
     }
+  }
+
+  /** One shadow doorbell slot (undefined, and the controller fails, when the buffer is gone). */
+  readShadow(slot: number): number | undefined {
+    const v = this.shadowViews();
+    return v && Atomics.load(v.db, slot);
   }
 
   /** The doorbell buffers left the DMA maps: a controller fatal status (the host resets). */

@@ -75,15 +75,8 @@ export function scanDoorbells(c: NvmeCore): boolean {
 
 /** Applies every shadow doorbell that changed. */
 function scanShadows(c: NvmeCore): boolean {
-  const b = c.dbbuf;
-  if (!b) return false;
-  let db: Uint32Array;
-  try {
-    db = b.shadowView();
-  } catch (e) {
-    c.shadowFault(e);
-    return false;
-  }
+  const db = c.shadowViews()?.db;
+  if (!db) return false;
   let moved = false;
   // CQ heads first: they free room for the SQs
   for (const cq of c.cqs) {
@@ -112,15 +105,9 @@ function publishEventIdx(ei: Uint32Array, slot: number, t: DoorbellTracker, v: n
  * shadows again: an entry written before the host could see the new EventIdx is found here.
  */
 export function armEventIdx(c: NvmeCore): boolean {
-  const b = c.dbbuf;
-  if (!b || !(c.regs.csts & CSTS.RDY) || !c.running) return false;
-  let ei: Uint32Array;
-  try {
-    ei = b.eventIdxView();
-  } catch (e) {
-    c.shadowFault(e);
-    return false;
-  }
+  if (!c.dbbuf || !(c.regs.csts & CSTS.RDY) || !c.running) return false;
+  const ei = c.shadowViews()?.ei;
+  if (!ei) return false;
   const intx = !c.msixEnabled();
   for (const cq of c.cqs) {
     if (!cq?.db) continue;
@@ -162,12 +149,8 @@ function attachShadow(q: SubQueue | CompQueue, slot: number, value: number, db: 
 
 /** a queue created while shadows are on: its slots start at 0 */
 export function shadowNewQueue(c: NvmeCore, q: SubQueue | CompQueue, slot: number): void {
-  if (!c.dbbuf) return;
-  try {
-    attachShadow(q, slot, 0, c.dbbuf.shadowView(), c.dbbuf.eventIdxView());
-  } catch (e) {
-    c.shadowFault(e);
-  }
+  const v = c.shadowViews();
+  if (v) attachShadow(q, slot, 0, v.db, v.ei);
 }
 
 /**
