@@ -11,19 +11,34 @@
  * starts and ends on the guest's console, so fio's 1 s ramp is counted too) divided by the
  * I/Os done over the job's whole time (IOPS x (runtime + ramp)).
  *
- * Usage: VFU_GUEST_RUN=... node dist/bench/virtio/guest.js [--seconds=4] [--doorbells=trap|mmap]
+ * With --doorbells=both, two servers of ours (trapped notify writes, and the mmap-ed notify
+ * page with its sleeping poller) are two more disks of the same guest beside QEMU's: each job
+ * runs on the three in turn, so one run gives both ratios. --only=4k runs the 4 KiB jobs only.
+ * With --unshared the guest RAM is not shared (every DMA of ours is a message; the notify page
+ * is device memory and is mapped all the same).
+ *
+ * --cpu-prof-dir=DIR: our servers run under node --cpu-prof and leave their profiles in DIR.
+ * --vs-env=K=V[,K=V...]: a second disk of ours (trapped notify) whose server runs with these
+ * environment variables (e.g. VFU_SPIN_US=0, VFU_FAST_PATH=0), in the same rounds.
+ *
+ * Usage: VFU_GUEST_RUN=... node dist/bench/virtio/guest.js [--seconds=4] [--doorbells=trap|mmap|both] [--only=4k] [--unshared] [--cpu-prof-dir=DIR]
  */
 import { mkdtempSync, rmSync, writeFileSync, truncateSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { serveChild } from '../../test/helpers.js';
+import { CLI } from '../../test/helpers.js';
+import { spawnServer } from '../../src/testing/index.js';
 import { guestRunner, guestScript, runGuest } from '../../test/interop/guest-run.js';
 
 const SCRIPT = guestScript('virtio-blk-bench.sh');
-const { values } = parseArgs({ options: { seconds: { type: 'string' }, doorbells: { type: 'string' } } });
-/** our device's notifications: trap (default) or mmap (the polled notify page) */
+const { values } = parseArgs({ options: { seconds: { type: 'string' }, doorbells: { type: 'string' }, only: { type: 'string' }, unshared: { type: 'boolean' }, 'cpu-prof-dir': { type: 'string' }, 'vs-env': { type: 'string' } } });
+/** our device's notifications: trap (default), mmap (the polled notify page), or both (two disks of ours) */
 const doorbells = values.doorbells ?? 'trap';
+if (!['trap', 'mmap', 'both'].includes(doorbells)) throw new Error(`--doorbells=${doorbells}: trap, mmap or both`);
+if (values.only !== undefined && values.only !== '4k') throw new Error(`--only=${values.only}: only 4k`);
+if (doorbells === 'both' && values['vs-env']) throw new Error('--vs-env takes the place of --doorbells=both');
+const vsEnv = values['vs-env'] ? Object.fromEntries(values['vs-env'].split(',').map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)])) : undefined;
 const seconds = Number(values.seconds ?? 4);
 /** fio's --ramp_time in the guest script */
 const RAMP = 1;
@@ -83,23 +98,36 @@ async function main(): Promise<void> {
     return;
   }
   const dir = mkdtempSync(join(tmpdir(), 'vfu-virtio-guest-'));
-  const srv = await serveChild('virtio-blk', [`--image=${join(dir, 'ours.img')}`, '--size=64M', '--serial=VFU-BENCH', '-q', `--doorbells=${doorbells}`]);
+  // our disks: the guest names them by serial, 'ours' (VFU-BENCH) and 'ours2' (VFU-BENCH2)
+  const variants: { label: string; mode: string; env?: Record<string, string> }[] = doorbells === 'both'
+    ? [{ label: 'notify trap', mode: 'trap' }, { label: 'notify mmap', mode: 'mmap' }]
+    : [{ label: `notify ${doorbells}`, mode: doorbells }, ...(vsEnv ? [{ label: values['vs-env']!, mode: doorbells, env: vsEnv }] : [])];
+  const nodeArgs = values['cpu-prof-dir'] ? ['--cpu-prof', `--cpu-prof-dir=${values['cpu-prof-dir']}`] : [];
+  const servers = await Promise.all(variants.map((v, i) => spawnServer([...nodeArgs, CLI, 'serve', 'virtio-blk',
+    `--image=${join(dir, `ours${i}.img`)}`, '--size=64M', `--serial=${i ? 'VFU-BENCH2' : 'VFU-BENCH'}`, '-q', `--doorbells=${v.mode}`,
+  ], { name: 'virtio-blk', ...(v.env && { env: v.env }) })));
   const qemuImage = join(dir, 'qemu.img');
   writeFileSync(qemuImage, '');
   truncateSync(qemuImage, 64 << 20);
-  // the server's CPU time over each job, in the order the jobs run (ours and QEMU's alike)
-  const pid = srv.child.pid!;
+  // each server's CPU time over each job, in the order the jobs run (while QEMU's disk runs: the idle cost)
   const cpu: number[] = [];
-  let cpu0 = 0;
+  let cpu0: number[] = [];
+  let serverOf = 0;
   const onLine = (l: string): void => {
-    if (l.includes('VBLKBENCH-BEGIN')) cpu0 = cpuSeconds(pid);
-    else if (l.includes('VBLKBENCH-END')) cpu.push(cpuSeconds(pid) - cpu0);
+    const begin = /VBLKBENCH-BEGIN (\S+)/.exec(l);
+    if (begin) {
+      cpu0 = servers.map((x) => cpuSeconds(x.child.pid!));
+      serverOf = begin[1] === 'ours2' ? 1 : 0;
+    } else if (l.includes('VBLKBENCH-END')) cpu.push(cpuSeconds(servers[serverOf]!.child.pid!) - cpu0[serverOf]!);
   };
-  const g = await runGuest([srv.path], SCRIPT, ['-M', '-k', `vblk_rt=${seconds}`], 120 + 40 * seconds * 2, [
+  const rounds = values.only ? 4 : 8;
+  const g = await runGuest(servers.map((x) => x.path), SCRIPT, [
+    ...(values.unshared ? [] : ['-M']), '-k', `vblk_rt=${seconds}${values.only ? ` vblk_only=${values.only}` : ''}`,
+  ], 120 + 10 * rounds * (servers.length + 1) * (seconds + RAMP + 2), [
     '-drive', `file=${qemuImage},if=none,id=d0,format=raw,cache=writeback,aio=threads`,
     '-device', 'virtio-blk-pci,drive=d0,num-queues=1,serial=QEMU-BENCH',
   ], onLine);
-  await srv.stop();
+  await Promise.all(servers.map((x) => x.stop()));
   rmSync(dir, { recursive: true, force: true });
   if (g.code !== 0) {
     console.log(`guest run failed (${g.code})\n${g.out.slice(-3000)}`);
@@ -107,18 +135,21 @@ async function main(): Promise<void> {
     return;
   }
   const m = parse(g.out, cpu);
-  const a = m.get('ours') ?? new Map<string, Result>();
   const b = m.get('qemu') ?? new Map<string, Result>();
-  console.log(`guest fio, libaio O_DIRECT, ${seconds} s per job, each job alternately on both disks twice (mean), 1 vCPU TCG, page cache on the host; our notifications: ${doorbells}`);
-  console.log(`${'job'.padEnd(20)} ${'ours (vfio-user)'.padStart(30)} ${'QEMU virtio-blk-pci'.padStart(30)}  ratio (IOPS)  our server CPU per I/O`);
-  for (const [k, x] of a) {
+  const ours = variants.map((v, i) => ({ label: v.label, r: m.get(i ? 'ours2' : 'ours') ?? new Map<string, Result>() }));
+  console.log(`guest fio, libaio O_DIRECT, ${seconds} s per job, each job on every disk in turn, twice (mean), 1 vCPU TCG, ${values.unshared ? 'unshared' : 'shared'} guest RAM, page cache on the host`);
+  const fmt = (r: Result | undefined): string => (r ? `${Math.round(r.iops)} IOPS ${r.mbs.toFixed(1)} MB/s ${Math.round(r.latUs)} us` : 'n/a').padStart(30);
+  console.log(`${'job'.padEnd(20)} ${ours.map((o) => `ours, ${o.label}`.padStart(30)).join(' ')} ${'QEMU virtio-blk-pci'.padStart(30)}  ${ours.map((o) => `ratio ${ours.indexOf(o) + 1}`.padStart(10)).join(' ')}  ${ours.map((o) => `CPU/IO ${ours.indexOf(o) + 1}`.padStart(12)).join(' ')}`);
+  for (const k of b.keys()) {
     const y = b.get(k);
-    const fmt = (r: Result | undefined): string => (r ? `${Math.round(r.iops)} IOPS ${r.mbs.toFixed(1)} MB/s ${Math.round(r.latUs)} us` : 'n/a').padStart(30);
-    const cpuUs = x.cpuUs === undefined ? '-' : `${x.cpuUs.toFixed(1)} us`;
-    console.log(`${k.padEnd(20)} ${fmt(x)} ${fmt(y)}  ${(y ? (x.iops / y.iops).toFixed(2) : '-').padStart(12)}  ${cpuUs.padStart(10)}`);
+    const xs = ours.map((o) => o.r.get(k));
+    const ratio = (x: Result | undefined): string => (x && y ? (x.iops / y.iops).toFixed(2) : '-').padStart(10);
+    const cpuUs = (x: Result | undefined): string => (x?.cpuUs === undefined ? '-' : `${x.cpuUs.toFixed(1)} us`).padStart(12);
+    console.log(`${k.padEnd(20)} ${xs.map(fmt).join(' ')} ${fmt(y)}  ${xs.map(ratio).join(' ')}  ${xs.map(cpuUs).join(' ')}`);
   }
-  const qemuCpu = cpu.filter((_, i) => i % 2 === 1);
-  if (qemuCpu.length) console.log(`our server's CPU while QEMU's disk ran (idle cost): ${(qemuCpu.reduce((n, x) => n + x, 0) / qemuCpu.length).toFixed(3)} s per ${seconds + RAMP} s job`);
+  const per = servers.length + 1;
+  const qemuCpu = cpu.filter((_, i) => i % per === per - 1);
+  if (qemuCpu.length) console.log(`our first server's CPU while QEMU's disk ran (idle cost): ${(qemuCpu.reduce((n, x) => n + x, 0) / qemuCpu.length).toFixed(3)} s per ${seconds + RAMP} s job`);
 }
 
 await main();
