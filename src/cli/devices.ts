@@ -77,7 +77,7 @@ const nvme = defineDevice({
     'lba-size': { type: 'integer', min: 512, max: 4096, help: '512 (default) or 4096' },
     doorbells: { type: 'string', choices: ['trap', 'mmap'], help: 'trap (default: trapped REGION_WRITEs) or mmap (shared doorbell page, polled)' },
     'shadow-doorbells': { type: 'string', choices: ['on', 'off'], help: 'on (default: offer Doorbell Buffer Config) or off' },
-    'poll-us': { type: 'integer', min: 0, max: 1_000_000, help: 'poll shadow doorbells at most this many microseconds after the last I/O (default 50; the window adapts to the host, shrinking to 0 when work comes later than that; 0: sleep at once)' },
+    'poll-us': { type: 'integer', min: 0, max: 1_000_000, help: 'poll shadow doorbells at most this many microseconds after the last I/O (default 1000; the window adapts to the host, shrinking to 0 when work comes later than that; 0: sleep at once)' },
     serial: { type: 'string', help: 'controller serial number (default: derived from the image path)' },
   },
   create(o, ctx) {

@@ -40,6 +40,16 @@ import { admin } from './admin.js';
 import { io } from './io.js';
 import { setRunning, quiesce, saveState, loadState } from './migration.js';
 
+/**
+ * Default poll window after the last I/O, in microseconds. Measured in a Linux guest under
+ * QEMU TCG with shared RAM (bench/README.md, "NVMe in the guest", 2026-12-02 05:40): at 50 µs
+ * the guest's next queue-depth-1 command came later than the window, which shrank to 0, and
+ * every QD 1 command cost a trapped doorbell message (0.66-1.09x of QEMU's nvme over the 8 jobs); at 1000 µs the
+ * poll picks up the guest's shadow doorbell write instead (0.01-0.03 doorbells per I/O,
+ * 0.98-1.27x), at about twice the server CPU per I/O while I/O flows, and none when idle.
+ */
+export const DEFAULT_POLL_US = 1000;
+
 export interface NvmeOptions {
   /** raw image file; created with `size` bytes when missing */
   image?: string | undefined;
@@ -53,7 +63,10 @@ export interface NvmeOptions {
   doorbells?: 'trap' | 'mmap' | undefined;
   /** offer Doorbell Buffer Config (shadow doorbells, default true) */
   shadowDoorbells?: boolean | undefined;
-  /** keep polling the shadow doorbells (and the mmap page) this long after the last I/O (microseconds, default 50) */
+  /**
+   * keep polling the shadow doorbells (and the mmap page) at most this long after the last
+   * I/O (microseconds, default {@link DEFAULT_POLL_US}; the window adapts below it)
+   */
   pollUs?: number | undefined;
   /** log function for unexpected errors */
   log?: ((msg: string) => void) | undefined;
@@ -122,7 +135,7 @@ export class NvmeDevice extends PciDevice {
     c.poller = new Poller({
       step: () => scanDoorbells(c),
       arm: () => armEventIdx(c),
-      spinUs: o.pollUs ?? 50,
+      spinUs: o.pollUs ?? DEFAULT_POLL_US,
       // the doorbell page is written without any notification: never fully asleep
       idleMs: this.doorbellMode === 'mmap' ? 1 : 0,
     });

@@ -556,20 +556,19 @@ export abstract class VirtioPciDevice extends PciDevice {
     if (!q.pendingUsed || !this.running) return;
     q.pendingUsed = false;
     if (!(await q.shouldInterrupt(this.dma))) return;
-    if (this.msixEnabled()) {
-      if (q.msixVector !== NO_VECTOR) this.trigger(IrqIndex.MSIX, q.msixVector);
-    } else {
-      this.isr |= Isr.QUEUE;
-      this.updateIntx();
-    }
+    this.interrupt(q.msixVector, Isr.QUEUE);
   }
 
   private configInterrupt(): void {
-    if (!this.running) return;
+    if (this.running) this.interrupt(this.configVector, Isr.CONFIG);
+  }
+
+  /** MSI-X on `vector` (none when the driver set NO_VECTOR), or INTx with `isrBit` set in the ISR. */
+  private interrupt(vector: number, isrBit: number): void {
     if (this.msixEnabled()) {
-      if (this.configVector !== NO_VECTOR) this.trigger(IrqIndex.MSIX, this.configVector);
+      if (vector !== NO_VECTOR) this.trigger(IrqIndex.MSIX, vector);
     } else {
-      this.isr |= Isr.CONFIG;
+      this.isr |= isrBit;
       this.updateIntx();
     }
   }
