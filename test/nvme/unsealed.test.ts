@@ -6,10 +6,10 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { closeSync, ftruncateSync, mkdtempSync, openSync, readSync, rmSync } from 'node:fs';
+import { ftruncateSync, mkdtempSync, openSync, readSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { VfioUserClient, type GuestMemory } from '../../src/client/client.js';
+import { VfioUserClient, GuestMemory } from '../../src/client/client.js';
 import { VfioUserError } from '../../src/errors.js';
 import { serveChild } from '../helpers.js';
 import { NvmeDriver, sc } from '../../src/testing/index.js';
@@ -22,7 +22,7 @@ test('an unsealable DMA file: refused by default; with --allow-unsealed-dma, tru
   const shmPath = `/dev/shm/vfu-unsealed-${process.pid}`;
   const fd = openSync(shmPath, 'w+'); // tmpfs, but a plain file: it cannot be sealed
   ftruncateSync(fd, 1 << 20);
-  const shm = { fd, size: 1 << 20 } as unknown as GuestMemory; // dmaMap needs only fd and size
+  const shm = GuestMemory.fromFd(fd, 1 << 20);
   try {
     // by default the map is refused (EPERM)
     let srv = await serveChild('nvme', [`--image=${image}`, '--size=8M', '-q']);
@@ -57,7 +57,7 @@ test('an unsealable DMA file: refused by default; with --allow-unsealed-dma, tru
     client.close();
     assert.equal(await srv.stop(), 0, `server stderr: ${srv.stderr()}`);
   } finally {
-    closeSync(fd);
+    shm.free(); // unmaps and closes fd
     rmSync(shmPath, { force: true });
     rmSync(dir, { recursive: true, force: true });
   }
