@@ -106,7 +106,7 @@ const virtioBlk = defineDevice({
     queues: { type: 'integer', min: 1, max: 64, help: 'request queues, 1..64 (default 1)' },
     serial: { type: 'string', help: 'the disk ID (GET_ID; default: derived from the image path)' },
     doorbells: { type: 'string', choices: ['trap', 'mmap'], help: 'trap (default: notifications are trapped REGION_WRITEs) or mmap (mmap-able notify page, polled)' },
-    'poll-us': { type: 'integer', min: 0, max: 1_000_000, help: 'with --doorbells=mmap, poll every event-loop turn this many microseconds after the last request (default 50)' },
+    'poll-us': { type: 'integer', min: 0, max: 1_000_000, help: 'look at the available rings (trapped notify, default 1000) or the notify page (--doorbells=mmap, default 50) every event-loop turn this many microseconds after the last request; 0: ask for a notify at once' },
   },
   create(o, ctx) {
     const readOnly = o['read-only'] ?? false;

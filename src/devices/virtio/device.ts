@@ -67,7 +67,14 @@ export interface VirtioDeviceOptions {
    * turn while requests flow, then every millisecond; trapped writes work as well).
    */
   notify?: 'trap' | 'mmap' | undefined;
-  /** with notify 'mmap': keep polling this long after the last request (µs, default 50) */
+  /**
+   * with notify 'mmap': keep polling the notify page this long after the last request (µs,
+   * default 50). With notify 'trap' and RING_EVENT_IDX on rings in shared memory: keep
+   * looking at the available ring this long after the last request before asking the driver
+   * for a notification again (µs, default 1000: a driver at queue depth 1 under emulation
+   * sends its next request 150-250 µs after a completion, which the look then picks up
+   * without a trapped notify; 0 asks at once)
+   */
   pollUs?: number | undefined;
   log?: ((msg: string) => void) | undefined;
 }
@@ -128,6 +135,8 @@ export abstract class VirtioPciDevice extends PciDevice {
   /** with notify 'mmap': polls the notify page (each queue's slot holds NOTIFY_IDLE until written) */
   private readonly poller: Poller | undefined;
   private notifySlots: Uint16Array | undefined;
+  /** with notify 'trap': how long the available rings are looked at after the last request (ms) */
+  private readonly ringPollMs: number;
 
   constructor(o: VirtioDeviceOptions) {
     const qs = o.queueSize ?? 256;
@@ -161,6 +170,7 @@ export abstract class VirtioPciDevice extends PciDevice {
       access: { read: (off, len) => this.readBar(off, len), write: (off, data) => this.writeBar(off, data) },
       ...(mmapNotify ? { shared: true, mmapAreas: [{ offset: Layout.NOTIFY, size: Layout.AREA }] } : {}),
     });
+    this.ringPollMs = mmapNotify ? 0 : (o.pollUs ?? 1000) / 1000;
     if (mmapNotify) {
       const mem = this.bar.memory!;
       this.notifySlots = new Uint16Array(mem.buffer, mem.byteOffset + Layout.NOTIFY, Layout.AREA / 2);
@@ -512,15 +522,21 @@ export abstract class VirtioPciDevice extends PciDevice {
     const live = (): boolean => this.running && gen === this.generation && !(this.status & Status.NEEDS_RESET);
     this.inflight++;
     let n = 0;
+    let pollAgain = false;
     try {
       do {
         q.kicked = false;
+        pollAgain = false;
         for (;;) {
           const avail = await q.availIdx(this.dma);
           if (!live()) return;
           if (avail === q.lastAvail) {
             // event index: ask for a notification past what we consumed, then look again
             if (!q.eventIdx) break;
+            if (this.pollRing(q)) {
+              pollAgain = true; // the driver's next request is looked for instead
+              break;
+            }
             await q.publishAvailEvent(this.dma);
             if ((await q.availIdx(this.dma)) === q.lastAvail) break;
             continue;
@@ -531,11 +547,18 @@ export abstract class VirtioPciDevice extends PciDevice {
           const written = await this.handleRequest(q, req);
           if (gen !== this.generation) return;
           await q.pushUsed(this.dma, head, written);
+          q.lastWork = performance.now();
           if (++n % 32 === 0) await this.notify(q);
           if (!live()) break;
         }
       } while (q.kicked && live());
       await this.notify(q);
+      if (pollAgain && live()) {
+        // one look per event-loop turn (sockets and other queues are served in between)
+        setImmediate(() => {
+          if (!q.active && q.enabled && live()) void this.runQueue(q);
+        });
+      }
     } catch (e) {
       if (gen !== this.generation) return;
       if (e instanceof VirtqError) this.needsReset(e.message);
@@ -549,6 +572,17 @@ export abstract class VirtioPciDevice extends PciDevice {
       if (q.kicked && gen === this.generation) this.kick(q);
       if (--this.inflight === 0) for (const w of this.idleWaiters.splice(0)) w();
     }
+  }
+
+  /**
+   * Whether to look at `q`'s available ring again in the next event-loop turn rather than ask
+   * for a notification now: with trapped notifies, within the poll window after the queue's
+   * last request, and only while the ring is in shared memory (a look by DMA message would
+   * cost a round trip through the VMM each turn).
+   */
+  private pollRing(q: Virtqueue): boolean {
+    if (!this.ringPollMs || performance.now() - q.lastWork > this.ringPollMs) return false;
+    return this.dma.isShared(q.driver, 4);
   }
 
   /** Interrupts the driver for a queue's new used entries, if it wants one. */

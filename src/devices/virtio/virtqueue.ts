@@ -95,6 +95,8 @@ export class Virtqueue implements QueueState {
   /** a worker is consuming this queue; `kicked` asks it for another pass */
   active = false;
   kicked = false;
+  /** when this queue last completed a request (performance.now(), ms; -Infinity: never) */
+  lastWork = -Infinity;
   /** features that change the ring layout and rules */
   eventIdx = false;
   indirect = false;
@@ -114,6 +116,7 @@ export class Virtqueue implements QueueState {
     this.signalledValid = false;
     this.pendingUsed = false;
     this.kicked = false;
+    this.lastWork = -Infinity;
   }
 
   state(): QueueState {
