@@ -24,16 +24,40 @@ import { serveChild, sockPath, CLI } from '../helpers.js';
 const BLOCK = 4096;
 const SECTORS = BLOCK / 512;
 
-for (const shared of [true, false]) {
-  test(`switchover proxy: virtio-blk moved from server A to B under running writers (${shared ? 'shared memory' : 'DMA by message'}); every block reads back`, { timeout: 120_000 }, async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'vfu-proxy-'));
-    const image = join(dir, 'disk.img');
-    const a = await serveChild('virtio-blk', [`--image=${image}`, '--size=8M', '--queues=2']);
-    const b = await serveChild('virtio-blk', [`--image=${image}`, '--queues=2']);
-    const proxy = new SwitchoverProxy(a.path);
+type Server = Awaited<ReturnType<typeof serveChild>>;
+
+/** Servers A and B of `device` on one image in a scratch folder (A's arguments create it); stopped after `fn`. */
+async function withServers(device: string, aArgs: string[], bArgs: string[], fn: (s: { image: string; a: Server; b: Server }) => Promise<void>): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'vfu-proxy-'));
+  const image = join(dir, 'disk.img');
+  const a = await serveChild(device, [`--image=${image}`, ...aArgs]);
+  const b = await serveChild(device, [`--image=${image}`, ...bArgs]);
+  try {
+    await fn({ image, a, b });
+  } finally {
+    await a.stop();
+    await b.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** The same with virtio-blk servers and a SwitchoverProxy to A listening at `path` (closed after `fn`). */
+async function withProxy(aArgs: string[], bArgs: string[], fn: (s: { image: string; a: Server; b: Server; proxy: SwitchoverProxy; path: string }) => Promise<void>): Promise<void> {
+  await withServers('virtio-blk', aArgs, bArgs, async (s) => {
+    const proxy = new SwitchoverProxy(s.a.path);
     const path = sockPath('proxy');
     proxy.listen(path);
     try {
+      await fn({ ...s, proxy, path });
+    } finally {
+      proxy.close();
+    }
+  });
+}
+
+for (const shared of [true, false]) {
+  test(`switchover proxy: virtio-blk moved from server A to B under running writers (${shared ? 'shared memory' : 'DMA by message'}); every block reads back`, { timeout: 120_000 }, async () => {
+    await withProxy(['--size=8M', '--queues=2'], ['--queues=2'], async ({ image, a, b, proxy, path }) => {
       const c = await VfioUserClient.connect(path);
       assert.equal(c.twinSocket, false, 'the proxy keeps server commands on the main socket');
       const d = await VirtioDriver.attach(c, { memSize: 4 << 20, shared });
@@ -91,24 +115,13 @@ for (const shared of [true, false]) {
       assert.ok(readFileSync(image).subarray(1000 * BLOCK, 1001 * BLOCK).equals(pattern(BLOCK, 999)), 'written through A again');
       d.close();
       c.close();
-    } finally {
-      proxy.close();
-      await a.stop();
-      await b.stop();
-      rmSync(dir, { recursive: true, force: true });
-    }
+    });
   });
 }
 
 test('switchover proxy: a failed move (B cannot take the state) leaves the client on A, running', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'vfu-proxy-'));
-  const image = join(dir, 'disk.img');
-  const a = await serveChild('virtio-blk', [`--image=${image}`, '--size=4M', '--queues=2']);
-  const b = await serveChild('virtio-blk', [`--image=${image}`, '--queues=1']); // one queue: the state does not fit
-  const proxy = new SwitchoverProxy(a.path);
-  const path = sockPath('proxy');
-  proxy.listen(path);
-  try {
+  // B has one queue: A's state does not fit
+  await withProxy(['--size=4M', '--queues=2'], ['--queues=1'], async ({ a, b, proxy, path }) => {
     const c = await VfioUserClient.connect(path);
     const d = await VirtioDriver.attach(c, { memSize: 2 << 20 });
     await d.init({ queues: 2 });
@@ -123,61 +136,51 @@ test('switchover proxy: a failed move (B cannot take the state) leaves the clien
     assert.deepEqual(d.at(buf, BLOCK), pattern(BLOCK, 7), 'still served by A');
     d.close();
     c.close();
-  } finally {
-    proxy.close();
-    await a.stop();
-    await b.stop();
-    rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 test('switchover proxy: regions without mmap, no ioeventfds; the CLI moves a session on a stdin command', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'vfu-proxy-'));
-  const image = join(dir, 'disk.img');
-  const a = await serveChild('nvme', [`--image=${image}`, '--size=4M', '--doorbells=mmap']);
-  const b = await serveChild('nvme', [`--image=${image}`, '--doorbells=mmap']);
-  const path = sockPath('proxy');
-  const child = spawn(process.execPath, [CLI, 'proxy', `--listen=${path}`, `--connect=${a.path}`], { stdio: ['pipe', 'pipe', 'pipe'] });
-  const events: Record<string, unknown>[] = [];
-  let wake = (): void => {};
-  createInterface({ input: child.stdout }).on('line', (l) => {
-    events.push(JSON.parse(l) as Record<string, unknown>);
-    wake();
-  });
-  const next = async (name: string): Promise<Record<string, unknown>> => {
-    for (;;) {
-      const i = events.findIndex((e) => e.event === name);
-      if (i >= 0) return events.splice(i, 1)[0]!;
-      await new Promise<void>((r) => (wake = r));
+  await withServers('nvme', ['--size=4M', '--doorbells=mmap'], ['--doorbells=mmap'], async ({ a, b }) => {
+    const path = sockPath('proxy');
+    const child = spawn(process.execPath, [CLI, 'proxy', `--listen=${path}`, `--connect=${a.path}`], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const events: Record<string, unknown>[] = [];
+    let wake = (): void => {};
+    createInterface({ input: child.stdout }).on('line', (l) => {
+      events.push(JSON.parse(l) as Record<string, unknown>);
+      wake();
+    });
+    const next = async (name: string): Promise<Record<string, unknown>> => {
+      for (;;) {
+        const i = events.findIndex((e) => e.event === name);
+        if (i >= 0) return events.splice(i, 1)[0]!;
+        await new Promise<void>((r) => (wake = r));
+      }
+    };
+    try {
+      await next('ready');
+      const direct = await VfioUserClient.connect(a.path);
+      const raw = await direct.regionInfoRaw(0);
+      if (raw.fd !== undefined) native.close(raw.fd);
+      const mmapped = raw.info;
+      direct.close();
+      assert.ok(mmapped.flags & P.RegionInfoFlags.MMAP, 'the server offers BAR0 doorbells by mmap');
+      const c = await VfioUserClient.connect(path);
+      const { info, fd } = await c.regionInfoRaw(0);
+      assert.equal(info.flags & P.RegionInfoFlags.MMAP, 0, 'no mmap through the proxy');
+      assert.equal(fd, undefined, 'and no fd');
+      assert.ok(!info.caps.some((x) => x.kind === 'sparse-mmap'));
+      await assert.rejects(c.regionIoFds(0), (e) => e instanceof VfioUserError && e.errno === Errno.ENOTSUP);
+      const cap = await c.read(0, 0, 8); // CAP through A
+      child.stdin.write(`switch ${b.path}\n`);
+      const sw = await next('switched');
+      assert.equal(sw.migrated, true);
+      assert.equal(sw.to, b.path);
+      assert.deepEqual(await c.read(0, 0, 8), cap, 'the same controller, now through B');
+      c.close();
+    } finally {
+      const exited = child.exitCode !== null || new Promise((r) => child.once('exit', r));
+      child.kill('SIGTERM');
+      await exited;
     }
-  };
-  try {
-    await next('ready');
-    const direct = await VfioUserClient.connect(a.path);
-    const raw = await direct.regionInfoRaw(0);
-    if (raw.fd !== undefined) native.close(raw.fd);
-    const mmapped = raw.info;
-    direct.close();
-    assert.ok(mmapped.flags & P.RegionInfoFlags.MMAP, 'the server offers BAR0 doorbells by mmap');
-    const c = await VfioUserClient.connect(path);
-    const { info, fd } = await c.regionInfoRaw(0);
-    assert.equal(info.flags & P.RegionInfoFlags.MMAP, 0, 'no mmap through the proxy');
-    assert.equal(fd, undefined, 'and no fd');
-    assert.ok(!info.caps.some((x) => x.kind === 'sparse-mmap'));
-    await assert.rejects(c.regionIoFds(0), (e) => e instanceof VfioUserError && e.errno === Errno.ENOTSUP);
-    const cap = await c.read(0, 0, 8); // CAP through A
-    child.stdin.write(`switch ${b.path}\n`);
-    const sw = await next('switched');
-    assert.equal(sw.migrated, true);
-    assert.equal(sw.to, b.path);
-    assert.deepEqual(await c.read(0, 0, 8), cap, 'the same controller, now through B');
-    c.close();
-  } finally {
-    const exited = child.exitCode !== null || new Promise((r) => child.once('exit', r));
-    child.kill('SIGTERM');
-    await exited;
-    await a.stop();
-    await b.stop();
-    rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });
