@@ -29,6 +29,9 @@ import { IRQ_INDEX_COUNT } from './irq.js';
 import type { VfioUserServer } from './server.js';
 import { served, msixAccess, type Served } from './served.js';
 
+/** REGION_READ/WRITE's layout, for the allocation-free lane (fastCommand) */
+const RA = P.LAYOUTS.REGION_ACCESS;
+
 /** commands that may wait behind a pending asynchronous one before the client is dropped */
 const MAX_QUEUED_COMMANDS = 4096;
 const MAX_QUEUED_BYTES = 64 * 1024 * 1024;
@@ -227,18 +230,20 @@ export class Session {
     const write = command === P.Command.REGION_WRITE;
     if (!write && command !== P.Command.REGION_READ) return false;
     const p = at + HEADER_SIZE;
-    if (size < HEADER_SIZE + 16 || (b[p + 4]! | b[p + 5]! | b[p + 6]! | b[p + 7]!) !== 0) return false; // offsets from 4 GiB: the general way
-    const offset = u32le(b, p);
-    const region = u32le(b, p + 8);
-    const count = u32le(b, p + 12);
-    if (size !== HEADER_SIZE + 16 + (write ? count : 0) || count > this.server.maxDataXferSize || this.st.msix) return false;
+    if (size < HEADER_SIZE + RA.size) return false;
+    const o = p + RA.fields.offset;
+    if ((b[o + 4]! | b[o + 5]! | b[o + 6]! | b[o + 7]!) !== 0) return false; // offsets from 4 GiB: the general way
+    const offset = u32le(b, o);
+    const region = u32le(b, p + RA.fields.region);
+    const count = u32le(b, p + RA.fields.count);
+    if (size !== HEADER_SIZE + RA.size + (write ? count : 0) || count > this.server.maxDataXferSize || this.st.msix) return false;
     const r = this.server.device.regions.get(region);
     if (!r || offset + count > r.size || !(write ? r.writable : r.readable)) return false;
     const mig = this.server.migration;
     if (mig && !mig.allows(command)) return false;
     if (write) {
       if (!r.access?.write && !r.memory) return false;
-      const data = copyAt(b, p + 16, count); // devices may keep it
+      const data = copyAt(b, p + RA.fields.data, count); // devices may keep it
       let res: void | Promise<void>;
       try {
         res = this.write(r, region, offset, data);
@@ -282,7 +287,7 @@ export class Session {
     this.rdOffset = offset;
     this.rdRegion = region;
     this.wrCount = count;
-    this.conn.replyFill(msgId, command, 16, this.fillWrite);
+    this.conn.replyFill(msgId, command, RA.size, this.fillWrite);
   }
 
   private readReplyFast(msgId: number, command: number, offset: number, region: number, count: number, data: Uint8Array): void {
@@ -290,7 +295,7 @@ export class Session {
     this.rdOffset = offset;
     this.rdRegion = region;
     this.rdData = data;
-    this.conn.replyFill(msgId, command, 16 + count, this.fillRead);
+    this.conn.replyFill(msgId, command, RA.size + count, this.fillRead);
   }
 
   private next(): void {
