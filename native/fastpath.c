@@ -108,6 +108,15 @@ napi_value vfu_js_wait_readable(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/* schedYield(): gives the CPU to whatever else is runnable on it (a poller between empty
+ * passes, so a peer's thread queued behind it runs now rather than at the next tick). */
+napi_value vfu_js_sched_yield(napi_env env, napi_callback_info info) {
+  (void)env;
+  (void)info;
+  sched_yield();
+  return NULL;
+}
+
 /*
  * exchange(io, buf?): the round trip of a server that has just handled a batch, in one call
  * from JS instead of two or three (the arguments are ArrayBuffers, the cheapest values

@@ -22,6 +22,9 @@ napi_value vfu_js_wait_readable(napi_env env, napi_callback_info info);
 #define EXCHANGE_OUT_AT 2048
 napi_value vfu_js_exchange(napi_env env, napi_callback_info info);
 
+/* schedYield(): sched_yield(2) */
+napi_value vfu_js_sched_yield(napi_env env, napi_callback_info info);
+
 /* from vfio_user_native.c */
 #include <sys/types.h>
 ssize_t vfu_recv_fds(napi_env env, int fd, void* buf, size_t len, int32_t* out, size_t cap);

@@ -1830,6 +1830,7 @@ NAPI_MODULE_INIT() {
       METHOD("createPoller", js_create_poller),
       METHOD("waitReadable", vfu_js_wait_readable),
       METHOD("exchange", vfu_js_exchange),
+      METHOD("schedYield", vfu_js_sched_yield),
       {"POLL_READABLE", NULL, NULL, NULL, NULL, define_const(env, UV_READABLE), napi_enumerable, NULL},
       {"POLL_WRITABLE", NULL, NULL, NULL, NULL, define_const(env, UV_WRITABLE), napi_enumerable, NULL},
       {"POLL_DISCONNECT", NULL, NULL, NULL, NULL, define_const(env, UV_DISCONNECT), napi_enumerable, NULL},

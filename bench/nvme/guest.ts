@@ -17,7 +17,8 @@
  * Usage: VFU_GUEST_RUN=... node dist/bench/nvme/guest.js [--rounds=1] [--iommu=both|on|off]
  *          [--ram=both|shared|unshared] [--fio=on|off] [--fio-secs=4] [--cpus=1] [--poll-us=N]
  *          [--first=ours|qemu]   (which device goes first in round 1; the order alternates)
- *          [--also="--server-option ..."]...   (extra server variants in the same run)
+ *          [--also="--server-option ... NAME=value ..."]...   (extra server variants in the same
+ *          run: options and environment variables of the server)
  */
 import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
@@ -160,8 +161,10 @@ function guestArgs(shared: boolean, iommu: boolean, idle: boolean): string[] {
 
 async function ours(runner: string, image: string, dir: string, shared: boolean, iommu: boolean, variant: string[]): Promise<Run> {
   const sock = join(dir, 'nvme.sock');
-  const extra = [...(values['poll-us'] ? [`--poll-us=${values['poll-us']}`] : []), ...variant];
-  const srv = spawn(process.execPath, [CLI, 'serve', 'nvme', `--socket-path=${sock}`, `--image=${image}`, '-q', ...extra], { stdio: ['pipe', 'pipe', 'inherit'] });
+  // a variant's NAME=value words are environment variables of the server, the rest its options
+  const env = { ...process.env, ...Object.fromEntries(variant.filter((w) => /^[A-Z_][A-Z0-9_]*=/.test(w)).map((w) => [w.slice(0, w.indexOf('=')), w.slice(w.indexOf('=') + 1)])) };
+  const extra = [...(values['poll-us'] ? [`--poll-us=${values['poll-us']}`] : []), ...variant.filter((w) => !/^[A-Z_][A-Z0-9_]*=/.test(w))];
+  const srv = spawn(process.execPath, [CLI, 'serve', 'nvme', `--socket-path=${sock}`, `--image=${image}`, '-q', ...extra], { stdio: ['pipe', 'pipe', 'inherit'], env });
   const asked: string[] = [];
   const got = new Map<string, Stats[]>();
   await new Promise<void>((resolve) => {
@@ -193,8 +196,8 @@ function qemu(runner: string, image: string, shared: boolean, iommu: boolean): P
 const ROWS: { label: string; kind: 'dd' | 'fio'; key: string; bs: number; n?: number }[] = [
   { label: '4K read QD1 (dd)', kind: 'dd', key: 'read 4K x2048 direct', bs: 4096, n: 2048 },
   { label: '4K write QD1 (dd)', kind: 'dd', key: 'write 4K x2048 direct', bs: 4096, n: 2048 },
-  { label: '128K read QD1 (dd)', kind: 'dd', key: 'read 128K x256 direct', bs: 131072, n: 256 },
-  { label: '128K write QD1 (dd)', kind: 'dd', key: 'write 128K x256 direct', bs: 131072, n: 256 },
+  { label: '128K read QD1 (dd)', kind: 'dd', key: 'read 128K x1024 direct', bs: 131072, n: 1024 },
+  { label: '128K write QD1 (dd)', kind: 'dd', key: 'write 128K x1024 direct', bs: 131072, n: 1024 },
   { label: '4K randread QD32 (fio)', kind: 'fio', key: 'randread 4K QD32', bs: 4096 },
   { label: '4K randwrite QD32 (fio)', kind: 'fio', key: 'randwrite 4K QD32', bs: 4096 },
   { label: '128K read QD32 (fio)', kind: 'fio', key: 'read 128K QD32', bs: 131072 },

@@ -175,6 +175,8 @@ export interface NativeAddon {
    * send() (err.syscall 'send') or recvmsg().
    */
   exchange(io: ArrayBuffer, buf?: ArrayBufferLike): void;
+  /** sched_yield(2): lets whatever else is runnable on this CPU run first (a poller between empty passes). */
+  schedYield(): void;
   readonly POLL_READABLE: number;
   readonly POLL_WRITABLE: number;
   readonly POLL_DISCONNECT: number;

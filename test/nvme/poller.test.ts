@@ -77,4 +77,29 @@ describe('nvme poller', () => {
       p.stop();
     }
   });
+
+  test('idle runs after each polling turn that found nothing, never after one that found work', async () => {
+    let work = 3; // the first three passes find something
+    const log: string[] = [];
+    const p = new Poller({
+      step: () => (log.push('step'), work-- > 0),
+      arm: () => (log.push('arm'), false),
+      spinUs: 2000,
+      idle: () => log.push('idle'),
+    });
+    p.start();
+    try {
+      p.kick();
+      await asleep(p);
+      const steps = log.filter((x) => x === 'step').length;
+      const idles = log.filter((x) => x === 'idle').length;
+      assert.ok(steps > 3, `polled on after the work (${steps} passes)`);
+      assert.equal(idles, steps - 3, 'one idle per empty pass');
+      assert.deepEqual(log.slice(0, 4), ['step', 'step', 'step', 'step'], 'no idle after the passes that found work');
+      assert.equal(log[4], 'idle');
+      assert.equal(log[log.length - 1], 'arm', 'armed, then asleep');
+    } finally {
+      p.stop();
+    }
+  });
 });

@@ -22,6 +22,8 @@ export interface PollerOptions {
   spinUs: number;
   /** when asleep, poll every idleMs anyway (0: truly asleep) */
   idleMs?: number;
+  /** after a polling turn that found nothing (e.g. sched_yield, so a thread queued on this CPU runs) */
+  idle?: (() => void) | undefined;
 }
 
 /** arm() attempts a kick makes with a window of 0 before it falls back to a polling turn */
@@ -104,6 +106,7 @@ export class Poller {
     this.turns++;
     const moved = this.o.step();
     if (this.stopped) return; // step may reset the controller
+    if (!moved) this.o.idle?.();
     const now = performance.now();
     if (moved) this.wake(now);
     if (!(this.polling && now - this.last < this.windowUs / 1000)) {

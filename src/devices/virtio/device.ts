@@ -46,6 +46,7 @@ import {
 } from './constants.js';
 import { Virtqueue, VirtqError, VirtioRequest, type QueueState } from './virtqueue.js';
 import { Poller } from '../nvme/poller.js';
+import { native } from '../../native/index.js';
 
 export interface VirtioDeviceOptions {
   /** device type (5.x: 2 = block, 4 = entropy, ...) */
@@ -174,7 +175,7 @@ export abstract class VirtioPciDevice extends PciDevice {
     if (mmapNotify) {
       const mem = this.bar.memory!;
       this.notifySlots = new Uint16Array(mem.buffer, mem.byteOffset + Layout.NOTIFY, Layout.AREA / 2);
-      this.poller = new Poller({ step: () => this.scanNotify(), arm: () => this.scanNotify(), spinUs: o.pollUs ?? 50, idleMs: 1 });
+      this.poller = new Poller({ step: () => this.scanNotify(), arm: () => this.scanNotify(), spinUs: o.pollUs ?? 50, idleMs: 1, idle: () => native.schedYield() });
     }
     this.config.addPowerManagement();
     this.addMsix({ vectors: o.queues + 1, tableBar: Layout.MSIX_BAR, tableOffset: Layout.MSIX_TABLE, pbaBar: Layout.MSIX_BAR, pbaOffset: Layout.MSIX_PBA });
@@ -554,7 +555,10 @@ export abstract class VirtioPciDevice extends PciDevice {
       } while (q.kicked && live());
       await this.notify(q);
       if (pollAgain && live()) {
-        // one look per event-loop turn (sockets and other queues are served in between)
+        // one look per event-loop turn (sockets and other queues are served in between); a
+        // look that found nothing first gives the CPU to whatever is queued on it (often the
+        // VMM's thread that delivers our interrupt or runs the guest: see the NVMe poller)
+        native.schedYield();
         setImmediate(() => {
           if (!q.active && q.enabled && live()) void this.runQueue(q);
         });
