@@ -3,7 +3,7 @@
  * read their RESULT lines, pin this process.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync } from 'node:fs';
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -37,4 +37,20 @@ export function resultField(out: string, key: string): number {
 /** Pins this process (all its threads) to a CPU. */
 export function pinnedSelf(cpu: string): void {
   spawnSync('taskset', ['-a', '-p', '-c', cpu, String(process.pid)], { stdio: 'ignore' });
+}
+
+/**
+ * Creates an image of `bytes` zeroes with every block allocated and on disk (not sparse): a
+ * device's first write to a hole of a sparse file pays the file system's block allocation,
+ * which the device measured second on the same image would not.
+ */
+export function filledImage(path: string, bytes: number): void {
+  const fd = openSync(path, 'w');
+  try {
+    const chunk = new Uint8Array(1 << 20);
+    for (let at = 0; at < bytes; at += chunk.length) writeSync(fd, chunk, 0, Math.min(chunk.length, bytes - at), at);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
 }

@@ -21,11 +21,12 @@
  *          run: options and environment variables of the server)
  */
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
+import { filledImage } from '../util.js';
 
 const CLI = new URL('../../src/cli/main.js', import.meta.url).pathname;
 const SCRIPT = new URL('../../../test/interop/guest/nvme-bench.sh', import.meta.url).pathname;
@@ -283,8 +284,7 @@ async function main(): Promise<void> {
   }
   const dir = mkdtempSync(join(tmpdir(), 'vfu-nvme-guest-'));
   const image = join(dir, 'disk.img');
-  writeFileSync(image, '');
-  truncateSync(image, 256 << 20);
+  filledImage(image, 256 << 20); // no holes: neither device pays block allocation the other does not
   const t0 = Date.now();
   try {
     for (const iommu of iommus) {
