@@ -191,13 +191,14 @@ export class DmaController {
           // mapping past the end of the file would fault (SIGBUS) on access
           throw new DmaError(`DMA map extends past the end of its file (${st.size} bytes)`, Errno.EINVAL);
         }
-        // a file that can shrink under our mapping would fault (SIGBUS) on access: seal it
-        sealed = native.sealShrink(fd);
+        const key = `${st.dev}:${st.ino}:${prot & PROT_WRITE ? 'w' : 'r'}`;
+        file = this.files.get(key);
+        // a file that can shrink under our mapping would fault (SIGBUS) on access: seal it. Seals
+        // belong to the inode and are never removed: a file we sealed before needs no fcntl.
+        sealed = file?.sealed === true || native.sealShrink(fd);
         if (!sealed && this.requireSealed) {
           throw new DmaError('DMA map of a file that cannot be sealed against shrinking (requireSealed)', Errno.EPERM);
         }
-        const key = `${st.dev}:${st.ino}:${prot & PROT_WRITE ? 'w' : 'r'}`;
-        file = this.files.get(key);
         if (file) {
           native.close(fd);
           fd = undefined;
@@ -235,6 +236,18 @@ export class DmaController {
    * (EINVAL, nothing removed). Waits for in-flight DMA on the removed maps; returns them.
    */
   async unmap(iova: Iova, size: Iova): Promise<DmaRegion[]> {
+    const gone = this.unmapNow(iova, size);
+    if (gone.pending) await gone.pending;
+    return gone.regions;
+  }
+
+  /**
+   * unmap() without a promise when it can finish at once: the maps inside [iova, iova+size)
+   * are removed now (no new access can start on them) and, when none of them is pinned,
+   * retired now too (pending undefined); else pending settles when the pins are released and
+   * they are retired. Throws as unmap() does, removing nothing. @internal
+   */
+  unmapNow(iova: Iova, size: Iova): { regions: DmaRegion[]; pending: Promise<void> | undefined } {
     const rg = DmaController.range(iova, size, 'DMA unmap range');
     const before = this.regions.floor(rg.iova);
     if (before && before.iova < rg.iova && before.end > rg.iova) {
@@ -248,8 +261,7 @@ export class DmaController {
     }
     if (gone.length === this.regions.count) this.regions.clear();
     else for (const r of gone) this.regions.remove(r); // no new access can start on them
-    await this.retire(gone);
-    return gone;
+    return { regions: gone, pending: this.retire(gone) };
   }
 
   /** Removes the map that is exactly [iova, iova+size) (ENOENT when there is none). */
@@ -268,10 +280,20 @@ export class DmaController {
     this.releaseIdle();
   }
 
-  /** Waits until nothing uses the (already removed) maps, then drops their files. */
-  private async retire(gone: DmaRegion[]): Promise<void> {
+  /**
+   * Drops the files of the (already removed) maps once nothing uses them: now when none is
+   * pinned (undefined), else when the pins are released (the promise).
+   */
+  private retire(gone: DmaRegion[]): Promise<void> | undefined {
     const busy = gone.filter((r) => r.pins > 0);
-    if (busy.length) await Promise.all(busy.map((r) => new Promise<void>((res) => r.unmapWaiters.push(res))));
+    if (busy.length === 0) {
+      this.retireNow(gone);
+      return undefined;
+    }
+    return Promise.all(busy.map((r) => new Promise<void>((res) => r.unmapWaiters.push(res)))).then(() => this.retireNow(gone));
+  }
+
+  private retireNow(gone: DmaRegion[]): void {
     for (const r of gone) {
       this.mapped -= r.size;
       this.dropFile(r);

@@ -31,6 +31,9 @@ import { served, msixAccess, type Served } from './served.js';
 
 /** REGION_READ/WRITE's layout, for the allocation-free lane (fastCommand) */
 const RA = P.LAYOUTS.REGION_ACCESS;
+/** DMA_MAP/DMA_UNMAP's layouts, for the hot lane (fastDma) */
+const DMA_MAP = P.LAYOUTS.DMA_MAP;
+const DMA_UNMAP = P.LAYOUTS.DMA_UNMAP;
 
 /** commands that may wait behind a pending asynchronous one before the client is dropped */
 const MAX_QUEUED_COMMANDS = 4096;
@@ -80,6 +83,10 @@ export class Session {
   private handshakeTimer: NodeJS.Timeout | undefined;
   /** the server's state of the device (MSI-X table, FLR) */
   private readonly st: Served;
+  /** false: every command goes the general way (tests compare both ways) @internal */
+  hotLane = true;
+  /** DMA_MAPs and DMA_UNMAPs the hot lane (fastDma) answered @internal */
+  hotCommands = 0;
 
   constructor(server: VfioUserServer, fd: number, active: boolean) {
     this.server = server;
@@ -226,7 +233,12 @@ export class Session {
    * general way, which also gives the errors; it takes nothing it would have to undo.
    */
   private fastCommand(command: number, msgId: number, b: Uint8Array, at: number, size: number): boolean {
-    if (this.busy || this.aside || this.queue.length > 0 || !this.negotiated) return false;
+    if (this.busy || this.aside || this.queue.length > 0 || !this.negotiated || !this.hotLane) return false;
+    if (command === P.Command.DMA_MAP || command === P.Command.DMA_UNMAP) {
+      if (!this.fastDma(command, msgId, b, at, size)) return false;
+      this.hotCommands++;
+      return true;
+    }
     const write = command === P.Command.REGION_WRITE;
     if (!write && command !== P.Command.REGION_READ) return false;
     const p = at + HEADER_SIZE;
@@ -278,6 +290,71 @@ export class Session {
     );
     return true;
   }
+
+  /**
+   * The hot lane for what a guest IOMMU sends for every page of every I/O: a DMA_UNMAP of
+   * one range (no flags) and a DMA_MAP without an fd (guest RAM not shared; a map with an
+   * fd never comes here, see Connection), of the plain layout (argsz and payload exactly the
+   * structure, addresses and sizes page aligned and below 2^53). It checks and changes the
+   * map table as dmaMap/dmaUnmap do, through the same DmaController calls, and fails as they
+   * do; anything else (flags, ALL, bitmaps, unusual sizes) goes the general way.
+   */
+  private fastDma(command: number, msgId: number, b: Uint8Array, at: number, size: number): boolean {
+    const p = at + HEADER_SIZE;
+    const map = command === P.Command.DMA_MAP;
+    const L = map ? DMA_MAP : DMA_UNMAP;
+    if (size !== HEADER_SIZE + L.size || (!map && u32le(b, p + L.fields.flags) !== 0)) return false;
+    const argsz = u32le(b, p + L.fields.argsz);
+    if (map ? argsz !== L.size : argsz < L.size) return false;
+    const mig = this.server.migration;
+    if (mig && !mig.allows(command)) return false;
+    const address = u64Page(b, p + L.fields.address);
+    const bytes = u64Page(b, p + L.fields.size);
+    if (address < 0 || bytes <= 0) return false;
+    const dma = this.server.device.dma;
+    if (map) {
+      const flags = u32le(b, p + DMA_MAP.fields.flags);
+      if (flags === 0 || flags & ~(P.DmaMapFlags.READ | P.DmaMapFlags.WRITE)) return false;
+      try {
+        dma.map(address, bytes, (flags & P.DmaMapFlags.READ ? 1 : 0) | (flags & P.DmaMapFlags.WRITE ? 2 : 0), undefined, 0);
+      } catch (e) {
+        this.replyFailure(fastHeader(msgId, command, size), e);
+        return true;
+      }
+      this.conn.replyFill(msgId, command, 0, fillNothing);
+      return true;
+    }
+    let pending: Promise<void> | undefined;
+    try {
+      pending = dma.unmapNow(address, bytes).pending;
+    } catch (e) {
+      this.replyFailure(fastHeader(msgId, command, size), e);
+      return true;
+    }
+    if (pending) this.pend(fastHeader(msgId, command, size), pending.then(() => this.unmapReply(msgId, address, bytes)));
+    else this.unmapReply(msgId, address, bytes);
+    return true;
+  }
+
+  /** DMA_UNMAP's reply: the request's structure (no flags) echoed. */
+  private unmapReply(msgId: number, address: number, bytes: number): void {
+    this.unAddress = address;
+    this.unSize = bytes;
+    this.conn.replyFill(msgId, P.Command.DMA_UNMAP, DMA_UNMAP.size, this.fillUnmap);
+  }
+
+  private unAddress = 0;
+  private unSize = 0;
+  private readonly fillUnmap = (_b: Uint8Array, dv: DataView, at: number): number => {
+    const F = DMA_UNMAP.fields;
+    dv.setUint32(at + F.argsz, DMA_UNMAP.size, true);
+    dv.setUint32(at + F.flags, 0, true);
+    dv.setUint32(at + F.address, this.unAddress % 2 ** 32, true);
+    dv.setUint32(at + F.address + 4, Math.floor(this.unAddress / 2 ** 32), true);
+    dv.setUint32(at + F.size, this.unSize % 2 ** 32, true);
+    dv.setUint32(at + F.size + 4, Math.floor(this.unSize / 2 ** 32), true);
+    return DMA_UNMAP.size;
+  };
 
   private readonly fillWrite = (_b: Uint8Array, dv: DataView, at: number): number =>
     P.encodeRegionWriteReplyInto(dv, at, this.rdOffset, this.rdRegion, this.wrCount);
@@ -444,39 +521,46 @@ export class Session {
     this.conn.reply(msg.header, null);
   }
 
-  private async dmaUnmap(msg: Message): Promise<void> {
+  /** DMA_UNMAP: replies at once unless a map it removes is pinned by DMA in flight (then a promise). */
+  private dmaUnmap(msg: Message): void | Promise<void> {
     const req = P.decodeDmaUnmapRequest(msg.payload);
-    const dma = this.server.device.dma;
     const F = P.DmaUnmapFlags;
     if (req.flags & ~(F.GET_DIRTY_BITMAP | F.ALL)) fail(Errno.EINVAL, `bad DMA_UNMAP flags 0x${req.flags.toString(16)}`);
-    if (req.flags & F.GET_DIRTY_BITMAP) {
-      // libvfio-user's form: the region's dirty bitmap (from DMA logging), then the unmap
-      const bm = req.bitmap!;
-      const { iova, size } = DmaController.range(req.address, req.size, 'DMA_UNMAP range');
-      const pgsize = toSafe(bm.pgsize);
-      const bytes = toSafe(bm.size);
-      if (!dma.loggingActive) fail(Errno.EINVAL, 'DMA_UNMAP dirty bitmap requested but DMA logging is not started');
-      if (!(pgsize > 0) || size % pgsize) fail(Errno.EINVAL, `DMA_UNMAP bitmap page size ${pgsize} does not divide ${size}`);
-      const need = Math.ceil(size / pgsize / 8);
-      if (bytes < need || bytes > this.clientMaxDataXfer) fail(Errno.EINVAL, `DMA_UNMAP bitmap of ${bytes} bytes, ${need} needed`);
-      if (req.argsz < 24 + 16 + bytes) fail(Errno.EINVAL, `DMA_UNMAP argsz ${req.argsz} too small for the bitmap`);
-      const region = dma.regionAt(iova);
-      if (!region || region.iova !== iova || region.size !== size) fail(Errno.ENOENT, `no DMA map at [0x${iova.toString(16)}, +0x${size.toString(16)})`);
-      const data = new Uint8Array(bytes);
-      data.set(dma.report(iova, size, pgsize).subarray(0, need));
-      await dma.unmap(iova, size);
-      this.conn.reply(msg.header, P.encodeDmaUnmapReply({ flags: req.flags, address: req.address, size: req.size, bitmap: { pgsize: bm.pgsize, size: BigInt(bytes), data } }));
-      return;
-    }
+    if (req.flags & F.GET_DIRTY_BITMAP) return this.dmaUnmapBitmap(msg, req);
+    const dma = this.server.device.dma;
+    const reply = (): void => {
+      this.conn.reply(msg.header, P.encodeDmaUnmapReply({ flags: req.flags, address: req.address, size: req.size }));
+    };
     if (req.flags & F.ALL) {
       if (req.address !== 0n || req.size !== 0n) fail(Errno.EINVAL, 'DMA_UNMAP ALL needs address and size 0');
-      await dma.unmapAll();
-    } else {
-      // as Linux VFIO type1: every map inside the range goes, none is fine, cutting one is EINVAL
-      if ((req.address | req.size) & BigInt(PAGE - 1)) fail(Errno.EINVAL, `DMA_UNMAP range is not aligned to ${PAGE}`);
-      await dma.unmap(req.address, req.size);
+      return dma.unmapAll().then(reply);
     }
-    this.conn.reply(msg.header, P.encodeDmaUnmapReply({ flags: req.flags, address: req.address, size: req.size }));
+    // as Linux VFIO type1: every map inside the range goes, none is fine, cutting one is EINVAL
+    if ((req.address | req.size) & BigInt(PAGE - 1)) fail(Errno.EINVAL, `DMA_UNMAP range is not aligned to ${PAGE}`);
+    const { pending } = dma.unmapNow(req.address, req.size);
+    if (pending) return pending.then(reply);
+    reply();
+  }
+
+  /** DMA_UNMAP with GET_DIRTY_BITMAP (libvfio-user's form): the map's dirty bitmap, then the unmap. */
+  private async dmaUnmapBitmap(msg: Message, req: P.DmaUnmapRequest): Promise<void> {
+    const dma = this.server.device.dma;
+    // libvfio-user's form: the region's dirty bitmap (from DMA logging), then the unmap
+    const bm = req.bitmap!;
+    const { iova, size } = DmaController.range(req.address, req.size, 'DMA_UNMAP range');
+    const pgsize = toSafe(bm.pgsize);
+    const bytes = toSafe(bm.size);
+    if (!dma.loggingActive) fail(Errno.EINVAL, 'DMA_UNMAP dirty bitmap requested but DMA logging is not started');
+    if (!(pgsize > 0) || size % pgsize) fail(Errno.EINVAL, `DMA_UNMAP bitmap page size ${pgsize} does not divide ${size}`);
+    const need = Math.ceil(size / pgsize / 8);
+    if (bytes < need || bytes > this.clientMaxDataXfer) fail(Errno.EINVAL, `DMA_UNMAP bitmap of ${bytes} bytes, ${need} needed`);
+    if (req.argsz < 24 + 16 + bytes) fail(Errno.EINVAL, `DMA_UNMAP argsz ${req.argsz} too small for the bitmap`);
+    const region = dma.regionAt(iova);
+    if (!region || region.iova !== iova || region.size !== size) fail(Errno.ENOENT, `no DMA map at [0x${iova.toString(16)}, +0x${size.toString(16)})`);
+    const data = new Uint8Array(bytes);
+    data.set(dma.report(iova, size, pgsize).subarray(0, need));
+    await dma.unmap(iova, size);
+    this.conn.reply(msg.header, P.encodeDmaUnmapReply({ flags: req.flags, address: req.address, size: req.size, bitmap: { pgsize: bm.pgsize, size: BigInt(bytes), data } }));
   }
 
   // ------------------------------------------------------------ info
@@ -795,6 +879,22 @@ export class Session {
 /** The header of a command taken by the hot lane, made only when needed (errors, async). */
 function fastHeader(msgId: number, command: number, size: number): Header {
   return { msgId, command, size, flags: 0, error: 0 };
+}
+
+/** A reply without payload (replyFill's fill). */
+function fillNothing(): number {
+  return 0;
+}
+
+/**
+ * The u64 at b[o] as a number when it is a multiple of 4 KiB below 2^53 (exact), else -1 (the
+ * general path decides what it is).
+ */
+function u64Page(b: Uint8Array, o: number): number {
+  const lo = u32le(b, o);
+  const hi = u32le(b, o + 4);
+  if (lo & (PAGE - 1) || hi >= 2 ** 21) return -1;
+  return hi * 2 ** 32 + lo;
 }
 
 function u32le(b: Uint8Array, o: number): number {
