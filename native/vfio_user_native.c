@@ -779,6 +779,39 @@ static napi_value js_fstat(napi_env env, napi_callback_info info) {
   return o;
 }
 
+/*
+ * fstatInto(fd, out): fstat without building an object (a DMA_MAP per page under a guest
+ * IOMMU does one): out, a Float64Array of at least 5, gets the size (at most 2^53 - 1: larger
+ * reads as that, so a bound check against it never passes a byte past the end), then the
+ * device and the inode, each as two exact 32-bit halves (high first).
+ */
+static napi_value js_fstat_into(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  int fd;
+  if (!get_fd(env, argv[0], "fd", &fd)) return NULL;
+  napi_typedarray_type type;
+  size_t len = 0;
+  void* p = NULL;
+  if (napi_get_typedarray_info(env, argv[1], &type, &len, &p, NULL, NULL) != napi_ok || type != napi_float64_array || len < 5) {
+    throw_type(env, "out", "a Float64Array with at least 5 elements");
+    return NULL;
+  }
+  struct stat sb;
+  if (fstat(fd, &sb) < 0) {
+    throw_errno(env, errno, "fstat");
+    return NULL;
+  }
+  double* out = p;
+  const uint64_t max_safe = (1ULL << 53) - 1;
+  uint64_t size = sb.st_size < 0 ? 0 : (uint64_t)sb.st_size;
+  out[0] = (double)(size > max_safe ? max_safe : size);
+  out[1] = (double)((uint64_t)sb.st_dev >> 32);
+  out[2] = (double)((uint64_t)sb.st_dev & 0xffffffffu);
+  out[3] = (double)((uint64_t)sb.st_ino >> 32);
+  out[4] = (double)((uint64_t)sb.st_ino & 0xffffffffu);
+  return NULL;
+}
+
 /* ------------------------------------------------------------------------- mmap, munmap */
 
 /* Mappings are page (often 2 MiB or 1 GiB) aligned: mix the address bits (Fibonacci hashing) so
@@ -1817,6 +1850,7 @@ NAPI_MODULE_INIT() {
       METHOD("send", js_send),
       METHOD("sealShrink", js_seal_shrink),
       METHOD("fstat", js_fstat),
+      METHOD("fstatInto", js_fstat_into),
       METHOD("mmap", js_mmap),
       METHOD("munmap", js_munmap),
       METHOD("copyFromMapping", js_copy_from_mapping),

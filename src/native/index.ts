@@ -96,6 +96,11 @@ export interface NativeAddon {
   /** fstat: size, device and inode (for identifying the same file across fds), mode. */
   fstat(fd: number): { size: number; dev: bigint; ino: bigint; mode: number };
   /**
+   * fstat into out (a Float64Array of at least 5), without allocating: the size (at most
+   * 2^53 - 1), then the device and the inode as two exact 32-bit halves each, high first.
+   */
+  fstatInto(fd: number, out: Float64Array): void;
+  /**
    * mmap(MAP_SHARED) length bytes of fd at offset (page-aligned) with prot PROT_READ or
    * PROT_READ|PROT_WRITE (anything else, a misaligned offset or a length outside
    * 1..4 GiB - 1: EINVAL). Returns an ArrayBuffer over the mapping, unmapped by munmap() or

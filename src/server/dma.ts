@@ -107,6 +107,8 @@ export class DmaController {
   /** bytes the maps cover now */
   private mapped = 0;
   private readonly win: Windows;
+  /** fstatInto's output for map() */
+  private readonly stat = new Float64Array(5);
 
   constructor(opts: DmaOptions = {}) {
     this.maxMaps = opts.maxMaps ?? 65535;
@@ -186,12 +188,15 @@ export class DmaController {
         if (!Number.isSafeInteger(off) || off < 0 || off % native.PAGE_SIZE !== 0) {
           throw new DmaError(`bad DMA file offset ${fileOffset}`, Errno.EINVAL);
         }
-        const st = native.fstat(fd);
-        if (off + rg.size > st.size) {
+        const st = this.stat;
+        native.fstatInto(fd, st);
+        const fileSize = st[0]!;
+        if (off + rg.size > fileSize) {
           // mapping past the end of the file would fault (SIGBUS) on access
-          throw new DmaError(`DMA map extends past the end of its file (${st.size} bytes)`, Errno.EINVAL);
+          throw new DmaError(`DMA map extends past the end of its file (${fileSize} bytes)`, Errno.EINVAL);
         }
-        const key = `${st.dev}:${st.ino}:${prot & PROT_WRITE ? 'w' : 'r'}`;
+        // the file's identity: device and inode (in 32-bit halves)
+        const key = `${st[1]}:${st[2]}:${st[3]}:${st[4]}:${prot & PROT_WRITE ? 'w' : 'r'}`;
         file = this.files.get(key);
         // a file that can shrink under our mapping would fault (SIGBUS) on access: seal it. Seals
         // belong to the inode and are never removed: a file we sealed before needs no fcntl.
@@ -215,7 +220,7 @@ export class DmaController {
           this.files.set(key, file);
         }
         this.idle.delete(file);
-        file.size = Math.max(file.size, st.size);
+        file.size = Math.max(file.size, fileSize);
         file.use(off, rg.size);
       }
       const region: DmaRegion = { iova: rg.iova, size: rg.size, end: rg.end, prot, file, fileOffset: off, sealed, pins: 0, unmapWaiters: [], prev: undefined, next: undefined };
@@ -259,8 +264,9 @@ export class DmaController {
     if (tail && tail.end > rg.end) {
       throw new DmaError(`DMA unmap [${hex(rg.iova)}, +${hex(rg.size)}) cuts the map at ${hex(tail.iova)} in two`, Errno.EINVAL);
     }
-    if (gone.length === this.regions.count) this.regions.clear();
-    else for (const r of gone) this.regions.remove(r); // no new access can start on them
+    // no new access can start on them (clearing all at once copies the table: not for one)
+    if (gone.length > 1 && gone.length === this.regions.count) this.regions.clear();
+    else for (const r of gone) this.regions.remove(r);
     return { regions: gone, pending: this.retire(gone) };
   }
 

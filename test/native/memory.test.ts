@@ -28,6 +28,22 @@ test('memfd: CLOEXEC, ftruncate and fstat', T, () => {
   expectErrno(() => native.fstat(fd), 'EBADF', 'fstat');
 });
 
+test('fstatInto: the size, device and inode of fstat, without an object', T, () => {
+  const fd = native.memfdCreate('vfio-user-test');
+  native.ftruncate(fd, 2 ** 40 + native.PAGE_SIZE);
+  const out = new Float64Array(5).fill(-1);
+  native.fstatInto(fd, out);
+  const st = native.fstat(fd);
+  assert.equal(out[0], 2 ** 40 + native.PAGE_SIZE);
+  assert.equal((BigInt(out[1]!) << 32n) | BigInt(out[2]!), st.dev);
+  assert.equal((BigInt(out[3]!) << 32n) | BigInt(out[4]!), st.ino);
+  assert.ok(out.every((x) => Number.isSafeInteger(x) && x >= 0));
+  assert.throws(() => native.fstatInto(fd, new Float64Array(4)), TypeError);
+  assert.throws(() => Reflect.apply(native.fstatInto, native, [fd, new Uint32Array(10)]), TypeError);
+  native.close(fd);
+  expectErrno(() => native.fstatInto(fd, out), 'EBADF', 'fstat');
+});
+
 test('two mappings of one memfd share memory; offsets select pages', T, () => {
   const fd = native.memfdCreate('share');
   const P = native.PAGE_SIZE;
