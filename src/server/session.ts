@@ -23,7 +23,7 @@ import { HEADER_SIZE, FLAG_NO_REPLY, type Header } from '../protocol/header.js';
 import { Connection, takeFds, closeFds, retain, type Message } from '../transport/connection.js';
 import { VfioUserError, Errno, errnoName } from '../errors.js';
 import { RegionIndex, type Region } from './device.js';
-import { DmaController, type DmaMessenger } from './dma.js';
+import { DmaController, type DmaMessenger, type DmaRegion } from './dma.js';
 import { ClientDmaMessenger, QEMU_DMA_READ_WINDOW } from './dma-messenger.js';
 import { IRQ_INDEX_COUNT } from './irq.js';
 import type { VfioUserServer } from './server.js';
@@ -101,7 +101,7 @@ export class Session {
       fastPath: server.fastPath,
       spinUs: server.spinUs,
       onCommand: (msg) => this.onCommand(msg),
-      onFastCommand: (command, msgId, buf, at, size) => this.fastCommand(command, msgId, buf, at, size),
+      onFastCommand: (command, msgId, buf, at, size, fd) => this.fastCommand(command, msgId, buf, at, size, fd),
       onClose: (err) => this.onClose(err),
       onBadHeader: (h, why) => this.server.log('warn', `command ${P.commandName(h.command)} id ${h.msgId} refused (EINVAL): ${why}`),
     });
@@ -232,13 +232,14 @@ export class Session {
    * does not take (other commands, bad or unusual requests, config space, MSI-X) goes the
    * general way, which also gives the errors; it takes nothing it would have to undo.
    */
-  private fastCommand(command: number, msgId: number, b: Uint8Array, at: number, size: number): boolean {
+  private fastCommand(command: number, msgId: number, b: Uint8Array, at: number, size: number, fd: number): boolean {
     if (this.busy || this.aside || this.queue.length > 0 || !this.negotiated || !this.hotLane) return false;
     if (command === P.Command.DMA_MAP || command === P.Command.DMA_UNMAP) {
-      if (!this.fastDma(command, msgId, b, at, size)) return false;
+      if (!this.fastDma(command, msgId, b, at, size, fd)) return false;
       this.hotCommands++;
       return true;
     }
+    if (fd >= 0) return false;
     const write = command === P.Command.REGION_WRITE;
     if (!write && command !== P.Command.REGION_READ) return false;
     const p = at + HEADER_SIZE;
@@ -293,17 +294,18 @@ export class Session {
 
   /**
    * The hot lane for what a guest IOMMU sends for every page of every I/O: a DMA_UNMAP of
-   * one range (no flags) and a DMA_MAP without an fd (guest RAM not shared; a map with an
-   * fd never comes here, see Connection), of the plain layout (argsz and payload exactly the
-   * structure, addresses and sizes page aligned and below 2^53). It checks and changes the
-   * map table as dmaMap/dmaUnmap do, through the same DmaController calls, and fails as they
-   * do; anything else (flags, ALL, bitmaps, unusual sizes) goes the general way.
+   * one range (no flags, no fd) and a DMA_MAP with one fd (guest RAM shared) or none, of the
+   * plain layout (argsz and payload exactly the structure, addresses, sizes and file offsets
+   * page aligned and below 2^53). It checks and changes the map table as dmaMap/dmaUnmap do,
+   * through the same DmaController calls, and fails as they do; anything else (flags, ALL,
+   * bitmaps, unusual sizes) goes the general way, its fd untouched. Once it takes a map's fd
+   * it owns it: DmaController.map keeps it or closes it, on failure too.
    */
-  private fastDma(command: number, msgId: number, b: Uint8Array, at: number, size: number): boolean {
+  private fastDma(command: number, msgId: number, b: Uint8Array, at: number, size: number, fd: number): boolean {
     const p = at + HEADER_SIZE;
     const map = command === P.Command.DMA_MAP;
     const L = map ? DMA_MAP : DMA_UNMAP;
-    if (size !== HEADER_SIZE + L.size || (!map && u32le(b, p + L.fields.flags) !== 0)) return false;
+    if (size !== HEADER_SIZE + L.size || (!map && (fd >= 0 || u32le(b, p + L.fields.flags) !== 0))) return false;
     const argsz = u32le(b, p + L.fields.argsz);
     if (map ? argsz !== L.size : argsz < L.size) return false;
     const mig = this.server.migration;
@@ -315,12 +317,16 @@ export class Session {
     if (map) {
       const flags = u32le(b, p + DMA_MAP.fields.flags);
       if (flags === 0 || flags & ~(P.DmaMapFlags.READ | P.DmaMapFlags.WRITE)) return false;
+      const offset = fd >= 0 ? u64Page(b, p + DMA_MAP.fields.offset) : 0;
+      if (offset < 0) return false;
+      let region: DmaRegion;
       try {
-        dma.map(address, bytes, (flags & P.DmaMapFlags.READ ? 1 : 0) | (flags & P.DmaMapFlags.WRITE ? 2 : 0), undefined, 0);
+        region = dma.map(address, bytes, (flags & P.DmaMapFlags.READ ? 1 : 0) | (flags & P.DmaMapFlags.WRITE ? 2 : 0), fd >= 0 ? fd : undefined, offset);
       } catch (e) {
         this.replyFailure(fastHeader(msgId, command, size), e);
         return true;
       }
+      if (!region.sealed) this.warnUnsealed(region);
       this.conn.replyFill(msgId, command, 0, fillNothing);
       return true;
     }
@@ -515,10 +521,12 @@ export class Session {
       fail(Errno.EINVAL, `DMA_MAP [0x${req.address.toString(16)}, +0x${req.size.toString(16)}) is not aligned to ${PAGE}`);
     }
     const region = dma.map(req.address, req.size, prot, fds[0], req.offset); // full 64-bit; closes the fd on failure
-    if (!region.sealed) {
-      this.server.log('warn', `DMA map at 0x${region.iova.toString(16)}: its file cannot be sealed against shrinking; it is accessed by SIGBUS-safe copies only (slower, no zero-copy)`);
-    }
+    if (!region.sealed) this.warnUnsealed(region);
     this.conn.reply(msg.header, null);
+  }
+
+  private warnUnsealed(region: DmaRegion): void {
+    this.server.log('warn', `DMA map at 0x${region.iova.toString(16)}: its file cannot be sealed against shrinking; it is accessed by SIGBUS-safe copies only (slower, no zero-copy)`);
   }
 
   /** DMA_UNMAP: replies at once unless a map it removes is pinned by DMA in flight (then a promise). */

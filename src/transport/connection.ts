@@ -74,13 +74,13 @@ export interface ConnectionOptions {
    */
   onRaw?: (msg: Message, conn: Connection) => void;
   /**
-   * A lane for hot commands without allocating a Message (servers: REGION_READ/WRITE). Called
-   * for a complete command with no flags, no error field and no fds, with its bytes at
-   * buf[at, at+size) (header included; valid during the call only). Returns true when it
-   * handled the command (answering it, e.g. with replyFill), false to leave it, untouched,
-   * to onCommand.
+   * A lane for hot commands without allocating a Message (servers: REGION_READ/WRITE, DMA_MAP,
+   * DMA_UNMAP). Called for a complete command with no flags, no error field and no fd or
+   * exactly one (`fd`, else -1), with its bytes at buf[at, at+size) (header included; valid
+   * during the call only). Returns true when it handled the command (answering it, e.g. with
+   * replyFill), and then owns `fd`; false to leave it, fd included, untouched, to onCommand.
    */
-  onFastCommand?: (command: number, msgId: number, buf: Uint8Array, at: number, size: number) => boolean;
+  onFastCommand?: (command: number, msgId: number, buf: Uint8Array, at: number, size: number, fd: number) => boolean;
   /** the connection ended; err is undefined for a clean hang-up or local close */
   onClose?: (err: VfioUserError | undefined, conn: Connection) => void;
   /** a command with a bad header (reserved flags, ERROR bit, error field, unknown type) was answered with EINVAL */
@@ -188,7 +188,7 @@ export class Connection {
   onCommand: ((msg: Message, conn: Connection) => void) | undefined;
   onClose: ((err: VfioUserError | undefined, conn: Connection) => void) | undefined;
   private readonly onRaw: ((msg: Message, conn: Connection) => void) | undefined;
-  private readonly onFastCommand: ((command: number, msgId: number, buf: Uint8Array, at: number, size: number) => boolean) | undefined;
+  private readonly onFastCommand: ((command: number, msgId: number, buf: Uint8Array, at: number, size: number, fd: number) => boolean) | undefined;
   private readonly onBadHeader: ((header: Header, problem: string) => void) | undefined;
   /** traffic counters */
   readonly stats = new ConnectionStats();
@@ -499,19 +499,24 @@ export class Connection {
       if (
         flags === 0 &&
         this.onFastCommand !== undefined &&
-        this.fdRecords.length === 0 &&
         size <= this.rend - o &&
         size <= this.maxMessageSize &&
         (b[o + 12]! | b[o + 13]! | b[o + 14]! | b[o + 15]!) === 0
       ) {
-        // a plain command, complete, without fds: the hot lane may take it as it lies
-        const command = b[o + 2]! | (b[o + 3]! << 8);
-        this.rstart = o + size;
-        if (this.onFastCommand(command, b[o]! | (b[o + 1]! << 8), b, o, size)) {
-          this.stats.commandsIn[slot(command)]!++;
-          continue;
+        // a plain command, complete, without fds or with exactly one (a DMA_MAP's, which came
+        // in a read of its own: the record is the only one and lies inside the message): the
+        // hot lane may take it as it lies
+        const fd = this.fdRecords.length === 0 ? -1 : this.oneFdIn(this.rbase + o, this.rbase + o + size);
+        if (fd !== -2) {
+          const command = b[o + 2]! | (b[o + 3]! << 8);
+          this.rstart = o + size;
+          if (this.onFastCommand(command, b[o]! | (b[o + 1]! << 8), b, o, size, fd)) {
+            if (fd >= 0) this.fdRecords.length = 0; // the hot lane owns it now
+            this.stats.commandsIn[slot(command)]!++;
+            continue;
+          }
+          this.rstart = o;
         }
-        this.rstart = o;
       }
       const header: Header = {
         msgId: b[o]! | (b[o + 1]! << 8),
@@ -570,6 +575,12 @@ export class Connection {
       this.rbufAB = grown.buffer;
       this.rbufAt = 0;
     }
+  }
+
+  /** The fd when the only fd record is one fd inside [start, end), else -2. */
+  private oneFdIn(start: number, end: number): number {
+    const r = this.fdRecords.length === 1 ? this.fdRecords[0]! : undefined;
+    return r !== undefined && r.fds.length === 1 && r.pos >= start && r.pos < end ? r.fds[0]! : -2;
   }
 
   private collectFds(start: number, end: number): number[] {
