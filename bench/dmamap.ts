@@ -8,11 +8,15 @@
  * not shared); or 32 maps then 32 unmaps (a 128 KiB I/O). Servers on CPU 0; the client on
  * CPU 0 too (same CPU) or on CPU 1 (across CPUs). Every configuration runs on each server in
  * turn, `rounds` times, so all see the same machine; the table shows the means over rounds.
+ * Besides the client's round trips: the server's CPU time per message and how often it was
+ * scheduled in per message (all its threads, from /proc/PID/task/T/schedstat; a spin that
+ * catches the next message costs CPU but no wake-up; on one CPU the server yields to the
+ * client after every reply, so about 1 there).
  *
  * Usage: VFU_LIBVFIO_USER_SAMPLES=.../build/samples node dist/bench/dmamap.js [N] [rounds]
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runTool, resultField } from './util.js';
@@ -24,6 +28,18 @@ interface Server {
   name: string;
   path: string;
   child: ChildProcess;
+}
+
+/** The server's CPU time (ns) and times it was scheduled in, all its threads (/proc schedstat). */
+function sched(pid: number): { ns: number; runs: number } {
+  let ns = 0;
+  let runs = 0;
+  for (const t of readdirSync(`/proc/${pid}/task`)) {
+    const [cpu, , slices] = readFileSync(`/proc/${pid}/task/${t}/schedstat`, 'utf8').trim().split(/\s+/).map(Number);
+    ns += cpu!;
+    runs += slices!;
+  }
+  return { ns, runs };
 }
 
 function start(name: string, argv: string[], path: string, env: NodeJS.ProcessEnv = process.env): Server {
@@ -63,6 +79,8 @@ async function main(): Promise<void> {
       { f: 'unmap_mean_us', label: 'DMA_UNMAP mean µs' },
       { f: 'mean_us', label: 'per message mean µs' },
       { f: 'p50_us', label: 'per message p50 µs' },
+      { f: 'cpu', label: 'server CPU µs per message' },
+      { f: 'runs', label: 'server scheduled in, per message' },
     ];
     const acc = new Map<string, number[]>();
     for (let r = 0; r < rounds; r++) {
@@ -71,10 +89,14 @@ async function main(): Promise<void> {
           const line: string[] = [];
           for (const s of servers) {
             const iters = m.args.includes('-b') ? Math.ceil(n / 32) : n;
+            const before = sched(s.child.pid!);
             const out = runTool(['taskset', '-c', c.cpu, client, '-n', String(c.cpu === '0' ? iters : Math.ceil(iters / 4)), ...m.args, s.path]);
+            const after = sched(s.child.pid!);
+            const msgs = resultField(out, 'messages');
+            const got: Record<string, number> = { cpu: (after.ns - before.ns) / 1000 / msgs, runs: (after.runs - before.runs) / msgs };
             for (const { f } of fields) {
               const key = `${c.label}|${m.label}|${f}|${s.name}`;
-              acc.set(key, [...(acc.get(key) ?? []), resultField(out, f)]);
+              acc.set(key, [...(acc.get(key) ?? []), got[f] ?? resultField(out, f)]);
             }
             line.push(`${s.name} ${resultField(out, 'mean_us')}/${resultField(out, 'p50_us')}`);
           }

@@ -39,7 +39,8 @@ test('fstatInto: the size, device and inode of fstat, without an object', T, () 
   assert.equal((BigInt(out[3]!) << 32n) | BigInt(out[4]!), st.ino);
   assert.ok(out.every((x) => Number.isSafeInteger(x) && x >= 0));
   assert.throws(() => native.fstatInto(fd, new Float64Array(4)), TypeError);
-  assert.throws(() => Reflect.apply(native.fstatInto, native, [fd, new Uint32Array(10)]), TypeError);
+  // @ts-expect-error: a Uint32Array is refused at run time too
+  assert.throws(() => native.fstatInto(fd, new Uint32Array(10)), TypeError);
   native.close(fd);
   expectErrno(() => native.fstatInto(fd, out), 'EBADF', 'fstat');
 });

@@ -133,7 +133,7 @@ async function run(hot: boolean): Promise<{ out: string[]; hotCommands: number }
           // the kernel gives the server its own copies of the fds; ours stay open
           const [r] = await Promise.allSettled([conn.request(cmd, payload, { fds: fdsOf(fds) })]);
           const maps = ctx.dev.dma.list().map((m) => `${m.iova.toString(16)}+${m.size.toString(16)}/${m.prot}${m.file ? `@${m.fileOffset.toString(16)}` : ''}`);
-          out.push(`${P.commandName(cmd)}${fds ? ` (${fds})` : ''}: ${outcome(r!)}; maps ${maps.join(' ')}; files ${ctx.dev.dma.fileCount}`);
+          out.push(`${P.commandName(cmd)}${fds ? ` (${fds})` : ''}: ${outcome(r)}; maps ${maps.join(' ')}; files ${ctx.dev.dma.fileCount}`);
         }
         const hotCommands = ctx.server.session!.hotCommands;
         conn.close();
