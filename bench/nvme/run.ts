@@ -10,12 +10,14 @@
  *                writes: the driver rings only when the EventIdx asks, the server polls the
  *                shadows while I/O flows and sleeps when it stops
  *   unshared     trapped posted doorbells, guest memory mapped without an fd: every access is
- *                a DMA_READ / DMA_WRITE message (QEMU without -M)
+ *                a DMA_READ / DMA_WRITE message (QEMU without -M), sent on the twin socket
+ *   unshared-1   the same on the main socket, as QEMU does (it does not offer twin-socket mode)
  * Workloads: 4 KiB random read / write, 128 KiB sequential read / write, at QD 1 and 32.
  * Per I/O: the server's CPU time (/proc/PID/stat), messages (doorbell writes sent plus
- * interrupts received by the driver) and server wake-ups (voluntary context switches).
+ * interrupts received by the driver), the server's DMA_READ / DMA_WRITE requests (answered by
+ * the driver's client) and server wake-ups (voluntary context switches).
  *
- *   node dist/bench/nvme/run.js [--seconds=2] [--size=256M] [--modes=trap-posted,shadow,trap-sync,mmap]
+ *   node dist/bench/nvme/run.js [--seconds=2] [--size=256M] [--modes=trap-posted,shadow,trap-sync,mmap,unshared,unshared-1]
  *        [--poll-us=N] [--idle=S] [--jobs=SUBSTRING,...] [--prof=DIR]
  *   --idle: the server's CPU time over S idle seconds per mode; --jobs: only jobs whose
  *   "name QDn" contains one of the substrings (e.g. --jobs="4K QD1"); --prof=DIR: the server
@@ -136,17 +138,19 @@ async function main(): Promise<void> {
         nodeArgs: values.prof ? ['--cpu-prof', `--cpu-prof-dir=${values.prof}`] : [],
       });
       const pid = srv.child.pid!;
-      const client = await VfioUserClient.connect(srv.path);
-      const d = await NvmeDriver.attach(client, { memSize: 64 << 20, posted: mode !== 'trap-sync', mmapDoorbells: mode.startsWith('mmap'), shared: mode !== 'unshared' });
+      let dmaMsgs = 0;
+      const client = await VfioUserClient.connect(srv.path, { twinSocket: mode !== 'unshared-1', beforeDma: () => void dmaMsgs++ });
+      const d = await NvmeDriver.attach(client, { memSize: 64 << 20, posted: mode !== 'trap-sync', mmapDoorbells: mode.startsWith('mmap'), shared: !mode.startsWith('unshared') });
       await d.init({ queues: 1, depth: 64, shadow: mode === 'shadow' || mode === 'mmap-shadow' });
       const blocks = d.nsBlocks;
       for (const job of JOBS) {
         const s0 = serverStats(pid);
         const m0 = messages(d);
+        const dma0 = dmaMsgs;
         const r = await runJob(d, job, blocks);
         const s1 = serverStats(pid);
         const per = (x: number): string => (x / r.ops).toFixed(2);
-        rows.push([mode, job.name, String(job.qd), r.iops.toFixed(0), r.mbs.toFixed(1), r.latUs.toFixed(1), ((s1.cpu - s0.cpu) / r.ops * 1e6).toFixed(1), per(messages(d) - m0), per(s1.wakeups - s0.wakeups)]);
+        rows.push([mode, job.name, String(job.qd), r.iops.toFixed(0), r.mbs.toFixed(1), r.latUs.toFixed(1), ((s1.cpu - s0.cpu) / r.ops * 1e6).toFixed(1), per(messages(d) - m0), per(dmaMsgs - dma0), per(s1.wakeups - s0.wakeups)]);
         process.stderr.write(`${rows[rows.length - 1]!.join('\t')}\n`);
       }
       if (idleSeconds > 0) {
@@ -163,7 +167,7 @@ async function main(): Promise<void> {
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
-  const head = ['doorbells', 'workload', 'QD', 'IOPS', 'MB/s', 'lat us', 'srv us/IO', 'msgs/IO', 'wakeups/IO'];
+  const head = ['doorbells', 'workload', 'QD', 'IOPS', 'MB/s', 'lat us', 'srv us/IO', 'msgs/IO', 'DMA/IO', 'wakeups/IO'];
   const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   const line = (r: string[]): string => r.map((c, i) => (i >= 2 ? c.padStart(w[i]!) : c.padEnd(w[i]!))).join('  ');
   console.log(`\nNVMe over vfio-user, server and driver pinned to CPU 0, ${seconds} s per job, image ${sizeArg}`);

@@ -538,9 +538,47 @@ export class DmaController {
     };
   }
 
-  /** Reads client memory: directly when shared, else with DMA_READ messages. */
-  async read(iova: Iova, length: number): Promise<Uint8Array> {
-    const segs = this.segments(iova, length, false);
+  /**
+   * Reads client memory: directly when shared, else with DMA_READ messages. The common case
+   * by message — one map, one message (an NVMe command, a PRP list, a 4 KiB page) — takes
+   * the reply's bytes as they are: no copy, no gathering, no promise but the message's.
+   */
+  read(iova: Iova, length: number): Promise<Uint8Array> {
+    let segs: Segment[];
+    try {
+      segs = this.segments(iova, length, false);
+    } catch (e) {
+      return Promise.reject(e as Error);
+    }
+    const m = this.messenger;
+    if (segs.length === 1 && m !== undefined && !segs[0]!.r.file && length <= m.maxTransfer) return this.readOne(m, segs[0]!);
+    return this.readSegments(iova, length, segs);
+  }
+
+  /** One DMA_READ for a segment of a map without an fd. */
+  private readOne(m: DmaMessenger, s: Segment): Promise<Uint8Array> {
+    const pin = this.pinRegions([s.r]);
+    let p: Promise<Uint8Array>;
+    try {
+      p = m.read(big(s.r.iova) + big(s.off), s.len);
+    } catch (e) {
+      pin.release();
+      return Promise.reject(e as Error);
+    }
+    return p.then(
+      (chunk) => {
+        pin.release();
+        if (chunk.length !== s.len) throw new DmaError(`client returned ${chunk.length} bytes for a ${s.len}-byte DMA read`, Errno.EIO);
+        return chunk;
+      },
+      (e: unknown) => {
+        pin.release();
+        throw e;
+      },
+    );
+  }
+
+  private async readSegments(iova: Iova, length: number, segs: Segment[]): Promise<Uint8Array> {
     if (segs.every((s) => s.r.file)) return this.readSync(iova, length);
     const out = new Uint8Array(length);
     const pin = this.pinRegions([...new Set(segs.map((s) => s.r))]);
@@ -575,9 +613,45 @@ export class DmaController {
     return out;
   }
 
-  /** Writes client memory: directly when shared, else with DMA_WRITE messages. */
-  async write(iova: Iova, data: Uint8Array): Promise<void> {
-    const segs = this.segments(iova, data.length, true);
+  /**
+   * Writes client memory: directly when shared, else with DMA_WRITE messages. Interrupts
+   * raised meanwhile wait for the replies (writeOrder). One message to one map (a
+   * completion, a 4 KiB page) goes without gathering: one promise, the message's.
+   */
+  write(iova: Iova, data: Uint8Array): Promise<void> {
+    let segs: Segment[];
+    try {
+      segs = this.segments(iova, data.length, true);
+    } catch (e) {
+      return Promise.reject(e as Error);
+    }
+    const m = this.messenger;
+    if (segs.length === 1 && m !== undefined && !segs[0]!.r.file && data.length <= m.maxTransfer) return this.writeOne(m, segs[0]!, data);
+    return this.writeSegments(iova, data, segs);
+  }
+
+  /** One DMA_WRITE of a segment of a map without an fd. */
+  private writeOne(m: DmaMessenger, s: Segment, data: Uint8Array): Promise<void> {
+    const pin = this.pinRegions([s.r]);
+    const ticket = this.writeOrder.begin();
+    let p: Promise<void>;
+    try {
+      p = m.write(big(s.r.iova) + big(s.off), data);
+    } catch (e) {
+      p = Promise.reject(e as Error);
+    }
+    this.dirty?.mark(s.r, s.off, s.len);
+    const done = (): void => {
+      pin.release();
+      this.writeOrder.end(ticket);
+    };
+    return p.then(done, (e: unknown) => {
+      done();
+      throw e;
+    });
+  }
+
+  private async writeSegments(iova: Iova, data: Uint8Array, segs: Segment[]): Promise<void> {
     if (segs.every((s) => s.r.file)) return this.writeSync(iova, data);
     const pin = this.pinRegions([...new Set(segs.map((s) => s.r))]);
     const ticket = this.writeOrder.begin();

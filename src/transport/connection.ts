@@ -232,6 +232,12 @@ export class Connection {
   private readonly outView = new DataView(this.io, IO.OUT_AT, OUT_SIZE);
   private outLen = 0;
   private corked = false;
+  /** cork() holds staged messages until the current job's nextTick (see cork) */
+  private tickCorked = false;
+  private readonly uncorkTick = (): void => {
+    this.tickCorked = false;
+    if (!this.corked) this.flushOut(); // a failure closed the connection (requests fail)
+  };
   private readonly iov1: Uint8Array[] = [this.out];
 
   constructor(fd: number, opts: ConnectionOptions = {}) {
@@ -712,7 +718,7 @@ export class Connection {
       this.writeHeaderAt(at, header, size);
       if (plen) this.out.set(payload!, at + HEADER_SIZE);
       this.outLen = at + size;
-      if (!this.corked) {
+      if (!this.corked && !this.tickCorked) {
         const r = this.flushOut();
         if (r !== undefined) throw r;
       }
@@ -878,6 +884,19 @@ export class Connection {
       this.watch(false);
       this.wakeDrainWaiters();
     }
+  }
+
+  /**
+   * Holds the small messages sent from now on staged until the current job ends (a nextTick:
+   * after the synchronous code and the microtasks queued so far), then writes them with one
+   * send: a device that issues several requests in a row (DMA_WRITEs of data and completion,
+   * DMA_READs of a batch) pays one syscall, not one each. Inside a read batch (see
+   * readAvailable) the batch's own cork already does this, and its end sends them.
+   */
+  cork(): void {
+    if (this.tickCorked || this.closed) return;
+    this.tickCorked = true;
+    process.nextTick(this.uncorkTick);
   }
 
   /** Resolves once every queued byte has been written (immediately if none). */
