@@ -63,7 +63,7 @@ export class ClientDmaMessenger implements DmaMessenger {
       sent = this.conn.request(P.Command.DMA_READ, P.encodeDmaReadRequest({ address: iova, count: length }), { timeout: this.timeoutMs });
     } catch (e) {
       this.release(length);
-      return Promise.reject(e as Error);
+      return Promise.reject(e);
     }
     return sent.then(
       (m) => {
@@ -88,7 +88,7 @@ export class ClientDmaMessenger implements DmaMessenger {
       this.conn.cork();
       sent = this.conn.request(P.Command.DMA_WRITE, P.encodeDmaWriteRequest({ address: iova, data, layout: this.layout }), { timeout: this.timeoutMs });
     } catch (e) {
-      return Promise.reject(e as Error);
+      return Promise.reject(e);
     }
     return sent.then((m) => {
       const rep = P.decodeDmaWriteReply(m.payload);

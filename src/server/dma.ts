@@ -548,7 +548,7 @@ export class DmaController {
     try {
       segs = this.segments(iova, length, false);
     } catch (e) {
-      return Promise.reject(e as Error);
+      return Promise.reject(e);
     }
     const m = this.messenger;
     if (segs.length === 1 && m !== undefined && !segs[0]!.r.file && length <= m.maxTransfer) return this.readOne(m, segs[0]!);
@@ -563,7 +563,7 @@ export class DmaController {
       p = m.read(big(s.r.iova) + big(s.off), s.len);
     } catch (e) {
       pin.release();
-      return Promise.reject(e as Error);
+      return Promise.reject(e);
     }
     return p.then(
       (chunk) => {
@@ -623,7 +623,7 @@ export class DmaController {
     try {
       segs = this.segments(iova, data.length, true);
     } catch (e) {
-      return Promise.reject(e as Error);
+      return Promise.reject(e);
     }
     const m = this.messenger;
     if (segs.length === 1 && m !== undefined && !segs[0]!.r.file && data.length <= m.maxTransfer) return this.writeOne(m, segs[0]!, data);
@@ -638,7 +638,7 @@ export class DmaController {
     try {
       p = m.write(big(s.r.iova) + big(s.off), data);
     } catch (e) {
-      p = Promise.reject(e as Error);
+      p = Promise.reject(e);
     }
     this.dirty?.mark(s.r, s.off, s.len);
     const done = (): void => {
