@@ -457,6 +457,33 @@ describe('nvme: interrupt and DMA variants', () => {
     }
   });
 
+  test('guest memory without an fd: the SQ entries rung together come in one DMA_READ (and wrap around the ring)', async () => {
+    const reads: number[] = [];
+    const r = await rig({}, { shared: false, memSize: 8 << 20 }, { queues: 1, depth: 8 }, { beforeDma: (kind, _iova, len) => void (kind === 'read' && reads.push(len)) });
+    try {
+      for (let k = 0; k < 8; k++) {
+        const buf = r.d.alloc(4096);
+        r.d.at(buf, 4096).set(pattern(4096, 700 + k));
+        assert.equal((await r.d.rw('write', 1, 8 * k, 8, { prp1: buf })).status, 0);
+      }
+      // three rounds of 5 reads rung at once on an 8-entry ring: the second and third wrap
+      for (let round = 0; round < 3; round++) {
+        reads.length = 0;
+        r.d.heldRings = [];
+        const bufs = Array.from({ length: 5 }, () => r.d.alloc(4096));
+        const done = bufs.map((b, i) => r.d.rw('read', 1, 8 * ((round + i) % 8), 8, { prp1: b }));
+        r.d.releaseRings();
+        for (const c of await Promise.all(done)) assert.equal(c.status, 0);
+        bufs.forEach((b, i) => assert.ok(Buffer.from(r.d.at(b, 4096)).equals(Buffer.from(pattern(4096, 700 + ((round + i) % 8)))), `round ${round} read ${i}`));
+        // reads by message: SQ entries only (the data goes by DMA_WRITE)
+        assert.equal(reads.reduce((a, b) => a + b, 0), 5 * 64, `round ${round}: each entry fetched once`);
+        assert.ok(reads.length <= 2, `round ${round}: ${reads.length} DMA_READs (${reads.join(', ')} bytes) for 5 entries rung together`);
+      }
+    } finally {
+      await r.close();
+    }
+  });
+
   test('mmap-ed doorbell page, polled', async () => {
     const r = await rig({ doorbells: 'mmap' }, { mmapDoorbells: true }, { queues: 2 });
     try {

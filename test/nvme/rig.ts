@@ -34,12 +34,13 @@ export async function rig(
   devOpts: Partial<NvmeOptions> = {},
   drvOpts: Parameters<typeof NvmeDriver.attach>[1] = {},
   init: Parameters<NvmeDriver['init']>[0] | false = {},
+  clientOpts: Parameters<typeof VfioUserClient.connect>[1] = {},
 ): Promise<Rig> {
   const dev = new NvmeDevice({ image: imagePath(), size: 16 << 20, log: () => {}, ...devOpts });
   const server = new VfioUserServer(dev);
   const path = sockPath('nvme');
   server.listen(path);
-  const client = await VfioUserClient.connect(path);
+  const client = await VfioUserClient.connect(path, clientOpts);
   const d = await NvmeDriver.attach(client, drvOpts);
   if (init) await d.init(init);
   return {

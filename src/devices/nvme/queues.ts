@@ -19,6 +19,32 @@ export function cqFull(cq: CompQueue, extra: number): boolean {
 export const SQ_BURST = 32;
 
 /**
+ * SQ entries fetched with one DMA_READ at most, when the queue is not in shared memory: the
+ * entries between head and tail (up to the end of the ring) come in one message and one
+ * round trip, not one each.
+ */
+export const SQE_BATCH = 32;
+
+/**
+ * The entry at the SQ's head: a copy of its view when shared. When it can only be read by
+ * message, the entries after it up to the tail come along (their bytes follow in the same
+ * array), and the read waits a microtask first, so that the doorbells that came in the same
+ * socket read as the one that started this fetch are all counted in.
+ */
+function fetchSqes(c: NvmeCore, sq: SubQueue): Uint8Array | Promise<Uint8Array> {
+  const dma = c.dev.dma;
+  const at = sq.base + sq.head * SQE_SIZE;
+  const v = dma.tryView(at, SQE_SIZE, false);
+  if (v) return v.slice();
+  if (!dma.onlyByMessage(at, SQE_SIZE)) return guestRead(dma, at, SQE_SIZE);
+  return Promise.resolve().then(() => {
+    // up to the tail, or the end of the ring when the tail has wrapped
+    const n = sq.tail === sq.head ? 1 : Math.min(SQE_BATCH, (sq.tail > sq.head ? sq.tail : sq.size) - sq.head);
+    return dma.read(at, (n > 1 && dma.onlyByMessage(at, n * SQE_SIZE) ? n : 1) * SQE_SIZE);
+  });
+}
+
+/**
  * Fetches and executes the commands of one SQ, in order, until it is empty or its CQ is full.
  * With shared guest memory an I/O command runs synchronously, from the call that found it (a
  * doorbell, a shadow scan; not a chain of promise hops per command: the completion and its
@@ -31,6 +57,10 @@ export async function runSq(c: NvmeCore, sq: SubQueue): Promise<void> {
   const gen = c.generation;
   c.inflight++;
   let burst = 0;
+  // entries fetched by message beyond the head (from queue index aheadAt): they are the
+  // controller's until it moves the head past them, so they stay valid while this run lasts
+  let ahead: Uint8Array | undefined;
+  let aheadAt = -1;
   try {
     while (c.running && gen === c.generation && c.sqs[sq.id] === sq && sq.head !== sq.tail) {
       if (burst === SQ_BURST) {
@@ -48,14 +78,26 @@ export async function runSq(c: NvmeCore, sq: SubQueue): Promise<void> {
       }
       if (cq.backlog.length || cqFull(cq, 0)) break; // resumed by the CQ head doorbell
       let sqe: Uint8Array;
-      try {
-        const got = guestRead(c.dev.dma, sq.base + sq.head * SQE_SIZE, SQE_SIZE);
-        sqe = got instanceof Uint8Array ? got : await got;
-      } catch (e) {
-        c.fatal(`cannot fetch SQ ${sq.id} entry ${sq.head}: ${(e as Error).message}`);
-        break;
+      if (ahead !== undefined && aheadAt === sq.head) {
+        sqe = ahead.subarray(0, SQE_SIZE);
+        ahead = ahead.length > SQE_SIZE ? ahead.subarray(SQE_SIZE) : undefined;
+        aheadAt = (aheadAt + 1) % sq.size;
+      } else {
+        const head = sq.head;
+        try {
+          const got = fetchSqes(c, sq);
+          sqe = got instanceof Uint8Array ? got : await got;
+        } catch (e) {
+          c.fatal(`cannot fetch SQ ${sq.id} entry ${head}: ${(e as Error).message}`);
+          break;
+        }
+        if (gen !== c.generation || c.sqs[sq.id] !== sq) break;
+        if (sqe.length > SQE_SIZE) {
+          ahead = sqe.subarray(SQE_SIZE);
+          aheadAt = (head + 1) % sq.size;
+          sqe = sqe.subarray(0, SQE_SIZE);
+        } else ahead = undefined;
       }
-      if (gen !== c.generation || c.sqs[sq.id] !== sq) break;
       sq.head = (sq.head + 1) % sq.size;
       cq.reserved++;
       let res: Result | undefined;
