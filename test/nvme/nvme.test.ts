@@ -484,6 +484,38 @@ describe('nvme: interrupt and DMA variants', () => {
     }
   });
 
+  test('guest memory without an fd: a write waiting for its data does not hold up the commands after it; its completion comes when the data does', async () => {
+    let holdAt = -1;
+    let release: (() => void) | undefined;
+    const r = await rig({}, { shared: false, memSize: 8 << 20 }, { queues: 1, depth: 8 }, {
+      beforeDma: (kind, iova) => (kind === 'read' && iova === holdAt ? new Promise<void>((go) => (release = go)) : undefined),
+    });
+    try {
+      const slow = r.d.alloc(4096);
+      r.d.at(slow, 4096).set(pattern(4096, 801));
+      const fast = r.d.alloc(4096);
+      r.d.at(fast, 4096).set(pattern(4096, 802));
+      holdAt = slow;
+      const a = r.d.rw('write', 1, 0, 8, { prp1: slow });
+      let aDone = false;
+      void a.then(() => (aDone = true));
+      await waitFor(() => release !== undefined, 'the slow write asked for its data');
+      // submitted after it, completed before it
+      assert.equal((await within(r.d.rw('write', 1, 8, 8, { prp1: fast }), 5000, 'the write after the held one')).status, 0);
+      const back = r.d.alloc(4096);
+      assert.equal((await within(r.d.rw('read', 1, 8, 8, { prp1: back }), 5000, 'a read after the held one')).status, 0);
+      assert.ok(Buffer.from(r.d.at(back, 4096)).equals(Buffer.from(pattern(4096, 802))));
+      assert.equal(aDone, false, 'the held write has not completed');
+      release!();
+      assert.equal((await within(a, 5000, 'the held write')).status, 0);
+      assert.equal((await r.d.rw('read', 1, 0, 8, { prp1: back })).status, 0);
+      assert.ok(Buffer.from(r.d.at(back, 4096)).equals(Buffer.from(pattern(4096, 801))));
+    } finally {
+      release?.();
+      await r.close();
+    }
+  });
+
   test('mmap-ed doorbell page, polled', async () => {
     const r = await rig({ doorbells: 'mmap' }, { mmapDoorbells: true }, { queues: 2 });
     try {

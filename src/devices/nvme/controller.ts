@@ -14,9 +14,11 @@
  * while there is work, backing off when idle). QEMU turns off posted writes for a device
  * with any mappable region, so each remaining trapped write then costs a round trip.
  *
- * Commands are fetched and executed in order per SQ, one at a time; with shared guest memory
- * they run synchronously (zero-copy: preadv/pwritev between the image and DMA views). Guest
- * memory is only ever accessed through dev.dma; a DMA fault becomes a Data Transfer Error.
+ * Commands are fetched and started in order per SQ; with shared guest memory they run
+ * synchronously, one at a time (zero-copy: preadv/pwritev between the image and DMA views).
+ * Without it (DMA by message) an I/O command that waits for messages runs beside the next
+ * ones and completes when done; admin commands still run one at a time. Guest memory is only
+ * ever accessed through dev.dma; a DMA fault becomes a Data Transfer Error.
  *
  * Migration: the device runs only in RUNNING and PRE_COPY; save() quiesces (waits for
  * in-flight commands), and the state is registers, queues, features and namespace identity.

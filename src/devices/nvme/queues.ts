@@ -103,6 +103,13 @@ export async function runSq(c: NvmeCore, sq: SubQueue): Promise<void> {
       let res: Result | undefined;
       try {
         const r = c.execute(sq, sqe);
+        if (r instanceof Promise && sq.id !== 0) {
+          // an I/O command waiting for messages (its data by DMA_READ, a PRP list) runs beside
+          // the next ones: its completion is posted when it is done, in whatever order
+          overlap(c, sq, cq, sqe, r, gen);
+          burst++;
+          continue;
+        }
         res = r instanceof Promise ? await r : r;
       } finally {
         cq.reserved--;
@@ -117,6 +124,26 @@ export async function runSq(c: NvmeCore, sq: SubQueue): Promise<void> {
     flushIrqs(c);
     c.settled();
   }
+}
+
+/**
+ * Completes an I/O command that runs beside the SQ's next ones, when it is done (execute()
+ * settles with a status, never rejects); its CQ entry stays reserved until then. Dropped, as
+ * runSq drops a result, when the controller was reset or the SQ deleted meanwhile.
+ */
+function overlap(c: NvmeCore, sq: SubQueue, cq: CompQueue, sqe: Uint8Array, r: Promise<Result | undefined>, gen: number): void {
+  cq.reserved++; // runSq's own reservation ends when it goes on
+  c.inflight++;
+  void r
+    .then((res) => {
+      cq.reserved--;
+      if (gen !== c.generation || c.sqs[sq.id] !== sq || c.cqs[cq.id] !== cq) return;
+      c.counters.commands++;
+      if (res) post(c, cq, sq.id, sqe, res);
+      flushIrqs(c);
+    })
+    .catch((e: unknown) => c.fatal(`cannot complete a command of SQ ${sq.id}: ${(e as Error).message}`))
+    .finally(() => c.settled());
 }
 
 /** The host moved a CQ head: backlogged completions, INTx level, SQs that waited for room. */
