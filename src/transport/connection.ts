@@ -234,7 +234,15 @@ export class Connection {
   private corked = false;
   /** cork() holds staged messages until the current job's nextTick (see cork) */
   private tickCorked = false;
+  private uncorkPasses = 0;
   private readonly uncorkTick = (): void => {
+    // a second pass: what the nextTicks queued after the cork send (a device's own batching
+    // at the job's end) goes in the same send
+    if (this.uncorkPasses++ === 0) {
+      process.nextTick(this.uncorkTick);
+      return;
+    }
+    this.uncorkPasses = 0;
     this.tickCorked = false;
     if (!this.corked) this.flushOut(); // a failure closed the connection (requests fail)
   };
@@ -887,10 +895,10 @@ export class Connection {
   }
 
   /**
-   * Holds the small messages sent from now on staged until the current job ends (a nextTick:
-   * after the synchronous code and the microtasks queued so far), then writes them with one
-   * send: a device that issues several requests in a row (DMA_WRITEs of data and completion,
-   * DMA_READs of a batch) pays one syscall, not one each. Inside a read batch (see
+   * Holds the small messages sent from now on staged until the current job ends (after the
+   * synchronous code, the microtasks and the nextTicks queued so far: two nextTick passes),
+   * then writes them with one send: a device that issues several requests in a row
+   * (DMA_WRITEs of data and completion, DMA_READs of a batch) pays one syscall, not one each. Inside a read batch (see
    * readAvailable) the batch's own cork already does this, and its end sends them.
    */
   cork(): void {

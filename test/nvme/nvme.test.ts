@@ -457,9 +457,12 @@ describe('nvme: interrupt and DMA variants', () => {
     }
   });
 
-  test('guest memory without an fd: the SQ entries rung together come in one DMA_READ (and wrap around the ring)', async () => {
+  test('guest memory without an fd: the SQ entries rung together come in one DMA_READ, their CQ entries go in one DMA_WRITE (and both wrap around the ring)', async () => {
     const reads: number[] = [];
-    const r = await rig({}, { shared: false, memSize: 8 << 20 }, { queues: 1, depth: 8 }, { beforeDma: (kind, _iova, len) => void (kind === 'read' && reads.push(len)) });
+    const cqeWrites: number[] = [];
+    const r = await rig({}, { shared: false, memSize: 8 << 20 }, { queues: 1, depth: 8 }, {
+      beforeDma: (kind, _iova, len) => void (kind === 'read' ? reads.push(len) : len < 4096 && cqeWrites.push(len)),
+    });
     try {
       for (let k = 0; k < 8; k++) {
         const buf = r.d.alloc(4096);
@@ -469,6 +472,7 @@ describe('nvme: interrupt and DMA variants', () => {
       // three rounds of 5 reads rung at once on an 8-entry ring: the second and third wrap
       for (let round = 0; round < 3; round++) {
         reads.length = 0;
+        cqeWrites.length = 0;
         r.d.heldRings = [];
         const bufs = Array.from({ length: 5 }, () => r.d.alloc(4096));
         const done = bufs.map((b, i) => r.d.rw('read', 1, 8 * ((round + i) % 8), 8, { prp1: b }));
@@ -478,6 +482,9 @@ describe('nvme: interrupt and DMA variants', () => {
         // reads by message: SQ entries only (the data goes by DMA_WRITE)
         assert.equal(reads.reduce((a, b) => a + b, 0), 5 * 64, `round ${round}: each entry fetched once`);
         assert.ok(reads.length <= 2, `round ${round}: ${reads.length} DMA_READs (${reads.join(', ')} bytes) for 5 entries rung together`);
+        // the data went by 4 KiB DMA_WRITEs, the completions by the smaller ones
+        assert.equal(cqeWrites.reduce((a, b) => a + b, 0), 5 * 16, `round ${round}: each CQ entry written once`);
+        assert.ok(cqeWrites.length <= 2, `round ${round}: ${cqeWrites.length} CQ entry DMA_WRITEs (${cqeWrites.join(', ')} bytes) for 5 completions`);
       }
     } finally {
       await r.close();

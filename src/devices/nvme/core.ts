@@ -49,6 +49,11 @@ export interface CompQueue {
   coalesced: number;
   /** shadow doorbell state (Doorbell Buffer Config) */
   db?: DoorbellTracker | undefined;
+  /**
+   * CQ entries not yet written, for a CQ reached by DMA message: adjacent entries posted in one
+   * job go in one DMA_WRITE (see queues.ts writeCqe)
+   */
+  unsent?: { addr: number; bytes: Uint8Array; n: number; gen: number } | undefined;
 }
 
 /** a command's completion: status and dword 0 */
@@ -106,6 +111,10 @@ export class NvmeCore {
   lastDoorbells: Uint32Array | undefined;
   /** for benchmarks' per-I/O breakdowns: commands completed, interrupts raised, MMIO doorbell writes */
   readonly counters = { commands: 0, irqs: 0, mmioDoorbells: 0 };
+  /** a nextTick is due that writes the unsent CQ entries and raises their interrupts */
+  cqeFlushDue = false;
+  /** the CQs with unsent entries (kept here, not found through cqs: a reset or a deleted CQ must still settle them) */
+  unsentCqs: CompQueue[] = [];
   /** executes one command (the controller's dispatch); undefined: it completes later (AER) */
   execute!: (sq: SubQueue, sqe: Uint8Array) => Result | undefined | Promise<Result | undefined>;
 

@@ -140,7 +140,7 @@ function overlap(c: NvmeCore, sq: SubQueue, cq: CompQueue, sqe: Uint8Array, r: P
       if (gen !== c.generation || c.sqs[sq.id] !== sq || c.cqs[cq.id] !== cq) return;
       c.counters.commands++;
       if (res) post(c, cq, sq.id, sqe, res);
-      flushIrqs(c);
+      flushIrqsSoon(c); // completions of one socket read share a message and an interrupt
     })
     .catch((e: unknown) => c.fatal(`cannot complete a command of SQ ${sq.id}: ${(e as Error).message}`))
     .finally(() => c.settled());
@@ -200,16 +200,22 @@ function writeCqe(c: NvmeCore, cq: CompQueue, sqid: number, cid: number, status:
     w[2] = sqhd | (sqid << 16);
     Atomics.store(w, 3, dw3 | 0);
   } else if (!dma.isShared(addr, CQE_SIZE) || !writeSharedCqe(c, addr, cqeBytes(dw0, sqhd, sqid, dw3))) {
-    // not shared memory: a DMA_WRITE message (in order on the socket, behind the data of the
-    // command; its interrupt waits for both: see WriteOrder)
-    const gen = c.generation;
-    c.inflight++;
-    void dma.write(addr, cqeBytes(dw0, sqhd, sqid, dw3)).then(
-      () => {
-        if (gen === c.generation) flushIrqs(c);
-      },
-      (err: Error) => c.fatal(`cannot post to CQ ${cq.id}: ${err.message}`),
-    ).finally(() => c.settled());
+    // not shared memory: a DMA_WRITE message, in order on the socket behind the data of the
+    // command; its interrupt waits for both (see WriteOrder). Entries posted in one job to
+    // adjacent slots go in one message: held until the job's end, or until an interrupt or
+    // a non-adjacent entry needs them sent
+    const u = cq.unsent;
+    if (u !== undefined && u.gen === c.generation && u.addr + u.n * CQE_SIZE === addr && u.n < CQE_BATCH) {
+      u.bytes.set(cqeBytes(dw0, sqhd, sqid, dw3), u.n++ * CQE_SIZE);
+    } else {
+      if (u !== undefined) sendCqes(c, cq);
+      const bytes = new Uint8Array(CQE_BATCH * CQE_SIZE);
+      bytes.set(cqeBytes(dw0, sqhd, sqid, dw3));
+      cq.unsent = { addr, bytes, n: 1, gen: c.generation };
+      c.unsentCqs.push(cq);
+      c.inflight++; // until sent and answered (a migration's quiesce waits for it)
+      flushIrqsSoon(c);
+    }
   }
   cq.tail++;
   if (cq.tail === cq.size) {
@@ -218,6 +224,45 @@ function writeCqe(c: NvmeCore, cq: CompQueue, sqid: number, cid: number, status:
   }
   cq.irqPending = true;
   cq.coalesced++;
+}
+
+/** CQ entries written by one DMA_WRITE at most (adjacent slots posted in one job) */
+export const CQE_BATCH = 64;
+
+/** Sends a CQ's unsent entries (dropped when the controller was reset since). */
+function sendCqes(c: NvmeCore, cq: CompQueue): void {
+  const u = cq.unsent;
+  if (u === undefined) return;
+  cq.unsent = undefined;
+  const i = c.unsentCqs.indexOf(cq);
+  if (i >= 0) c.unsentCqs.splice(i, 1);
+  if (u.gen !== c.generation) {
+    c.settled();
+    return;
+  }
+  const gen = u.gen;
+  void c.dev.dma.write(u.addr, u.bytes.subarray(0, u.n * CQE_SIZE)).then(
+    () => {
+      if (gen === c.generation) flushIrqs(c);
+    },
+    (err: Error) => c.fatal(`cannot post to CQ ${cq.id}: ${err.message}`),
+  ).finally(() => c.settled());
+}
+
+/** Every CQ's unsent entries go out (before any interrupt is raised: it must follow them). */
+function sendAllCqes(c: NvmeCore): void {
+  while (c.unsentCqs.length > 0) sendCqes(c, c.unsentCqs[0]!);
+}
+
+/** Sends unsent CQ entries and raises interrupts at the end of the current job (once). */
+export function flushIrqsSoon(c: NvmeCore): void {
+  if (c.cqeFlushDue) return;
+  c.cqeFlushDue = true;
+  process.nextTick(() => {
+    c.cqeFlushDue = false;
+    sendAllCqes(c);
+    flushIrqs(c);
+  });
 }
 
 /** A CQE into shared memory that is not one aligned view; false when that failed (DmaError). */
@@ -242,6 +287,7 @@ function cqeBytes(dw0: number, sqhd: number, sqid: number, dw3: number): Uint8Ar
 
 /** Raises the interrupts of the CQs that got entries (one per CQ per batch). */
 export function flushIrqs(c: NvmeCore, timeUp = false): void {
+  sendAllCqes(c);
   if (!c.running) return;
   const msix = c.msixEnabled();
   // Interrupt Coalescing (feature 08h): an I/O vector without Coalescing Disable waits for
@@ -280,6 +326,7 @@ export function flushIrqs(c: NvmeCore, timeUp = false): void {
 
 /** INTx level: high while an interrupt-enabled CQ has entries the host has not consumed. */
 export function updateIntx(c: NvmeCore): void {
+  sendAllCqes(c);
   if (!c.running) return;
   let level = false;
   if (!c.msixEnabled() && !(c.regs.intms & 1)) {
