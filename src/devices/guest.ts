@@ -66,9 +66,19 @@ export function toGuest(dma: DmaController, segs: readonly Segment[], data: Uint
 
 /**
  * Gathers `len` bytes from the segments. DMA_READs for all segments are sent at once (within
- * the messenger's window): one round trip for the transfer, not one per segment.
+ * the messenger's window): one round trip for the transfer, not one per segment. The bytes
+ * may be a view into a larger buffer (use byteOffset).
  */
 export function fromGuest(dma: DmaController, segs: readonly Segment[], len: number): Promise<Uint8Array> {
+  if (segs.length > 0 && segs[0]!.len >= len && len > 0) {
+    // one piece: what the read returns, without gathering it into a copy (may be a view: mind byteOffset)
+    try {
+      const r = guestRead(dma, segs[0]!.iova, len);
+      return r instanceof Uint8Array ? Promise.resolve(r) : r;
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
   const out = new Uint8Array(len);
   let reads: Promise<void>[] | undefined;
   let p = 0;

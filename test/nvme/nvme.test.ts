@@ -452,6 +452,12 @@ describe('nvme: interrupt and DMA variants', () => {
       assert.equal((await r.d.rw('read', 1, 64, 8, { sgl: r.d.sgl(chunks) })).status, 0);
       assert.ok(Buffer.from(r.d.at(chunks[0]!.iova, 1000)).equals(Buffer.from(data.subarray(0, 1000))));
       assert.equal((await r.d.rw('read', 1, 0, 8, { prp1: 0xdead0000 })).status & 0xff, 0x04, 'unmapped: Data Transfer Error');
+      // deallocate: its ranges come by message too; blocks 64-65 read back as zeroes, 66 not
+      assert.equal((await r.d.deallocate(1, [{ lba: 64, nlb: 2 }])).status, 0);
+      assert.equal((await r.d.rw('read', 1, 64, 8, { prp1: back[0]! })).status, 0);
+      assert.ok(r.d.at(back[0]!, 1024).every((x) => x === 0));
+      assert.ok(Buffer.from(r.d.at(back[0]! + 1024, 512)).equals(Buffer.from(data.subarray(1024, 1536))));
+      assert.equal(sc(await r.d.deallocate(1, [{ lba: r.d.nsBlocks, nlb: 1 }])), 0x80, 'out of range, by message');
     } finally {
       await r.close();
     }

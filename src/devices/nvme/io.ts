@@ -107,7 +107,7 @@ async function dsm(c: NvmeCore, sq: SubQueue, sqe: Uint8Array, ns: Namespace, cd
   const nr = (cdw10 & 0xff) + 1;
   const data = await fromGuest(c.dev.dma, await dataSegments(c, sq, sqe, nr * 16), nr * 16);
   if (!(cdw11 & 0x4)) return { status: Status.SUCCESS }; // only hints (IDR/IDW): nothing to do
-  const dv = new DataView(data.buffer);
+  const dv = new DataView(data.buffer, data.byteOffset, data.length);
   const ranges: [number, number][] = [];
   for (let i = 0; i < nr; i++) {
     const len = dv.getUint32(i * 16 + 4, true);
