@@ -88,7 +88,8 @@ export async function runSq(c: NvmeCore, sq: SubQueue): Promise<void> {
           const got = fetchSqes(c, sq);
           sqe = got instanceof Uint8Array ? got : await got;
         } catch (e) {
-          c.fatal(`cannot fetch SQ ${sq.id} entry ${head}: ${(e as Error).message}`);
+          // (not when the queue went meanwhile: the fetch by message waits a microtask)
+          if (gen === c.generation && c.sqs[sq.id] === sq) c.fatal(`cannot fetch SQ ${sq.id} entry ${head}: ${(e as Error).message}`);
           break;
         }
         if (gen !== c.generation || c.sqs[sq.id] !== sq) break;
