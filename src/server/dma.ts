@@ -98,6 +98,8 @@ export class DmaController {
   private dirty: DirtyLog | undefined;
   /** called after every successful map/unmap with the change */
   onChange: ((what: 'map' | 'unmap', iova: number, size: number) => void) | undefined;
+  /** the device model's own watchers of maps and unmaps (onChange is left to the user) */
+  private readonly watchers = new Set<(what: 'map' | 'unmap') => void>();
 
   /** refuse (EPERM) files that cannot be sealed against shrinking */
   requireSealed: boolean;
@@ -228,11 +230,22 @@ export class DmaController {
       this.mapped += rg.size;
       this.regions.insert(region);
       this.onChange?.('map', rg.iova, rg.size);
+      for (const w of this.watchers) w('map');
       return region;
     } catch (e) {
       if (fd !== undefined) native.close(fd);
       throw e;
     }
+  }
+
+  /**
+   * Calls fn after every successful map and unmap (for device models; `onChange` is the
+   * user's). fn must not map or unmap, and should only note the event (e.g. schedule work).
+   * Returns the function that stops it.
+   */
+  watch(fn: (what: 'map' | 'unmap') => void): () => void {
+    this.watchers.add(fn);
+    return () => this.watchers.delete(fn);
   }
 
   /**
@@ -304,6 +317,7 @@ export class DmaController {
       this.mapped -= r.size;
       this.dropFile(r);
       this.onChange?.('unmap', r.iova, r.size);
+      for (const w of this.watchers) w('unmap');
     }
   }
 

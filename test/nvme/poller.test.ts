@@ -102,4 +102,27 @@ describe('nvme poller', () => {
       p.stop();
     }
   });
+
+  test('hint() polls from the next turn (never arming in the caller\'s), and hints close together grow the window', async () => {
+    let arms = 0;
+    // a 1 s maximum: the gap between the two hints is within it however slow this machine is
+    const p = new Poller({ step: () => false, arm: () => (arms++, false), spinUs: 1_000_000 });
+    p.start();
+    try {
+      p.windowUs = 0;
+      p.hint();
+      assert.equal(arms, 0, 'nothing armed in the caller\'s turn');
+      assert.equal(p.pending, true, 'a polling turn scheduled');
+      await new Promise((res) => setImmediate(res)); // after the poller's turn, queued first
+      assert.equal(arms, 1, 'armed by the turn');
+      assert.equal(p.polling || p.pending, false, 'then asleep');
+      p.hint(); // at once: a gap far within the maximum
+      assert.ok(p.windowUs > 0, `the window grew (${p.windowUs} µs)`);
+      await asleep(p);
+    } finally {
+      p.stop();
+    }
+    p.hint();
+    assert.equal(p.pending, false, 'a stopped poller ignores hints');
+  });
 });

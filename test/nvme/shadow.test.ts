@@ -9,6 +9,7 @@ import { ADMIN, GUARD, pattern, sc, type NvmeDriver } from '../../src/testing/in
 import { rig } from './rig.js';
 import { needEvent, DoorbellTracker } from '../../src/devices/nvme/shadow.js';
 import { delay, waitFor } from '../helpers.js';
+import { GuestMemory } from '../../src/client/guest-memory.js';
 
 /** writes then reads back `n` 4 KiB blocks on queue q at depth qd, checking the data */
 async function io(d: NvmeDriver, q: number, n: number, qd: number, base = 0): Promise<void> {
@@ -83,6 +84,30 @@ describe('nvme shadow doorbells', () => {
       await io(r.d, 1, 1, 1);
       assert.ok(r.d.doorbellStats.rung > rungBefore);
     } finally {
+      await r.close();
+    }
+  });
+
+  test('a DMA map or unmap wakes the sleeping poller (a guest IOMMU maps before it rings); the user\'s onChange still fires', async () => {
+    const r = await rig({}, {}, { queues: 1, depth: 16, shadow: true });
+    const mem = new GuestMemory(1 << 16);
+    try {
+      await io(r.d, 1, 4, 1);
+      await waitFor(() => !r.dev.pollStats.polling && !r.dev.pollStats.pending, 'the poller to sleep');
+      const seen: string[] = [];
+      r.dev.dma.onChange = (what) => seen.push(what);
+      const w0 = r.dev.pollStats.wakeups;
+      await r.client.dmaMap(mem, 0x7000_0000);
+      assert.ok(r.dev.pollStats.wakeups > w0, 'the map woke the poller');
+      await waitFor(() => !r.dev.pollStats.polling && !r.dev.pollStats.pending, 'the poller to sleep again');
+      const w1 = r.dev.pollStats.wakeups;
+      await r.client.dmaUnmap(0x7000_0000, 1 << 16);
+      assert.ok(r.dev.pollStats.wakeups > w1, 'the unmap woke it');
+      assert.deepEqual(seen, ['map', 'unmap'], 'onChange is the user\'s, untouched');
+      await waitFor(() => !r.dev.pollStats.polling && !r.dev.pollStats.pending, 'asleep after: a map is no work');
+      await io(r.d, 1, 4, 1); // and I/O goes on
+    } finally {
+      mem.free();
       await r.close();
     }
   });

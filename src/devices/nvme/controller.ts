@@ -147,6 +147,11 @@ export class NvmeDevice extends PciDevice {
       idle: () => native.schedYield(),
     });
     c.execute = (sq, sqe) => this.execute(sq, sqe);
+    // under a guest IOMMU the host maps a command's pages (one synchronous DMA_MAP each) just
+    // before it rings, and unmaps them after the completion: poll through those bursts
+    this.dma.watch(() => {
+      if (c.dbbuf && c.running && c.regs.csts & CSTS.RDY) c.poller.hint();
+    });
     this.c = c;
     this.config.addPowerManagement();
     this.addMsix({ vectors: ioQueues + 1, tableBar: 0, tableOffset: MSIX_TABLE, pbaBar: 0, pbaOffset: MSIX_PBA });

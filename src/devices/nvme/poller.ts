@@ -62,6 +62,22 @@ export class Poller {
    * unless work keeps racing with the arming (no extra event-loop turn per notification).
    */
   kick(): void {
+    this.poke(true);
+  }
+
+  /**
+   * Activity that comes just before work (a DMA map under a guest IOMMU: the host maps a
+   * command's pages, then rings): counts as work for the window, like a kick, but only
+   * schedules a polling turn, never arming in the caller's turn. So a stream of maps keeps
+   * the poller polling, and the maps that follow (each a synchronous message from the host)
+   * are read in a polling turn instead of waking a sleeping thread.
+   */
+  hint(): void {
+    this.poke(false);
+  }
+
+  /** kick() (armNow) or hint() */
+  private poke(armNow: boolean): void {
     if (this.stopped) return;
     this.wake(performance.now());
     if (this.immediate) return;
@@ -69,7 +85,7 @@ export class Poller {
       clearTimeout(this.timer);
       this.timer = undefined;
     }
-    if (this.windowUs === 0 && !this.o.idleMs) {
+    if (armNow && this.windowUs === 0 && !this.o.idleMs) {
       // what moved meanwhile (often only a CQ head the host consumed without ringing) was
       // applied by arm(): arm again for it, a few times, before falling back to a turn
       for (let i = 0; i < KICK_ARMS; i++) {
