@@ -97,9 +97,12 @@ function runTarget(name) {
         process.stderr.write(line + '\n');
       }
     });
-    child.on('exit', (code, signal) => {
+    // 'close', not 'exit': the final stats may still be in the pipe when the process exits
+    child.on('close', (code, signal) => {
+      if (partial) tail = (tail + partial + '\n').slice(-20000);
       if (!save && !workRoot) rmSync(work, { recursive: true, force: true });
-      const execs = /stat::number_of_executed_units:\s*(\d+)/.exec(tail)?.[1] ?? '?';
+      // libFuzzer's final stats; else the count on its last status line (#N DONE)
+      const execs = /stat::number_of_executed_units:\s*(\d+)/.exec(tail)?.[1] ?? /^#(\d+)/.exec(last)?.[1] ?? '?';
       const cov = /cov: (\d+) ft: (\d+)/.exec(last);
       const secs = ((Date.now() - started) / 1000).toFixed(1);
       const ok = code === 0;
