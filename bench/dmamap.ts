@@ -15,20 +15,14 @@
  *
  * Usage: VFU_LIBVFIO_USER_SAMPLES=.../build/samples node dist/bench/dmamap.js [N] [rounds]
  */
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { runTool, resultField } from './util.js';
+import { runTool, resultField, startComparedServers } from './util.js';
 
 const CLI = new URL('../src/cli/main.js', import.meta.url).pathname;
 const CLIENT_SRC = new URL('../../bench/dmamap-client.c', import.meta.url).pathname;
-
-interface Server {
-  name: string;
-  path: string;
-  child: ChildProcess;
-}
 
 /** The server's CPU time (ns) and times it was scheduled in, all its threads (/proc schedstat). */
 function sched(pid: number): { ns: number; runs: number } {
@@ -42,11 +36,6 @@ function sched(pid: number): { ns: number; runs: number } {
   return { ns, runs };
 }
 
-function start(name: string, argv: string[], path: string, env: NodeJS.ProcessEnv = process.env): Server {
-  const child = spawn('taskset', ['-c', '0', ...argv], { stdio: ['pipe', 'ignore', 'inherit'], env });
-  return { name, path, child };
-}
-
 async function main(): Promise<void> {
   const samples = process.env.VFU_LIBVFIO_USER_SAMPLES;
   if (!samples) throw new Error('VFU_LIBVFIO_USER_SAMPLES is not set (libvfio-user build/samples)');
@@ -55,15 +44,8 @@ async function main(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'vfu-dmamap-'));
   const client = join(dir, 'dmamap-client');
   execFileSync('cc', ['-O2', '-Wall', '-o', client, CLIENT_SRC], { stdio: 'inherit' });
-  const ours = (dev: string, sock: string): string[] => [process.execPath, CLI, 'serve', dev, `--socket-path=${join(dir, sock)}`, '-q'];
-  const servers = [
-    start('ours (nvme)', ours('nvme', 'nvme.sock'), join(dir, 'nvme.sock')),
-    start('ours (nvme), no fast path', ours('nvme', 'slow.sock'), join(dir, 'slow.sock'), { ...process.env, VFU_FAST_PATH: '0' }),
-    start('libvfio-user', [join(samples, 'gpio-pci-idio-16'), join(dir, 'ref.sock')], join(dir, 'ref.sock')),
-  ];
+  const servers = await startComparedServers(CLI, 'nvme', samples, dir, true);
   try {
-    for (let i = 0; i < 200 && !servers.every((s) => existsSync(s.path)); i++) await new Promise((r) => setTimeout(r, 50));
-    await new Promise((r) => setTimeout(r, 300));
     const configs = [
       { cpu: '0', label: 'same CPU' },
       { cpu: '1', label: 'across CPUs' },

@@ -2,7 +2,7 @@
  * Benchmark helpers: build the neutral C tools from ../shared/tools/vfu-bench, run them,
  * read their RESULT lines, pin this process.
  */
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -53,4 +53,34 @@ export function filledImage(path: string, bytes: number): void {
   } finally {
     closeSync(fd);
   }
+}
+
+/** A server under comparison, pinned to CPU 0, listening on `path`. */
+export interface PinnedServer {
+  name: string;
+  path: string;
+  child: ChildProcess;
+}
+
+/**
+ * The three servers the comparisons with the C library run side by side, each pinned to CPU
+ * 0 in `dir`: `vfio-user serve <device>` (fast path on), the same with VFU_FAST_PATH=0, and
+ * libvfio-user's gpio-pci-idio-16 sample (the last, the reference). Resolves once all three
+ * listen. Their stderr is shown with `showErrors`.
+ */
+export async function startComparedServers(cli: string, device: string, samples: string, dir: string, showErrors = false): Promise<PinnedServer[]> {
+  const start = (name: string, argv: string[], sock: string, env: NodeJS.ProcessEnv = process.env): PinnedServer => {
+    const child = spawn('taskset', ['-c', '0', ...argv], { stdio: ['pipe', 'ignore', showErrors ? 'inherit' : 'ignore'], env });
+    return { name, path: join(dir, sock), child };
+  };
+  const ours = (sock: string): string[] => [process.execPath, cli, 'serve', device, `--socket-path=${join(dir, sock)}`, '-q'];
+  const label = device === 'gpio' ? 'ours' : `ours (${device})`;
+  const servers = [
+    start(label, ours('ours.sock'), 'ours.sock'),
+    start(`${label}, no fast path`, ours('slow.sock'), 'slow.sock', { ...process.env, VFU_FAST_PATH: '0' }),
+    start('libvfio-user', [join(samples, 'gpio-pci-idio-16'), join(dir, 'ref.sock')], 'ref.sock'),
+  ];
+  for (let i = 0; i < 200 && !servers.every((s) => existsSync(s.path)); i++) await new Promise((r) => setTimeout(r, 50));
+  await new Promise((r) => setTimeout(r, 300));
+  return servers;
 }

@@ -8,24 +8,12 @@
  *
  * Usage: VFU_LIBVFIO_USER_SAMPLES=.../build/samples node dist/bench/vs-c.js [N] [rounds]
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { buildTools, runTool, resultField } from './util.js';
+import { buildTools, runTool, resultField, startComparedServers } from './util.js';
 
 const CLI = new URL('../src/cli/main.js', import.meta.url).pathname;
-
-interface Server {
-  name: string;
-  path: string;
-  child: ChildProcess;
-}
-
-function start(name: string, argv: string[], path: string, env: NodeJS.ProcessEnv = process.env): Server {
-  const child = spawn('taskset', ['-c', '0', ...argv], { stdio: ['pipe', 'ignore', 'ignore'], env });
-  return { name, path, child };
-}
 
 async function main(): Promise<void> {
   const samples = process.env.VFU_LIBVFIO_USER_SAMPLES;
@@ -34,14 +22,8 @@ async function main(): Promise<void> {
   const rounds = Number(process.argv[3] ?? 3);
   const tools = buildTools();
   const dir = mkdtempSync(join(tmpdir(), 'vfu-vs-c-'));
-  const servers = [
-    start('ours', [process.execPath, CLI, 'serve', 'gpio', `--socket-path=${join(dir, 'ours.sock')}`, '-q'], join(dir, 'ours.sock')),
-    start('ours, no fast path', [process.execPath, CLI, 'serve', 'gpio', `--socket-path=${join(dir, 'slow.sock')}`, '-q'], join(dir, 'slow.sock'), { ...process.env, VFU_FAST_PATH: '0' }),
-    start('libvfio-user', [join(samples, 'gpio-pci-idio-16'), join(dir, 'ref.sock')], join(dir, 'ref.sock')),
-  ];
+  const servers = await startComparedServers(CLI, 'gpio', samples, dir);
   try {
-    for (let i = 0; i < 200 && !servers.every((s) => existsSync(s.path)); i++) await new Promise((r) => setTimeout(r, 50));
-    await new Promise((r) => setTimeout(r, 300));
     const configs = [
       { cpu: '0', label: 'same CPU' },
       { cpu: '1', label: 'across CPUs' },
